@@ -1,0 +1,1 @@
+"""How long work takes: GPU rooflines, fabrics and the alpha-beta cost of collectives."""

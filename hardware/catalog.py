@@ -1,0 +1,61 @@
+"""Named presets: GPUs, fabrics and clusters shipped as YAML under `catalog/`, and user files.
+
+A cluster file names its GPU and fabrics by preset name or spells them out inline; any of the three may
+also be given as a path to a YAML file of the user's.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from splitsim.hardware.cluster import ClusterSpec
+from splitsim.hardware.gpu import GpuSpec
+
+_KINDS = ("gpus", "fabrics", "clusters")
+
+
+def _catalog_dir(kind: str) -> Path:
+    return Path(str(resources.files("splitsim.hardware") / "catalog" / kind))
+
+
+@cache
+def preset_names(kind: str) -> tuple[str, ...]:
+    return tuple(sorted(p.stem for p in _catalog_dir(kind).glob("*.yaml")))
+
+
+def _load(kind: str, ref: str) -> dict[str, Any]:
+    """The raw mapping of a preset name or a YAML path."""
+    path = Path(ref)
+    if ref in preset_names(kind):
+        path = _catalog_dir(kind) / f"{ref}.yaml"
+    elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        valid = ", ".join(preset_names(kind))
+        raise ValueError(f"unknown {kind[:-1]} {ref!r} (valid: {valid}, or a path to a .yaml file)")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {kind[:-1]} fields")
+    return data
+
+
+def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:
+    """A cluster mapping with its GPU and fabrics looked up, ready for `ClusterSpec`."""
+    data = dict(_load("clusters", spec) if isinstance(spec, str) else spec)
+    if isinstance(data.get("gpu"), str):
+        data["gpu"] = _load("gpus", data["gpu"])
+    for key in ("intra_node", "inter_node"):
+        if isinstance(data.get(key), str):
+            data[key] = _load("fabrics", data[key])
+    return data
+
+
+def load_cluster(spec: str | dict[str, Any]) -> ClusterSpec:
+    return ClusterSpec.model_validate(resolve_cluster(spec))
+
+
+def load_gpu(spec: str | dict[str, Any]) -> GpuSpec:
+    return GpuSpec.model_validate(_load("gpus", spec) if isinstance(spec, str) else spec)

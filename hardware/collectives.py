@@ -1,0 +1,194 @@
+"""Alpha-beta costs of the collectives parallel inference issues (PHYSICS.md, "Collectives").
+
+`p` GPUs, `S` bytes, per-step latency `α`, per-GPU one-direction bandwidth `B`:
+
+- ring all-reduce         t₀ + 2(p−1)·α + 2(p−1)/p · S/B
+- ring all-gather         t₀ + (p−1)·α + (p−1)/p · S/B   (S = the gathered size)
+- NVLS all-reduce         t₀ + 2·α_nvls + S/B_nvls       (the switch reduces; NCCL picks the faster)
+- send/recv               α_p2p + S/B
+
+`t₀` is the fabric's fixed cost of one collective call (`collective_launch_s`).
+- hierarchical all-reduce over n nodes of g GPUs: reduce-scatter inside each node, ring all-reduce of
+  S/g across the n nodes on each rail, all-gather inside the node. Each phase runs at the speed of the
+  links it crosses; rails share a NIC when a node has fewer NICs than the group has GPUs on it.
+
+`shared_links` names the links a transfer crosses that other, independent transfers may cross too
+(NICs, the PCIe host bridge): the engine's layer mode turns them into resources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import groupby
+
+from splitsim.hardware.cluster import ClusterSpec
+from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric
+
+
+def ring_allreduce_s(p: int, nbytes: float, alpha_s: float, bw_bytes_per_s: float) -> float:
+    if p <= 1:
+        return 0.0
+    return 2 * (p - 1) * alpha_s + 2 * (p - 1) / p * nbytes / bw_bytes_per_s
+
+
+def ring_allgather_s(p: int, nbytes: float, alpha_s: float, bw_bytes_per_s: float) -> float:
+    """Also the cost of a ring reduce-scatter of `nbytes` input."""
+    if p <= 1:
+        return 0.0
+    return (p - 1) * alpha_s + (p - 1) / p * nbytes / bw_bytes_per_s
+
+
+def _nodes(cluster: ClusterSpec, gpus: Sequence[int]) -> list[list[int]]:
+    """The group's GPUs, split by node (placement order keeps a node's GPUs together)."""
+    return [list(group) for _, group in groupby(sorted(gpus), key=cluster.node_of)]
+
+
+def _spans_sockets(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[int]) -> bool:
+    return len({cluster.local_index(g) // fabric.gpus_per_socket for g in gpus}) > 1
+
+
+def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: int = 1,
+                    p2p: bool = False) -> tuple[float, float]:
+    """(α, B) of one ring step (or, with `p2p`, one send/recv) among `gpus`, all on one node.
+
+    On PCIe the slowest hop decides: without P2P every hop is staged through host memory; with P2P a
+    ring that spans both sockets crosses the host bridge, shared by `flows_on_bridge` flows.
+    """
+    fabric = cluster.intra_node
+    match fabric:
+        case NvSwitchFabric():
+            if p2p:
+                return fabric.p2p_latency_s, fabric.p2p_bw_bytes_per_s
+            return fabric.latency_s, fabric.bw_bytes_per_s
+        case PcieFabric():
+            if not fabric.p2p:
+                return fabric.no_p2p_latency_s, fabric.no_p2p_bw_bytes_per_s
+            efficiency = fabric.p2p_bw_efficiency if p2p else fabric.bw_efficiency
+            bw = fabric.link_bw_bytes_per_s * efficiency
+            if _spans_sockets(fabric, cluster, gpus):
+                bw = min(bw, fabric.host_bridge_bw_bytes_per_s * efficiency / flows_on_bridge)
+            return (fabric.p2p_latency_s if p2p else fabric.latency_s), bw
+    raise TypeError(f"unknown fabric {fabric!r}")
+
+
+def _rail_bw(cluster: ClusterSpec, flows_per_node: int, p2p: bool = False) -> float:
+    """Bandwidth each of `flows_per_node` concurrent inter-node flows gets from the node's NICs."""
+    net = cluster.inter_node
+    assert net is not None  # a multi-node cluster always has one (ClusterSpec validates it)
+    share = min(1.0, net.nics_per_node / flows_per_node)
+    return (net.p2p_bw_bytes_per_s if p2p else net.bw_bytes_per_s) * share
+
+
+def _intra_allreduce_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> float:
+    alpha, bw = intra_node_link(cluster, gpus)
+    ring = ring_allreduce_s(len(gpus), nbytes, alpha, bw)
+    fabric = cluster.intra_node
+    if isinstance(fabric, NvSwitchFabric) and fabric.nvls and len(gpus) > 2:
+        nvls = 2 * fabric.nvls_latency_s + nbytes / (fabric.link_bw_bytes_per_s * fabric.nvls_bw_efficiency)
+        return min(ring, nvls)
+    return ring
+
+
+def _launch_s(cluster: ClusterSpec) -> float:
+    return cluster.intra_node.collective_launch_s
+
+
+def allreduce_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> float:
+    """Seconds for an all-reduce of `nbytes` over `gpus` (hierarchical when they span nodes)."""
+    if len(gpus) <= 1:
+        return 0.0
+    nodes = _nodes(cluster, gpus)
+    if len(nodes) == 1:
+        return _launch_s(cluster) + _intra_allreduce_s(cluster, gpus, nbytes)
+    per_node = len(nodes[0])
+    if any(len(node) != per_node for node in nodes):
+        raise ValueError(f"an all-reduce group must hold as many GPUs on each node, got {gpus}")
+    net = cluster.inter_node
+    assert net is not None
+    inter = ring_allreduce_s(len(nodes), nbytes / per_node, net.latency_s, _rail_bw(cluster, per_node))
+    if per_node == 1:
+        return _launch_s(cluster) + inter
+    alpha, bw = intra_node_link(cluster, nodes[0])
+    reduce_scatter = ring_allgather_s(per_node, nbytes, alpha, bw)
+    # the closing all-gather costs what the reduce-scatter did
+    return _launch_s(cluster) + reduce_scatter + inter + reduce_scatter
+
+
+def allgather_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> float:
+    """Seconds to all-gather `nbytes` (the gathered size) over `gpus`."""
+    if len(gpus) <= 1:
+        return 0.0
+    nodes = _nodes(cluster, gpus)
+    if len(nodes) == 1:
+        alpha, bw = intra_node_link(cluster, gpus)
+        return _launch_s(cluster) + ring_allgather_s(len(gpus), nbytes, alpha, bw)
+    per_node = len(nodes[0])
+    net = cluster.inter_node
+    assert net is not None
+    # Gather across nodes on each rail, then inside each node.
+    inter = ring_allgather_s(len(nodes), nbytes / per_node, net.latency_s, _rail_bw(cluster, per_node))
+    if per_node == 1:
+        return _launch_s(cluster) + inter
+    alpha, bw = intra_node_link(cluster, nodes[0])
+    return _launch_s(cluster) + inter + ring_allgather_s(per_node, nbytes, alpha, bw)
+
+
+def sendrecv_s(cluster: ClusterSpec, src: int, dst: int, nbytes: float) -> float:
+    """Seconds to send `nbytes` from GPU `src` to GPU `dst`: α_p2p + S/B over the link between them."""
+    return handoff_send_s(cluster, [src], [dst], nbytes)
+
+
+def handoff_send_s(cluster: ClusterSpec, src: Sequence[int], dst: Sequence[int], nbytes: float) -> float:
+    """Seconds for rank i of `src` to send nbytes/len(src) to rank i of `dst`, all pairs at once.
+
+    This is a TP-sharded pipeline hand-off (each TP rank sends its 1/TP slice, as vLLM and Megatron
+    do); the pairs share a node's NICs, or the PCIe host bridge, when they cross them together.
+    """
+    if len(src) != len(dst):
+        raise ValueError("a hand-off pairs the ranks of two groups of equal size")
+    flows = len(src)
+    slice_bytes = nbytes / flows
+    if cluster.node_of(src[0]) != cluster.node_of(dst[0]):
+        net = cluster.inter_node
+        assert net is not None
+        return net.p2p_latency_s + slice_bytes / _rail_bw(cluster, flows, p2p=True)
+    fabric = cluster.intra_node
+    crossing = flows
+    if isinstance(fabric, PcieFabric):
+        crossing = sum(_spans_sockets(fabric, cluster, [s, d]) for s, d in zip(src, dst)) or 1
+    alpha, bw = intra_node_link(cluster, [src[0], dst[0]], flows_on_bridge=crossing, p2p=True)
+    return alpha + slice_bytes / bw
+
+
+def handoff_s(cluster: ClusterSpec, src: Sequence[int], dst: Sequence[int], nbytes: float) -> tuple[float, float]:
+    """(send, all-gather) seconds of a pipeline hand-off of `nbytes` of activations."""
+    return handoff_send_s(cluster, src, dst, nbytes), allgather_s(cluster, dst, nbytes)
+
+
+def shared_links(cluster: ClusterSpec, gpus: Sequence[int]) -> tuple[str, ...]:
+    """Names of the links that a transfer among `gpus` crosses and others may cross too, sorted.
+
+    NICs when the GPUs span nodes (one rail per local index when every GPU has its own NIC); the
+    host bridge when a PCIe transfer with P2P spans both sockets; host memory for any PCIe transfer
+    without P2P. NVSwitch ports are never shared (the switch is non-blocking).
+    """
+    nodes = _nodes(cluster, gpus)
+    links: set[str] = set()
+    if len(nodes) > 1:
+        net = cluster.inter_node
+        assert net is not None
+        for node in nodes:
+            n = cluster.node_of(node[0])
+            if net.nics_per_node >= cluster.gpus_per_node:
+                links.update(f"node{n}/nic{cluster.local_index(g)}" for g in node)
+            else:
+                links.update(f"node{n}/nic{i}" for i in range(net.nics_per_node))
+        return tuple(sorted(links))
+    fabric = cluster.intra_node
+    node = cluster.node_of(gpus[0])
+    if isinstance(fabric, PcieFabric) and len(gpus) > 1:
+        if not fabric.p2p:
+            links.add(f"node{node}/host-memory")  # every staged copy passes through it
+        elif _spans_sockets(fabric, cluster, gpus):
+            links.add(f"node{node}/host-bridge")
+    return tuple(sorted(links))

@@ -1,0 +1,103 @@
+"""One GPU: its datasheet figures and the roofline that turns an op's FLOPs and bytes into seconds.
+
+Roofline with shape-dependent efficiency (PHYSICS.md, "One GPU"):
+
+    t = max(FLOPs / (F · η_c(m, n)), bytes / (M · η_m)) + t_launch
+
+`F` is the dense tensor-core peak for the compute dtype, `M` the memory bandwidth. `η_c` falls for small
+and skinny GEMMs, for two reasons the fitted form keeps apart:
+
+    η_c(m, n) = η_peak · q(m, n)^γ · m / (m + m_half)
+
+- wave quantisation `q`: the output is cut into `tile_m × tile_n` tiles that run in waves of one tile
+  per SM, and `q` is the useful fraction of the SM-tiles issued (a part-empty last wave idles SMs);
+  `γ < 1` softens it, since real libraries switch tile shapes and split K;
+- few rows: with `m` tokens well below `m_half` a GEMM cannot fill the tensor-core pipelines.
+
+All parameters are fitted to kernel timings (`source` names which); `t_launch` is the fixed cost the fit
+finds inside every kernel, not host launch overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitsim.hardware.units import Bytes, BytesPerSecond, FlopsPerSecond, Seconds
+
+ComputeDtype = Literal["bf16", "fp16", "fp8"]
+
+
+class Efficiency(BaseModel):
+    """Fitted fractions of the datasheet peaks, and where they were fitted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute: float = Field(gt=0, le=1, description="η_peak: GEMM efficiency of large, full-wave shapes")
+    tile_m: int = Field(128, gt=0, description="GEMM output tile rows (token dimension)")
+    tile_n: int = Field(128, gt=0, description="GEMM output tile columns")
+    wave_exponent: float = Field(1.0, ge=0, le=1, description="γ: how fully wave quantisation bites")
+    m_half: float = Field(0.0, ge=0, description="tokens at which few-row GEMMs reach half of η_peak")
+    memory: float = Field(gt=0, le=1, description="η_m: achieved fraction of memory bandwidth")
+    attention: float = Field(gt=0, le=1, description="η_c of attention kernels")
+    launch_s: Seconds = Field(ge=0, description="fixed cost per kernel (launch, tail)")
+    source: str
+    assumed: bool = Field(False, description="true where no measurement of this GPU exists yet")
+
+
+class GpuSpec(BaseModel):
+    """Datasheet figures of one GPU model; `source` cites them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    memory_bytes: Bytes = Field(gt=0)
+    memory_bw_bytes_per_s: BytesPerSecond = Field(gt=0)
+    bf16_flops_per_s: FlopsPerSecond = Field(gt=0, description="dense BF16/FP16 tensor peak")
+    fp8_flops_per_s: FlopsPerSecond | None = Field(None, description="dense FP8 peak; null if no FP8 cores")
+    num_sms: int = Field(gt=0)
+    efficiency: Efficiency
+    source: str
+
+    @property
+    def has_fp8(self) -> bool:
+        return self.fp8_flops_per_s is not None
+
+    def peak_flops_per_s(self, dtype: ComputeDtype) -> float:
+        if dtype == "fp8":
+            if self.fp8_flops_per_s is None:
+                raise ValueError(f"{self.name} has no FP8 tensor cores")
+            return self.fp8_flops_per_s
+        return self.bf16_flops_per_s
+
+    def wave_efficiency(self, m: int, n: int) -> float:
+        """Useful fraction of the SM-tiles a GEMM with an m×n output occupies."""
+        eff = self.efficiency
+        tiles = math.ceil(m / eff.tile_m) * math.ceil(n / eff.tile_n)
+        waves = math.ceil(tiles / self.num_sms)
+        return (m * n) / (waves * self.num_sms * eff.tile_m * eff.tile_n)
+
+    def gemm_time_s(
+        self, m: int, n: int, k: int, *, weight_bytes: float, act_bytes: float = 2.0,
+        dtype: ComputeDtype = "bf16",
+    ) -> float:
+        """Seconds for `[m×k]·[k×n]` where the `k×n` operand is the weight matrix.
+
+        Bytes moved: activations in (m·k) and out (m·n) at `act_bytes`, weights (k·n) at `weight_bytes`.
+        """
+        flops = 2.0 * m * n * k
+        nbytes = (m * k + m * n) * act_bytes + k * n * weight_bytes
+        eff = self.efficiency
+        eta = eff.compute * self.wave_efficiency(m, n) ** eff.wave_exponent * m / (m + eff.m_half)
+        compute = flops / (self.peak_flops_per_s(dtype) * eta)
+        memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
+        return max(compute, memory) + eff.launch_s
+
+    def kernel_time_s(self, flops: float, nbytes: float, *, compute_efficiency: float) -> float:
+        """Roofline for a non-GEMM kernel (attention, element-wise) with given FLOPs and bytes."""
+        eff = self.efficiency
+        compute = flops / (self.bf16_flops_per_s * compute_efficiency)
+        memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
+        return max(compute, memory) + eff.launch_s

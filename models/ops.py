@@ -1,0 +1,141 @@
+"""The work one decoder layer does for one batch, sharded over a TP group: ops with FLOPs and bytes.
+
+Megatron-style sharding: QKV and gate/up are column-parallel (heads and FFN width split by TP), O and
+down are row-parallel and each ends in an all-reduce of the layer's activations over the TP group:
+
+    qkv → attention → o_proj → attn_allreduce → gate_up → down → mlp_allreduce
+
+A batch mixes prefill chunks (s new tokens after c cached ones) and decodes (one new token attending to
+its context). Shapes only: no time, no hardware. Activations are always 16-bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
+from splitsim.models.spec import ModelSpec
+
+OpKind = Literal["gemm", "attention", "memory", "allreduce"]
+LAYER_OP_NAMES = ("qkv", "attention", "o_proj", "attn_allreduce", "gate_up", "down", "mlp_allreduce")
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One kernel or collective on one GPU. For GEMMs, `[m×k]·[k×n]` with the k×n weight."""
+
+    name: str
+    kind: OpKind
+    flops: float = 0.0
+    nbytes: float = 0.0
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    weight_bytes: float = 0.0  # bytes per weight element (GEMMs)
+    dtype: ComputeDtype = "bf16"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchShape:
+    """What one iteration computes: prefill chunks and decodes.
+
+    `prefill` holds (new_tokens, cached_prefix) per prefilling sequence; `decode_context` is the sum over
+    decoding sequences of the positions each attends to (its context, the new token included).
+    """
+
+    prefill: tuple[tuple[int, int], ...] = ()
+    num_decode: int = 0
+    decode_context: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_decode + sum(new for new, _ in self.prefill)
+
+
+@dataclass(frozen=True, slots=True)
+class Sharding:
+    """How a model's layer is cut and stored: TP degree and number formats."""
+
+    tp: int
+    weights: WeightDtype
+    kv_cache: KvDtype
+    compute: ComputeDtype
+
+
+def gemm(name: str, m: int, n: int, k: int, sharding: Sharding) -> Op:
+    w = BYTES_PER_ELEMENT[sharding.weights]
+    nbytes = (m * k + m * n) * ACTIVATION_BYTES + k * n * w
+    return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
+
+
+def layer_gemms(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, Op, Op, Op]:
+    """QKV, O, gate/up and down for `tokens` tokens; they depend on the token count alone."""
+    tp, d, h = sharding.tp, model.head_dim, model.hidden_size
+    q_heads = model.num_heads // tp
+    kv_heads = model.kv_heads_per_rank(tp)
+    ffn = model.intermediate_size // tp
+    return (
+        gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
+        gemm("o_proj", tokens, h, q_heads * d, sharding),
+        gemm("gate_up", tokens, 2 * ffn, h, sharding),
+        gemm("down", tokens, h, ffn, sharding),
+    )
+
+
+def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> tuple[Op, Op]:
+    """Prefill and decode attention (separate kernels, as vLLM runs them) on one TP rank.
+
+    Prefill chunk of s tokens after c cached: token i attends to c+i+1 positions, so
+    FLOPs = 4·h_q·d·(s·c + s(s+1)/2); it reads Q and the K/V of c+s positions, writes O and the new K/V.
+    Decode: FLOPs = 4·h_q·d·ctx; it reads the K/V of ctx positions (memory-bound).
+    """
+    d = model.head_dim
+    q_heads = model.num_heads // sharding.tp
+    kv_heads = model.kv_heads_per_rank(sharding.tp)
+    kv_b = BYTES_PER_ELEMENT[sharding.kv_cache]
+    kv_row = 2 * kv_heads * d * kv_b  # K and V of one position
+    q_row = q_heads * d * ACTIVATION_BYTES
+    pf_flops = pf_bytes = 0.0
+    for new, cached in batch.prefill:
+        pf_flops += 4.0 * q_heads * d * (new * cached + new * (new + 1) / 2)
+        pf_bytes += 2 * new * q_row + (cached + 2 * new) * kv_row
+    n, ctx = batch.num_decode, batch.decode_context
+    dec_flops = 4.0 * q_heads * d * ctx
+    dec_bytes = 2 * n * q_row + (ctx + n) * kv_row
+    return (
+        Op("attention", "attention", pf_flops, pf_bytes),
+        Op("attention", "attention", dec_flops, dec_bytes),
+    )
+
+
+def allreduce(name: str, tokens: int, model: ModelSpec) -> Op:
+    """A TP all-reduce of the layer's activations: tokens · hidden · 2 bytes."""
+    return Op(name, "allreduce", nbytes=tokens * model.hidden_size * ACTIVATION_BYTES)
+
+
+def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> list[Op]:
+    """The op list of one layer, in execution order (all-reduces only when TP > 1)."""
+    tokens = batch.num_tokens
+    qkv, o_proj, gate_up, down = layer_gemms(model, tokens, sharding)
+    prefill_attn, decode_attn = attention(model, batch, sharding)
+    ops = [qkv]
+    ops += [op for op, part in ((prefill_attn, batch.prefill), (decode_attn, batch.num_decode)) if part]
+    ops.append(o_proj)
+    if sharding.tp > 1:
+        ops.append(allreduce("attn_allreduce", tokens, model))
+    ops += [gate_up, down]
+    if sharding.tp > 1:
+        ops.append(allreduce("mlp_allreduce", tokens, model))
+    return ops
+
+
+def embedding(model: ModelSpec, tokens: int, sharding: Sharding) -> Op:
+    """Vocab-parallel embedding lookup on the first stage: a gather of `tokens` rows (memory-bound)."""
+    nbytes = tokens * model.hidden_size * (BYTES_PER_ELEMENT[sharding.weights] + ACTIVATION_BYTES)
+    return Op("embedding", "memory", nbytes=nbytes)
+
+
+def lm_head(model: ModelSpec, num_logits: int, sharding: Sharding) -> Op:
+    """The output projection on the last stage, for the sequences that sample a token this step."""
+    return gemm("lm_head", num_logits, model.vocab_size // sharding.tp, model.hidden_size, sharding)

@@ -1,0 +1,138 @@
+"""ModelSpec: the shapes of a Llama-class dense decoder, from our catalog or an HF `config.json`.
+
+Derived sizes (head_dim, parameter count, KV bytes per token) are properties, never stored copies.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, WeightDtype
+
+_CATALOG = "catalog"
+_SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    hidden_size: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim_override: int | None = Field(None, gt=0, description="HF `head_dim` when not hidden/heads")
+    vocab_size: int = Field(gt=0)
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = Field(gt=0)
+    default_weight_dtype: WeightDtype = "bf16"
+
+    @model_validator(mode="after")
+    def _heads_group(self) -> ModelSpec:
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_key_value_heads={self.num_kv_heads} must divide num_attention_heads={self.num_heads}"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.hidden_size // self.num_heads
+
+    @property
+    def layer_params(self) -> int:
+        """Parameters of one decoder layer: QKV, O, gate/up/down and two RMSNorm weights."""
+        d, h = self.head_dim, self.hidden_size
+        attention = h * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
+        mlp = 3 * h * self.intermediate_size
+        return attention + mlp + 2 * h
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """The output projection (zero when tied to the embedding) plus the final norm."""
+        return (0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size) + self.hidden_size
+
+    @property
+    def num_params(self) -> int:
+        return self.num_layers * self.layer_params + self.embedding_params + self.lm_head_params
+
+    def weight_bytes(self, dtype: WeightDtype) -> float:
+        return self.num_params * BYTES_PER_ELEMENT[dtype]
+
+    def kv_heads_per_rank(self, tp: int) -> int:
+        """KV heads each TP rank holds: h_kv/TP, but at least one (replicated heads, as vLLM does)."""
+        return max(1, self.num_kv_heads // tp)
+
+    def kv_bytes_per_token(self, dtype: KvDtype, tp: int = 1, num_layers: int | None = None) -> float:
+        """K and V bytes one token occupies on one GPU: 2 · layers · h_kv/TP · d · b_kv."""
+        layers = self.num_layers if num_layers is None else num_layers
+        return 2 * layers * self.kv_heads_per_rank(tp) * self.head_dim * BYTES_PER_ELEMENT[dtype]
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any], name: str) -> ModelSpec:
+        """Read the fields of an HF `config.json` mapping; refuses architectures we do not model."""
+        architectures = config.get("architectures") or []
+        if "num_local_experts" in config or "n_routed_experts" in config:
+            raise ValueError(f"model {name!r}: mixture-of-experts configs are not supported yet")
+        if architectures and not set(architectures) & set(_SUPPORTED_ARCHITECTURES):
+            raise ValueError(
+                f"model {name!r}: architecture {architectures[0]} is not supported "
+                f"(valid: {', '.join(_SUPPORTED_ARCHITECTURES)})"
+            )
+        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+        missing = [key for key in required if key not in config]
+        if missing:
+            raise ValueError(f"model {name!r}: config.json lacks {', '.join(missing)}")
+        dtype = config.get("torch_dtype", "bfloat16")
+        if dtype not in HF_DTYPES:
+            raise ValueError(f"model {name!r}: torch_dtype {dtype!r} (valid: {', '.join(HF_DTYPES)})")
+        return cls(
+            name=name,
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=config["num_attention_heads"],
+            num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
+            head_dim_override=config.get("head_dim"),
+            vocab_size=config["vocab_size"],
+            tie_word_embeddings=config.get("tie_word_embeddings", False),
+            max_position_embeddings=config.get("max_position_embeddings", 4096),
+            default_weight_dtype=HF_DTYPES[dtype],
+        )
+
+
+def catalog_names() -> tuple[str, ...]:
+    root = resources.files("splitsim.models") / _CATALOG
+    return tuple(sorted(entry.name for entry in root.iterdir() if entry.is_dir()))
+
+
+def load_model(ref: str) -> ModelSpec:
+    """A catalog name, a `config.json` path, or a folder holding one."""
+    if ref in catalog_names():
+        path = Path(str(resources.files("splitsim.models") / _CATALOG / ref / "config.json"))
+        name = ref
+    else:
+        path = Path(ref)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ValueError(
+                f"model {ref!r}: not a catalog name ({', '.join(catalog_names())}) "
+                "nor a config.json file or a folder holding one"
+            )
+        name = path.parent.name
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"model {ref!r}: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
+    return ModelSpec.from_hf_config(config, name)

@@ -1,0 +1,137 @@
+"""Seconds for a stage's work on one batch, from models/ (what work) and hardware/ (how long).
+
+The engine's hot path calls `stage_time` once per stage per batch, so the parts that depend on the
+token count alone (GEMMs, all-reduces, hand-offs) are cached by token count; attention, which depends
+on the context lengths, is two rooflines. Layer mode asks `layer_ops` for the same numbers op by op;
+both sum the same terms, so without contention the two granularities agree to float precision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitsim.hardware import collectives
+from splitsim.hardware.gpu import GpuSpec
+from splitsim.models import ops as model_ops
+from splitsim.models.ops import BatchShape, Op
+from splitsim.sim.plan import Plan
+
+
+@dataclass(frozen=True, slots=True)
+class TimedOp:
+    name: str
+    category: str  # "compute" | "tp_comm"
+    seconds: float
+
+
+class StageCosts:
+    """Cost of one stage of one replica (every replica's stage s costs the same: same GPUs' kind)."""
+
+    def __init__(self, plan: Plan, replica: int, stage: int) -> None:
+        self.plan = plan
+        self.gpu: GpuSpec = plan.cluster.gpu
+        self.group = plan.tp_group(replica, stage)
+        self.num_layers = plan.stages[stage].num_layers
+        self.is_first = stage == 0
+        self.is_last = stage == plan.pp - 1
+        self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
+        self._gemms: dict[int, tuple[float, ...]] = {}
+        self._allreduce: dict[int, float] = {}
+        self._per_token: dict[int, tuple[float, float]] = {}
+        self._lm_head: dict[int, float] = {}
+        self._handoff: dict[int, tuple[float, float]] = {}
+
+    # -- pieces, each cached by what it depends on ------------------------------------------------
+    def _op_time(self, op: Op) -> float:
+        match op.kind:
+            case "gemm":
+                return self.gpu.gemm_time_s(op.m, op.n, op.k, weight_bytes=op.weight_bytes, dtype=op.dtype)
+            case "attention":
+                return self.gpu.kernel_time_s(op.flops, op.nbytes,
+                                              compute_efficiency=self.gpu.efficiency.attention)
+            case "memory":
+                return self.gpu.kernel_time_s(0.0, op.nbytes, compute_efficiency=1.0)
+            case "allreduce":
+                return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
+        raise ValueError(f"unknown op kind {op.kind}")
+
+    def gemm_times(self, tokens: int) -> tuple[float, ...]:
+        """(qkv, o_proj, gate_up, down) seconds for `tokens` tokens."""
+        cached = self._gemms.get(tokens)
+        if cached is None:
+            gemms = model_ops.layer_gemms(self.plan.model, tokens, self.plan.sharding)
+            cached = self._gemms[tokens] = tuple(self._op_time(op) for op in gemms)
+        return cached
+
+    def allreduce_time(self, tokens: int) -> float:
+        cached = self._allreduce.get(tokens)
+        if cached is None:
+            op = model_ops.allreduce("attn_allreduce", tokens, self.plan.model)
+            cached = self._allreduce[tokens] = self._op_time(op) if self.plan.tp > 1 else 0.0
+        return cached
+
+    def attention_times(self, batch: BatchShape) -> tuple[float, float]:
+        prefill, decode = model_ops.attention(self.plan.model, batch, self.plan.sharding)
+        return (self._op_time(prefill) if batch.prefill else 0.0,
+                self._op_time(decode) if batch.num_decode else 0.0)
+
+    def edge_times(self, tokens: int) -> tuple[float, float]:
+        """(compute, tp_comm) of the embedding on the first stage: lookup, then a vocab-parallel all-reduce."""
+        cached = self._per_token.get(tokens)
+        if cached is None:
+            compute = comm = 0.0
+            if self.is_first:
+                compute = self._op_time(model_ops.embedding(self.plan.model, tokens, self.plan.sharding))
+                comm = self.allreduce_time(tokens)
+            cached = self._per_token[tokens] = (compute, comm)
+        return cached
+
+    def lm_head_time(self, num_logits: int) -> float:
+        cached = self._lm_head.get(num_logits)
+        if cached is None:
+            cached = 0.0
+            if self.is_last and num_logits:
+                cached = self._op_time(model_ops.lm_head(self.plan.model, num_logits, self.plan.sharding))
+            self._lm_head[num_logits] = cached
+        return cached
+
+    def handoff_times(self, tokens: int) -> tuple[float, float]:
+        """(send, all-gather) seconds to hand this stage's output to the next stage."""
+        cached = self._handoff.get(tokens)
+        if cached is None:
+            assert self.next_group is not None
+            nbytes = tokens * self.plan.model.hidden_size * 2.0
+            cached = self._handoff[tokens] = collectives.handoff_s(
+                self.plan.cluster, self.group, self.next_group, nbytes)
+        return cached
+
+    # -- what the engine asks for ------------------------------------------------------------------
+    def stage_time(self, batch: BatchShape, num_logits: int) -> tuple[float, float]:
+        """(compute, tp_comm) seconds of this stage's layers on `batch`, plus first/last-stage extras."""
+        tokens = batch.num_tokens
+        qkv, o_proj, gate_up, down = self.gemm_times(tokens)
+        attn_prefill, attn_decode = self.attention_times(batch)
+        layer_compute = qkv + attn_prefill + attn_decode + o_proj + gate_up + down
+        layer_comm = 2 * self.allreduce_time(tokens)
+        edge_compute, edge_comm = self.edge_times(tokens)
+        compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_logits)
+        return compute, edge_comm + self.num_layers * layer_comm
+
+    def layer_ops(self, batch: BatchShape) -> list[TimedOp]:
+        """One layer's ops in execution order, timed: what layer mode makes events of."""
+        tokens = batch.num_tokens
+        qkv, o_proj, gate_up, down = self.gemm_times(tokens)
+        attn_prefill, attn_decode = self.attention_times(batch)
+        ar = self.allreduce_time(tokens)
+        timed = [TimedOp("qkv", "compute", qkv)]
+        if batch.prefill:
+            timed.append(TimedOp("attention_prefill", "compute", attn_prefill))
+        if batch.num_decode:
+            timed.append(TimedOp("attention_decode", "compute", attn_decode))
+        timed.append(TimedOp("o_proj", "compute", o_proj))
+        if self.plan.tp > 1:
+            timed.append(TimedOp("attn_allreduce", "tp_comm", ar))
+        timed += [TimedOp("gate_up", "compute", gate_up), TimedOp("down", "compute", down)]
+        if self.plan.tp > 1:
+            timed.append(TimedOp("mlp_allreduce", "tp_comm", ar))
+        return timed

@@ -1,0 +1,200 @@
+"""The plan: a scenario resolved into placed GPU groups, per-stage layers, memory and KV capacity.
+
+Layout and memory checks live here (the schema's are in `splitsim.scenario`); each raises one
+`ScenarioError` line with the numbers. GPUs are placed in the order `parallel.order` names, TP
+innermost, so a TP group takes adjacent GPUs of one node whenever it fits in one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from pydantic import ValidationError
+
+from splitsim.errors import ScenarioError
+from splitsim.hardware.catalog import load_cluster
+from splitsim.hardware.cluster import ClusterSpec
+from splitsim.models.ops import Sharding
+from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
+from splitsim.models.spec import ModelSpec, load_model
+from splitsim.scenario import Scenario, describe_validation_error
+from splitsim.sim.workload import max_length
+
+GIB = 2.0**30
+
+
+def pp_layer_counts(num_layers: int, pp: int) -> list[int]:
+    """Layers per stage as vLLM splits them (`get_pp_indices`): the remainder goes one each to the
+    stages before the last, from the second-to-last backwards, since the last stage holds the LM head."""
+    counts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        counts[-i] += 1
+    return counts
+
+
+def _divisors(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+@dataclass(frozen=True)
+class Stage:
+    index: int
+    first_layer: int
+    num_layers: int
+    weight_bytes_per_gpu: float
+    kv_bytes_per_token_per_gpu: float
+
+    @property
+    def layers(self) -> range:
+        return range(self.first_layer, self.first_layer + self.num_layers)
+
+
+class Plan:
+    """Everything the engine needs that does not change during a run."""
+
+    def __init__(self, scenario: Scenario, model: ModelSpec, cluster: ClusterSpec) -> None:
+        self.scenario = scenario
+        self.model = model
+        self.cluster = cluster
+        par = scenario.parallel
+        self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
+        weights = scenario.precision.weights or model.default_weight_dtype
+        kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
+        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8))
+
+    # -- placement -------------------------------------------------------------------------------
+    def gpu(self, replica: int, stage: int, rank: int) -> int:
+        if self.scenario.parallel.order == "tp-pp-dp":
+            return (replica * self.pp + stage) * self.tp + rank
+        return (stage * self.dp + replica) * self.tp + rank
+
+    def tp_group(self, replica: int, stage: int) -> list[int]:
+        return [self.gpu(replica, stage, rank) for rank in range(self.tp)]
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.pp * self.dp
+
+    # -- stages and memory -----------------------------------------------------------------------
+    @cached_property
+    def stages(self) -> list[Stage]:
+        model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
+        stages, first = [], 0
+        for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
+            params = count * model.layer_params
+            if index == 0:
+                params += model.embedding_params
+            if index == self.pp - 1:
+                params += model.lm_head_params
+            kv = model.kv_bytes_per_token(self.sharding.kv_cache, self.tp, count)
+            stages.append(Stage(index, first, count, params / self.tp * w, kv))
+            first += count
+        return stages
+
+    @property
+    def usable_bytes_per_gpu(self) -> float:
+        return self.cluster.gpu.memory_bytes * self.scenario.memory.gpu_utilization
+
+    @property
+    def activation_bytes_per_gpu(self) -> float:
+        """Peak activation workspace of the largest batch (vLLM profiles a dummy forward pass for it):
+        a few hidden-size buffers, the QKV and gate/up outputs of max_batched_tokens tokens, and
+        fp32 logits for max_num_seqs sequences."""
+        model, tp = self.model, self.tp
+        tokens = self.scenario.scheduler.max_batched_tokens
+        per_token = (4 * model.hidden_size + 2 * model.intermediate_size // tp
+                     + (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim)
+        logits = self.scenario.scheduler.max_num_seqs * model.vocab_size / tp * 4
+        return tokens * per_token * ACTIVATION_BYTES + logits
+
+    @property
+    def weights_bytes_per_gpu(self) -> float:
+        return max(stage.weight_bytes_per_gpu for stage in self.stages)
+
+    @cached_property
+    def kv_cache_tokens(self) -> int:
+        """Tokens of KV cache one replica holds: the tightest stage decides, in whole blocks."""
+        block = self.scenario.memory.block_size
+        free = [self.usable_bytes_per_gpu - s.weight_bytes_per_gpu - self.activation_bytes_per_gpu
+                for s in self.stages]
+        tokens = min(int(f // s.kv_bytes_per_token_per_gpu) for f, s in zip(free, self.stages))
+        return max(0, tokens // block * block)
+
+    # -- checks ----------------------------------------------------------------------------------
+    def check_layout(self) -> None:
+        model, cluster, tp, pp = self.model, self.cluster, self.tp, self.pp
+        if self.num_gpus > cluster.num_gpus:
+            raise ScenarioError(
+                f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
+                f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
+            )
+        if model.num_heads % tp:
+            raise ScenarioError(
+                f"parallel.tp = {tp} does not divide {model.name}'s {model.num_heads} attention heads "
+                f"(valid: {_divisors(model.num_heads)})"
+            )
+        kv = model.num_kv_heads
+        if kv % tp and tp % kv:
+            raise ScenarioError(
+                f"parallel.tp = {tp}: the {kv} KV heads must divide among the ranks or be replicated "
+                f"to them (tp must divide {kv} or be a multiple of it)"
+            )
+        if model.intermediate_size % tp:
+            raise ScenarioError(
+                f"parallel.tp = {tp} does not divide {model.name}'s FFN width {model.intermediate_size}"
+            )
+        if pp > model.num_layers:
+            raise ScenarioError(f"parallel.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
+        g = cluster.gpus_per_node
+        if g % tp and tp % g:
+            raise ScenarioError(
+                f"parallel.tp = {tp}: a TP group must fill whole nodes or fit evenly in one "
+                f"({cluster.name} has {g} GPUs per node; valid: {_divisors(g)} or multiples of {g})"
+            )
+        longest = max_length(self.scenario.workload.prompt_tokens) + max_length(
+            self.scenario.workload.output_tokens)
+        if longest > model.max_position_embeddings:
+            raise ScenarioError(
+                f"workload: prompt + output tokens reach {longest}, beyond {model.name}'s "
+                f"max_position_embeddings = {model.max_position_embeddings}"
+            )
+
+    def check_memory(self) -> None:
+        usable = self.usable_bytes_per_gpu
+        gpu = self.cluster.gpu
+        for stage in self.stages:
+            need = stage.weight_bytes_per_gpu + self.activation_bytes_per_gpu
+            if need > usable:
+                raise ScenarioError(
+                    f"memory: {self.model.name} needs {need / GIB:.1f} GiB per GPU on stage {stage.index} "
+                    f"(weights {stage.weight_bytes_per_gpu / GIB:.1f} GiB in {self.sharding.weights} at "
+                    f"tp={self.tp} pp={self.pp}, plus activations) but {gpu.name} has {usable / GIB:.1f} GiB "
+                    f"usable ({gpu.memory_bytes / GIB:.1f} GiB × gpu_utilization "
+                    f"{self.scenario.memory.gpu_utilization}); raise tp×pp or use smaller weights"
+                )
+        wl = self.scenario.workload
+        longest = max_length(wl.prompt_tokens) + max_length(wl.output_tokens)
+        if self.kv_cache_tokens < longest:
+            raise ScenarioError(
+                f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights, "
+                f"but one request needs up to {longest} (prompt + output); raise tp×pp or shorten requests"
+            )
+
+
+def build_plan(scenario: Scenario) -> Plan:
+    """Resolve the model and cluster, then check layout and memory (in that order)."""
+    try:
+        model = load_model(scenario.model)
+    except ValueError as err:
+        raise ScenarioError(f"model: {err}") from None
+    try:
+        cluster = load_cluster(scenario.cluster)
+    except ValidationError as err:
+        raise ScenarioError("cluster." + describe_validation_error(err, ClusterSpec)) from None
+    except ValueError as err:
+        raise ScenarioError(f"cluster: {err}") from None
+    plan = Plan(scenario, model, cluster)
+    plan.check_layout()
+    plan.check_memory()
+    return plan

@@ -1,0 +1,160 @@
+"""The `splitsim` command: run a scenario, price one operation, list the presets.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from splitsim.errors import ScenarioError
+
+EXIT_BAD_INPUT = 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from splitsim.api import simulate
+    from splitsim.report import format_summary, write_outputs
+    from splitsim.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.set)
+    out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
+    started = time.perf_counter()
+    with tqdm(total=scenario.workload.num_requests, unit="req", desc="simulating", leave=False,
+              disable=args.quiet or None, file=sys.stderr) as bar:
+        result = simulate(scenario, trace_window_s=args.trace_window, on_finish=lambda _: bar.update())
+    sim_wall = time.perf_counter() - started
+    run_info = {
+        "scenario": str(args.scenario), "overrides": args.set, "wall_time_s": sim_wall,
+        "events": result.meta.get("events"), "python": platform.python_version(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    written = write_outputs(result, out_dir, run_info, timeline=not args.no_plot)
+    print(format_summary(result))
+    print(f"  wall time       {sim_wall:.2f} s to simulate; outputs in {out_dir}/ "
+          f"({', '.join(p.name for p in written)})")
+    return 0
+
+
+def _cost(args: argparse.Namespace) -> int:
+    from splitsim.hardware import collectives
+    from splitsim.hardware.catalog import load_cluster, load_gpu
+
+    if args.op == "gemm":
+        gpu = load_gpu(args.gpu)
+        weight_bytes = 1.0 if args.dtype == "fp8" else 2.0
+        if args.dtype == "fp8" and not gpu.has_fp8:
+            raise ScenarioError(f"--dtype fp8: {gpu.name} has no FP8 tensor cores (valid: bf16, fp16)")
+        seconds = gpu.gemm_time_s(args.m, args.n, args.k, weight_bytes=weight_bytes, dtype=args.dtype)
+        label = f"gemm {args.m}×{args.k} · {args.k}×{args.n} {args.dtype} on {gpu.name}"
+    else:
+        cluster = load_cluster(args.cluster)
+        if not 2 <= args.gpus <= cluster.num_gpus:
+            raise ScenarioError(f"--gpus = {args.gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
+                                f"(valid: 2 to {cluster.num_gpus})")
+        gpus = list(range(args.gpus))
+        if args.op == "allreduce":
+            seconds = collectives.allreduce_s(cluster, gpus, args.bytes)
+        elif args.op == "allgather":
+            seconds = collectives.allgather_s(cluster, gpus, args.bytes)
+        else:
+            seconds = collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes)
+        label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name}"
+    print(f"{label}: {seconds * 1e6:.3f} µs")
+    if args.json:
+        print(json.dumps({"seconds": seconds}))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from splitsim.hardware.catalog import preset_names
+    from splitsim.models.spec import catalog_names
+
+    print("models:   " + ", ".join(catalog_names()))
+    for kind in ("gpus", "fabrics", "clusters"):
+        print(f"{kind + ':':9} " + ", ".join(preset_names(kind)))
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="splitsim",
+        description="Simulate tensor-, pipeline- and data-parallel LLM inference on given GPUs and wires.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="simulate a scenario YAML and write its outputs",
+                         description="Simulate a scenario and write summary.json, requests.csv, gpus.csv, "
+                                     "trace.json (Perfetto) and timeline.png.")
+    run.add_argument("scenario", type=Path, help="scenario YAML file (see scenarios/)")
+    run.add_argument("--out", help="output folder (default: runs/<scenario name>)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a scenario key, e.g. --set parallel.tp=4 (repeatable)")
+    run.add_argument("--trace-window", type=_nonnegative_float, default=2.0, metavar="SECONDS",
+                     help="simulated seconds, from t=0, kept in trace.json, gpus.csv and timeline.png "
+                          "(default: 2)")
+    run.add_argument("--no-plot", action="store_true", help="skip timeline.png")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_run)
+
+    cost = sub.add_parser("cost", help="predicted seconds of one GEMM or collective",
+                          description="Price one operation with the cost model the simulator uses.")
+    cost.add_argument("op", choices=["allreduce", "allgather", "sendrecv", "gemm"])
+    cost.add_argument("--cluster", help="cluster preset or YAML (collectives)")
+    cost.add_argument("--gpus", type=_positive_int, help="GPUs in the group, taken in placement order")
+    cost.add_argument("--bytes", type=float, help="message bytes (all-gather: the gathered size)")
+    cost.add_argument("--gpu", help="GPU preset or YAML (gemm)")
+    cost.add_argument("--m", type=_positive_int, help="rows of the activation (tokens)")
+    cost.add_argument("--n", type=_positive_int, help="columns of the weight")
+    cost.add_argument("--k", type=_positive_int, help="inner dimension")
+    cost.add_argument("--dtype", choices=["bf16", "fp16", "fp8"], default="bf16")
+    cost.add_argument("--json", action="store_true", help='end with a line {"seconds": x}')
+    cost.set_defaults(func=_cost)
+
+    lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets")
+    lister.set_defaults(func=_list)
+    return parser
+
+
+def _check_cost_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.command != "cost":
+        return
+    needed = ("gpu", "m", "n", "k") if args.op == "gemm" else ("cluster", "gpus", "bytes")
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        parser.error(f"cost {args.op} needs {', '.join(missing)}")
+    if args.op != "gemm" and args.bytes < 0:
+        parser.error(f"--bytes = {args.bytes:g} is negative")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_cost_args(parser, args)
+    try:
+        return int(args.func(args))
+    except (ScenarioError, ValueError) as err:
+        print(f"splitsim: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT

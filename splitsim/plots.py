@@ -1,0 +1,58 @@
+"""Pictures of a Result: the pipeline timeline (bubbles visible) and the latency CDFs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, not windows; notebooks show the returned figure inline
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from splitsim.sim.result import Result  # noqa: E402
+
+COLORS = {"compute": "#2b7bba", "tp_comm": "#e8a33d", "pp_comm": "#8e5bb5", "bubble": "#d9534f",
+          "idle": "#e6e6e6"}
+
+
+def timeline_figure(result: Result) -> Figure:
+    """One row per GPU over the recorded window, coloured by what the GPU was doing."""
+    intervals = result.gpu_intervals
+    gpus = sorted(intervals["gpu"].unique())
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(gpus) + 1.6))
+    for row, gpu in enumerate(gpus):
+        mine = intervals[intervals["gpu"] == gpu]
+        for category, part in mine.groupby("category"):
+            spans = list(zip(part["start_s"] * 1e3, (part["end_s"] - part["start_s"]) * 1e3))
+            ax.broken_barh(spans, (row - 0.4, 0.8), facecolors=COLORS[str(category)], linewidth=0)
+    ax.set_yticks(range(len(gpus)), [f"GPU {g}" for g in gpus])
+    ax.invert_yaxis()
+    ax.set_xlabel("simulated time (ms)")
+    ax.set_xlim(0, result.window_s * 1e3)
+    s = result.summary["parallel"]
+    ax.set_title(f"{result.scenario_name}: TP{s['tp']} × PP{s['pp']} × DP{s['dp']}, "
+                 f"first {result.window_s:g} s")
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], ncol=5,
+              loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def latency_cdf_figure(result: Result) -> Figure:
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, column in zip(axes, ("ttft_s", "tpot_s", "e2e_s")):
+        data = result.requests[column].dropna().sort_values()
+        ax.plot(data.to_numpy(), [(i + 1) / len(data) for i in range(len(data))])
+        ax.set_xlabel(column.replace("_s", " (s)").upper())
+        ax.set_ylabel("fraction of requests")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def save_timeline(result: Result, path: Path) -> None:
+    fig = timeline_figure(result)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
