@@ -1,8 +1,10 @@
 """The SimPy engine: requests arrive, a router spreads them over DP replicas, each replica batches
 continuously and runs its batches through PP stages, whose work is timed by `sim.costs`.
 
-A replica has PP slots (vLLM's virtual engines): each slot owns a disjoint set of running requests and
-keeps at most one batch in flight, so up to PP batches fill the pipeline and no request is in two.
+A replica has PP slots (vLLM's virtual engines): each slot owns a disjoint set of requests, handed to
+it on arrival when it has the fewest unfinished (as vLLM assigns them), and keeps at most one batch in
+flight, so up to PP batches fill the pipeline and no request is in two. The slots share the replica's
+KV cache.
 A stage is a `simpy.Resource` held while it works on a batch. A hand-off needs the receiving stage:
 the sender holds its stage until the receiver takes the batch (blocked time shows as bubble), then
 both spend the send in `pp_comm`; the receiver all-gathers the TP-sharded activations.
@@ -30,17 +32,21 @@ Process = Generator[simpy.Event, Any, None]
 
 
 class _Slot:
-    __slots__ = ("running", "wake")
+    __slots__ = ("waiting", "running", "wake")
 
     def __init__(self) -> None:
+        self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.wake: simpy.Event | None = None
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
 
 
 class _Replica:
     def __init__(self, env: simpy.Environment, plan: Plan, index: int) -> None:
         self.index = index
-        self.waiting: deque[Request] = deque()
         self.kv = KvPool(plan.kv_cache_tokens, plan.scenario.memory.block_size)
         self.slots = [_Slot() for _ in range(plan.pp)]
         self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]
@@ -94,14 +100,17 @@ class Engine:
             replica = min(self.replicas, key=lambda r: r.outstanding)  # least outstanding, lowest index
             request.replica = replica.index
             replica.outstanding += 1
-            replica.waiting.append(request)
-            replica.wake_idle_slots()
+            slot = min(replica.slots, key=lambda s: s.unfinished)  # fewest unfinished, lowest index
+            slot.waiting.append(request)
+            if slot.wake is not None:
+                slot.wake.succeed()
+                slot.wake = None
 
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
         env, recorder = self.env, self.recorder
         while True:
-            batch = form_batch(slot.running, replica.waiting, replica.kv, *self._batch_args)
+            batch = form_batch(slot.running, slot.waiting, replica.kv, *self._batch_args)
             if batch is None:
                 slot.wake = env.event()
                 yield slot.wake

@@ -1,0 +1,146 @@
+"""How fast does splitsim simulate? Wall time, events/s and peak memory of two fixed runs.
+
+Reference run (Vidur's usual benchmark): Llama-2-70B (benchmarks/models/llama-2-70b/config.json) on
+one H100 NVLink node, TP4 PP1 DP1, 10,000 requests at Poisson 2 req/s, 1,024-token prompts, 212 output
+tokens, chunked prefill with max_batched_tokens 512, max_num_seqs 128, stage granularity, seed 0.
+
+Target: Vidur, the best-known simulator, takes ~55 s wall for this run on a machine like this one
+(~30 s of it in its event loop). Our goal is < 5.5 s -- 10x faster -- *including* writing the
+default outputs (summary.json, requests.csv, gpus.csv, trace.json, timeline.png).
+
+A second run, 200 requests of the same scenario at layer granularity (one event per op), shows the
+cost per event of the detailed mode.
+
+    python benchmarks/bench_engine.py                  # both runs, one table
+    python benchmarks/bench_engine.py --requests 2000  # a shorter reference run
+    python benchmarks/bench_engine.py --profile        # cProfile of the stage-mode run (simulate + write)
+    python benchmarks/bench_engine.py --tracemalloc    # adds the Python-heap peak (slow)
+
+Run one benchmark at a time: the figures are wall-clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import pstats
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+_t0 = time.perf_counter()
+from splitsim.api import simulate  # noqa: E402
+from splitsim.report import write_outputs  # noqa: E402
+from splitsim.scenario import scenario_from_dict  # noqa: E402
+
+IMPORT_S = time.perf_counter() - _t0  # numpy, pandas, pydantic, simpy (matplotlib comes on first write)
+
+MODEL = Path(__file__).resolve().parent / "models" / "llama-2-70b" / "config.json"
+VIDUR_WALL_S = 55.0
+TARGET_WALL_S = 5.5
+
+
+def reference_scenario(num_requests: int, granularity: str = "stage") -> dict:
+    return {
+        "name": f"bench-{granularity}",
+        "model": str(MODEL),
+        "cluster": "h100-nvlink-node",
+        "parallel": {"tp": 4, "pp": 1, "dp": 1},
+        "workload": {"num_requests": num_requests, "rate": 2.0, "prompt_tokens": 1024, "output_tokens": 212},
+        "scheduler": {"max_num_seqs": 128, "max_batched_tokens": 512, "chunked_prefill": True},
+        "sim": {"granularity": granularity, "seed": 0},
+    }
+
+
+def run(label: str, data: dict, trace_memory: bool, profiler: cProfile.Profile | None = None) -> dict:
+    """Simulate `data` and write its default outputs to a temp folder, timing each half."""
+    scenario = scenario_from_dict(data)
+    gc.collect()
+    if trace_memory:
+        tracemalloc.start()
+    if profiler:
+        profiler.enable()
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        result = simulate(scenario)
+        t1 = time.perf_counter()
+        write_outputs(result, Path(out), run_info={"wall_time_s": t1 - t0}, timeline=True)
+        t2 = time.perf_counter()
+    if profiler:
+        profiler.disable()
+    peak = tracemalloc.get_traced_memory()[1] if trace_memory else None
+    tracemalloc.stop()
+    s = result.summary
+    return {
+        "run": label, "requests": s["num_requests"], "events": result.meta["events"],
+        "simulate_s": t1 - t0, "write_s": t2 - t1, "total_s": t2 - t0,
+        "req_per_wall_s": s["num_requests"] / (t1 - t0), "events_per_s": result.meta["events"] / (t1 - t0),
+        "py_peak_mib": peak / 2**20 if peak is not None else None,
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "sim_time_s": s["sim_time_s"], "tokens_per_s": s["throughput_tokens_per_s"],
+        "tpot_p50_ms": s["tpot_s"]["p50"] * 1e3,
+    }
+
+
+ROWS = [  # (key, label, format)
+    ("requests", "requests", "{:,}"), ("events", "SimPy events", "{:,}"),
+    ("simulate_s", "wall: simulate (s)", "{:.2f}"), ("write_s", "wall: write outputs (s)", "{:.2f}"),
+    ("total_s", "wall: total (s)", "{:.2f}"), ("req_per_wall_s", "requests / wall-s", "{:,.0f}"),
+    ("events_per_s", "events / wall-s", "{:,.0f}"), ("py_peak_mib", "tracemalloc peak (MiB)", "{:.1f}"),
+    ("rss_mib", "max RSS, process (MiB)", "{:.0f}"), ("sim_time_s", "simulated time (s)", "{:.1f}"),
+    ("tokens_per_s", "throughput (out tok/s)", "{:.1f}"), ("tpot_p50_ms", "TPOT p50 (ms)", "{:.2f}"),
+]
+
+
+def print_table(results: list[dict]) -> None:
+    width = max(len(r["run"]) for r in results) + 2
+    print(f"{'':26}" + "".join(f"{r['run']:>{width}}" for r in results))
+    for key, label, fmt in ROWS:
+        cells = ["n/a" if r[key] is None else fmt.format(r[key]) for r in results]
+        print(f"{label:26}" + "".join(f"{c:>{width}}" for c in cells))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000, help="requests in the stage-mode run")
+    parser.add_argument("--layer-requests", type=int, default=200, help="requests in the layer-mode run")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the stage-mode run only (timings then include profiler overhead)")
+    parser.add_argument("--tracemalloc", action="store_true",
+                        help="rerun each case under tracemalloc for the Python-heap peak (slow: ~1 min)")
+    args = parser.parse_args()
+    print(f"python {sys.version.split()[0]}; imports {IMPORT_S:.2f} s (not in the table)")
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        result = run(f"stage {args.requests}", reference_scenario(args.requests), False, profiler)
+        print_table([result])
+        stats = pstats.Stats(profiler).strip_dirs()
+        for order in ("cumulative", "tottime"):
+            print(f"\n--- top 25 by {order} ---")
+            stats.sort_stats(order).print_stats(25)
+        return 0
+
+    # Timed without tracemalloc (it slows this allocation-heavy code ~10x); optionally rerun under it.
+    results = []
+    for label, data in ((f"stage {args.requests}", reference_scenario(args.requests)),
+                        (f"layer {args.layer_requests}", reference_scenario(args.layer_requests, "layer"))):
+        timed = run(label, data, trace_memory=False)
+        if args.tracemalloc:
+            timed["py_peak_mib"] = run(label, data, trace_memory=True)["py_peak_mib"]
+        results.append(timed)
+    print_table(results)
+    ref = results[0]
+    total = ref["simulate_s"] * 10_000 / args.requests + ref["write_s"]  # simulate scales, writing barely
+    print(f"\nreference (10,000 requests{'' if args.requests == 10_000 else ', extrapolated'}): "
+          f"{total:.2f} s total; target < {TARGET_WALL_S} s (Vidur ~{VIDUR_WALL_S:.0f} s) -- "
+          + ("MET" if total < TARGET_WALL_S else "NOT MET"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""The engine against closed forms: exact two-request timelines, conservation, granularity agreement,
+link contention, bubbles and event counts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import IDEAL_F, IDEAL_M, ideal_cluster
+
+from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
+from splitsim.models.spec import ModelSpec
+
+TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
+        "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def ideal_step_s(model: ModelSpec, batch: BatchShape, num_logits: int) -> float:
+    """One TP1 PP1 step on the ideal GPU: Σ max(FLOPs/F, bytes/M) over the op list, summed here."""
+    sharding = Sharding(1, "bf16", "bf16", "bf16")
+    ops = [embedding(model, batch.num_tokens, sharding)]
+    ops += layer_ops(model, batch, sharding) * model.num_layers
+    ops.append(lm_head(model, num_logits, sharding))
+    return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
+
+
+def test_two_requests_follow_the_hand_computed_timeline(run, tiny_model):
+    from splitsim.models.spec import load_model
+
+    model = load_model(tiny_model)
+    result = run(model=tiny_model, cluster=ideal_cluster(),
+                 workload={"num_requests": 2, "rate": 0, "prompt_tokens": 64, "output_tokens": 3})
+    prefill = ideal_step_s(model, BatchShape(prefill=((64, 0), (64, 0))), 2)
+    decode1 = ideal_step_s(model, BatchShape(num_decode=2, decode_context=2 * 65), 2)
+    decode2 = ideal_step_s(model, BatchShape(num_decode=2, decode_context=2 * 66), 2)
+    rows = result.requests
+    assert rows["first_token_s"].tolist() == pytest.approx([prefill, prefill], rel=1e-12)
+    assert rows["finish_s"].tolist() == pytest.approx([prefill + decode1 + decode2] * 2, rel=1e-12)
+    assert rows["tpot_s"].tolist() == pytest.approx([(decode1 + decode2) / 2] * 2, rel=1e-12)
+
+
+def test_layer_mode_trace_of_one_layer_is_the_op_sequence(run, tiny_model):
+    result = run(model=tiny_model, cluster=ideal_cluster(), parallel={"tp": 2},
+                 sim={"granularity": "layer"},
+                 workload={"num_requests": 1, "rate": 0, "prompt_tokens": 16, "output_tokens": 1})
+    gpu0 = [e for e in result.trace_events if e["ph"] == "X" and e["tid"] == 0]
+    names = [e["name"] for e in gpu0]
+    layer = ["qkv", "attention_prefill", "o_proj", "attn_allreduce", "gate_up", "down", "mlp_allreduce"]
+    assert names == ["embedding", "embedding_allreduce"] + layer * 2 + ["lm_head"]
+    for before, after in zip(gpu0, gpu0[1:]):  # back to back: no gaps, no overlaps
+        assert after["ts"] == pytest.approx(before["ts"] + before["dur"], rel=1e-12)
+
+
+def test_every_request_finishes_once_with_the_tokens_it_asked_for(run):
+    result = run(cluster="h100-nvlink-node", parallel={"tp": 2, "pp": 2, "dp": 2},
+                 workload={"num_requests": 120, "rate": 20.0,
+                           "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 0.7, "max": 2000},
+                           "output_tokens": {"dist": "uniform", "low": 1, "high": 40}},
+                 scheduler={"chunked_prefill": True, "max_batched_tokens": 512})
+    rows = result.requests
+    assert sorted(rows["request_id"]) == list(range(120))
+    assert (rows["arrival_s"] <= rows["first_token_s"]).all()
+    assert (rows["first_token_s"] <= rows["finish_s"]).all()
+    assert rows["tpot_s"].isna().sum() == (rows["output_tokens"] == 1).sum()
+    assert result.summary["throughput_tokens_per_s"] * result.summary["sim_time_s"] == pytest.approx(
+        rows["output_tokens"].sum())
+    fractions = result.summary["gpu_time_fraction"]
+    assert sum(fractions.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_littles_law_over_the_run(run):
+    result = run(workload={"num_requests": 400, "rate": 8.0, "prompt_tokens": 200, "output_tokens": 20})
+    rows = result.requests
+    first, last = rows["arrival_s"].min(), rows["finish_s"].max()
+    # Time-average number in system, integrated from the arrival/finish step function.
+    events = sorted([(t, 1) for t in rows["arrival_s"]] + [(t, -1) for t in rows["finish_s"]])
+    area, in_system, t_prev = 0.0, 0, first
+    for t, step in events:
+        area += in_system * (t - t_prev)
+        in_system, t_prev = in_system + step, t
+    span = last - first
+    assert area / span == pytest.approx(len(rows) / span * rows["e2e_s"].mean(), rel=1e-9)
+    # Against the configured rate only statistically: 400 Poisson arrivals at 8/s, light load.
+    assert result.summary["requests_per_s"] == pytest.approx(8.0, rel=0.15)
+
+
+@pytest.mark.parametrize(("cluster", "parallel", "num_requests"), [
+    ("h100-nvlink-node", {"tp": 2, "pp": 2, "dp": 2}, 12),
+    ("h100-ib-2node", {"tp": 8, "pp": 2}, 6),
+    ("a100-nvlink-node", {"tp": 4, "pp": 2}, 8),
+    ("l40s-pcie-node", {"tp": 4, "pp": 2}, 1),  # one batch at a time: nothing contends for host memory
+])
+def test_stage_and_layer_granularity_agree_without_contention(run, cluster, parallel, num_requests):
+    workload = {"num_requests": num_requests, "rate": 50.0, "prompt_tokens": {"dist": "uniform", "low": 20,
+                "high": 200}, "output_tokens": {"dist": "uniform", "low": 1, "high": 12}}
+    stage = run(cluster=cluster, parallel=parallel, workload=workload)
+    layer = run(cluster=cluster, parallel=parallel, workload=workload, sim={"granularity": "layer"})
+    for column in ("first_token_s", "finish_s"):
+        np.testing.assert_allclose(layer.requests[column], stage.requests[column], rtol=1e-9)
+    for key, value in stage.summary["gpu_time_fraction"].items():
+        assert layer.summary["gpu_time_fraction"][key] == pytest.approx(value, abs=1e-9)
+
+
+def test_two_handoffs_over_one_ethernet_nic_queue_in_layer_mode(run):
+    """DP2 × PP2 × TP4 with each stage's replicas side by side: both replicas' prefill hand-offs leave
+    node 0 at the same instant through its one NIC; in layer mode the second waits one send."""
+    from helpers import catalog_yaml
+
+    from splitsim.hardware.units import parse_quantity as q
+
+    prompt, hidden = 512, 4096  # llama-3-8b
+    common = {"cluster": "h100-eth-2node", "parallel": {"tp": 4, "pp": 2, "dp": 2, "order": "tp-dp-pp"},
+              "workload": {"num_requests": 2, "rate": 0, "prompt_tokens": prompt, "output_tokens": 1}}
+    stage = run(**common).requests["first_token_s"].sort_values().to_numpy()
+    layer = run(**common, sim={"granularity": "layer"}).requests["first_token_s"].sort_values().to_numpy()
+    eth = catalog_yaml("fabrics", "roce-200g-node")
+    nic = q(eth["nic_bw_bytes_per_s"], "bytes_per_s") * eth["p2p_bw_efficiency"]
+    send = q(eth["p2p_latency_s"], "seconds") + prompt * hidden * 2 / nic  # 4 ranks × S/4 through one NIC
+    assert stage[0] == pytest.approx(stage[1], rel=1e-12)
+    assert layer[0] == pytest.approx(stage[0], rel=1e-9)
+    assert layer[1] - stage[1] == pytest.approx(send, rel=1e-9)
+
+
+def _gpu_fraction(result, category):
+    return result.summary["gpu_time_fraction"][category]
+
+
+def test_one_request_through_four_stages_leaves_three_quarters_bubble(run):
+    result = run(cluster="h100-nvlink-node", parallel={"tp": 2, "pp": 4},
+                 workload={"num_requests": 1, "rate": 0, "prompt_tokens": 32, "output_tokens": 400})
+    f = result.summary["gpu_time_fraction"]
+    assert f["idle"] == pytest.approx(0.0, abs=1e-12)
+    assert f["bubble"] == pytest.approx(0.75, abs=0.02)
+
+
+def test_four_batches_in_flight_fill_the_bubbles(run):
+    result = run(cluster="h100-nvlink-node", parallel={"tp": 2, "pp": 4},
+                 workload={"num_requests": 16, "rate": 0, "prompt_tokens": 32, "output_tokens": 400})
+    assert _gpu_fraction(result, "bubble") < 0.25
+
+
+def test_layer_mode_counts_two_allreduces_per_layer_and_one_handoff_per_boundary(run):
+    result = run(cluster="h100-nvlink-node", parallel={"tp": 2, "pp": 2}, sim={"granularity": "layer"},
+                 workload={"num_requests": 3, "rate": 0, "prompt_tokens": 40, "output_tokens": 5})
+    # Two slots (PP = 2) take the requests 2 + 1; each runs one prefill and four decode batches.
+    batches = 2 * (1 + 4)
+    layers_per_stage = 32 // 2
+    events = [e for e in result.trace_events if e["ph"] == "X"]
+    for gpu in range(4):
+        mine = [e["name"] for e in events if e["tid"] == gpu]
+        assert mine.count("attn_allreduce") == layers_per_stage * batches
+        assert mine.count("mlp_allreduce") == layers_per_stage * batches
+        assert mine.count("handoff") == (batches if gpu < 2 else 0)  # stage 0 (GPUs 0, 1) sends
+
+
+def test_chunked_prefill_lowers_tpot_p99_on_a_mixed_load(run):
+    workload = {"num_requests": 200, "rate": 10.0,
+                "prompt_tokens": {"dist": "uniform", "low": 500, "high": 4000}, "output_tokens": 64}
+    whole = run(cluster="h100-nvlink-node", workload=workload,
+                scheduler={"chunked_prefill": False, "max_batched_tokens": 4096})
+    chunked = run(cluster="h100-nvlink-node", workload=workload,
+                  scheduler={"chunked_prefill": True, "max_batched_tokens": 512})
+    assert chunked.summary["tpot_s"]["p99"] < 0.8 * whole.summary["tpot_s"]["p99"]
+
+
+def test_a_full_kv_cache_makes_requests_wait(run):
+    """A GPU with memory for the weights and the KV of 2.5 requests: the rest queue and TTFT grows."""
+    cluster = ideal_cluster()
+    cluster["gpu"]["memory_bytes"] = (8.03e9 * 2 + 1.0e9) / 0.9  # weights + ~1 GB (activations, KV)
+    capacity = run(cluster=cluster).summary["kv_cache_tokens_per_replica"]
+    half = capacity // 80 * 16  # prompt = output = half: each request reserves 2·half ≈ capacity / 2.5
+    assert 2 * (2 * half) <= capacity < 3 * (2 * half)
+    result = run(cluster=cluster, workload={"num_requests": 6, "rate": 0, "prompt_tokens": half,
+                                            "output_tokens": half})
+    rows = result.requests.sort_values("first_token_s")
+    # Requests 3-6 start only after earlier ones finish and free their KV blocks.
+    finishes = sorted(rows["finish_s"])
+    assert rows["first_token_s"].iloc[2] > finishes[0]
+    assert rows["ttft_s"].iloc[-1] > 2 * rows["e2e_s"].iloc[0]

@@ -1,0 +1,132 @@
+"""Roofline and alpha-beta costs against closed forms computed here from the shipped YAML figures."""
+
+import json
+import math
+
+import pytest
+from helpers import catalog_yaml
+
+from splitsim.cli import main
+from splitsim.hardware import collectives
+from splitsim.hardware.catalog import load_cluster, load_gpu
+from splitsim.hardware.units import parse_quantity as q
+
+
+def _eff(gpu_name):
+    raw = catalog_yaml("gpus", gpu_name)
+    return raw, raw["efficiency"]
+
+
+def test_large_gemm_is_compute_bound_at_the_fitted_efficiency():
+    raw, eff = _eff("h100-sxm")
+    m = n = k = 8192  # full waves of 256×128 tiles: 32·64 = 2048 tiles on 132 SMs → 16 waves (q < 1)
+    tiles = math.ceil(m / eff["tile_m"]) * math.ceil(n / eff["tile_n"])
+    waves = math.ceil(tiles / raw["num_sms"])
+    quant = m * n / (waves * raw["num_sms"] * eff["tile_m"] * eff["tile_n"])
+    eta = eff["compute"] * quant ** eff["wave_exponent"] * m / (m + eff["m_half"])
+    expected = 2 * m * n * k / (q(raw["bf16_flops_per_s"], "flops_per_s") * eta) + q(eff["launch_s"], "seconds")
+    got = load_gpu("h100-sxm").gemm_time_s(m, n, k, weight_bytes=2)
+    assert got == pytest.approx(expected, rel=1e-12)
+    # Sanity against the datasheet: a big bf16 GEMM runs at 60-80% of 989 TFLOPS.
+    assert 0.6 < 2 * m * n * k / got / 989e12 < 0.8
+
+
+def test_decode_gemm_is_memory_bound_and_fp8_halves_weight_bytes():
+    raw, eff = _eff("h100-sxm")
+    gpu = load_gpu("h100-sxm")
+    m, n, k = 8, 8192, 8192
+    bw = q(raw["memory_bw_bytes_per_s"], "bytes_per_s") * eff["memory"]
+    launch = q(eff["launch_s"], "seconds")
+    bf16 = gpu.gemm_time_s(m, n, k, weight_bytes=2)
+    fp8 = gpu.gemm_time_s(m, n, k, weight_bytes=1, dtype="fp8")
+    assert bf16 == pytest.approx((m * k + m * n) * 2 / bw + k * n * 2 / bw + launch, rel=1e-12)
+    assert fp8 == pytest.approx((m * k + m * n) * 2 / bw + k * n * 1 / bw + launch, rel=1e-12)
+
+
+def test_fp8_compute_needs_fp8_tensor_cores():
+    with pytest.raises(ValueError, match="FP8"):
+        load_gpu("a100-sxm").gemm_time_s(4096, 4096, 4096, weight_bytes=1, dtype="fp8")
+
+
+def test_ring_allreduce_inside_an_a100_node():
+    fabric = catalog_yaml("fabrics", "nvlink3-nvswitch")
+    cluster = load_cluster("a100-nvlink-node")
+    p, size = 8, 64e6
+    bw = q(fabric["link_bw_bytes_per_s"], "bytes_per_s") * fabric["bw_efficiency"]
+    expected = (q(fabric["collective_launch_s"], "seconds") + 2 * (p - 1) * q(fabric["latency_s"], "seconds")
+                + 2 * (p - 1) / p * size / bw)
+    assert collectives.allreduce_s(cluster, list(range(p)), size) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nvls_wins_for_large_messages_on_h100_and_ring_for_small():
+    fabric = catalog_yaml("fabrics", "nvlink4-nvswitch")
+    cluster = load_cluster("h100-nvlink-node")
+    launch = q(fabric["collective_launch_s"], "seconds")
+    link = q(fabric["link_bw_bytes_per_s"], "bytes_per_s")
+    size = 256e6
+    nvls = launch + 2 * q(fabric["nvls_latency_s"], "seconds") + size / (link * fabric["nvls_bw_efficiency"])
+    assert collectives.allreduce_s(cluster, list(range(8)), size) == pytest.approx(nvls, rel=1e-12)
+    small = 16e3
+    ring = launch + 14 * q(fabric["latency_s"], "seconds") + 14 / 8 * small / (link * fabric["bw_efficiency"])
+    assert collectives.allreduce_s(cluster, list(range(8)), small) == pytest.approx(ring, rel=1e-12)
+
+
+def test_hierarchical_allreduce_over_two_ib_nodes():
+    nv, ib = catalog_yaml("fabrics", "nvlink4-nvswitch"), catalog_yaml("fabrics", "ib-ndr-rail")
+    cluster = load_cluster("h100-ib-2node")
+    size, g, n = 32e6, 8, 2
+    bw = q(nv["link_bw_bytes_per_s"], "bytes_per_s") * nv["bw_efficiency"]
+    alpha = q(nv["latency_s"], "seconds")
+    reduce_scatter = (g - 1) * alpha + (g - 1) / g * size / bw
+    nic = q(ib["nic_bw_bytes_per_s"], "bytes_per_s") * ib["bw_efficiency"]  # one NIC per GPU: own rail
+    inter = 2 * (n - 1) * q(ib["latency_s"], "seconds") + 2 * (n - 1) / n * (size / g) / nic
+    expected = q(nv["collective_launch_s"], "seconds") + 2 * reduce_scatter + inter
+    assert collectives.allreduce_s(cluster, list(range(16)), size) == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_nic_per_node_is_shared_by_the_rails():
+    ib_time = collectives.allreduce_s(load_cluster("h100-ib-2node"), list(range(16)), 32e6)
+    eth_time = collectives.allreduce_s(load_cluster("h100-eth-2node"), list(range(16)), 32e6)
+    eth = catalog_yaml("fabrics", "roce-200g-node")
+    # The inter-node phase alone: S/g per rail, 8 rails through one 200 Gb/s NIC → S/(NIC rate).
+    nic = q(eth["nic_bw_bytes_per_s"], "bytes_per_s") * eth["bw_efficiency"]
+    assert eth_time > 32e6 / nic > ib_time
+
+
+def test_tp_sharded_handoff_over_one_ethernet_nic():
+    eth = catalog_yaml("fabrics", "roce-200g-node")
+    cluster = load_cluster("h100-eth-2node")
+    size = 8e6
+    nic = q(eth["nic_bw_bytes_per_s"], "bytes_per_s") * eth["p2p_bw_efficiency"]
+    # Eight ranks each send S/8, all through the node's one NIC: α + S / B.
+    expected = q(eth["p2p_latency_s"], "seconds") + size / nic
+    got = collectives.handoff_send_s(cluster, list(range(8)), list(range(8, 16)), size)
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_l40s_without_p2p_is_far_slower_than_nvlink():
+    pcie = collectives.allreduce_s(load_cluster("l40s-pcie-node"), list(range(8)), 16e6)
+    nvlink = collectives.allreduce_s(load_cluster("h100-nvlink-node"), list(range(8)), 16e6)
+    assert pcie > 10 * nvlink
+
+
+def test_shared_links_name_nics_and_the_host_bridge():
+    assert collectives.shared_links(load_cluster("h100-nvlink-node"), [0, 1, 2, 3]) == ()
+    assert collectives.shared_links(load_cluster("h100-eth-2node"), [0, 8]) == ("node0/nic0", "node1/nic0")
+    assert collectives.shared_links(load_cluster("h100-ib-2node"), [3, 11]) == ("node0/nic3", "node1/nic3")
+    assert collectives.shared_links(load_cluster("l40s-pcie-node"), [0, 1]) == ("node0/host-memory",)
+
+
+def test_cost_cli_prints_seconds_as_json(capsys):
+    assert main(["cost", "sendrecv", "--cluster", "h100-ib-2node", "--gpus", "16", "--bytes", "1e6",
+                 "--json"]) == 0
+    seconds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"]
+    ib = catalog_yaml("fabrics", "ib-ndr-rail")
+    nic = q(ib["nic_bw_bytes_per_s"], "bytes_per_s") * ib["p2p_bw_efficiency"]
+    assert seconds == pytest.approx(q(ib["p2p_latency_s"], "seconds") + 1e6 / nic, rel=1e-12)
+    assert main(["cost", "gemm", "--gpu", "h100-sxm", "--m", "1", "--n", "2", "--k", "3", "--json"]) == 0
+
+
+def test_cost_cli_refuses_too_many_gpus(capsys):
+    assert main(["cost", "allreduce", "--cluster", "h100-nvlink-node", "--gpus", "9", "--bytes", "1"]) == 2
+    assert "GPUs" in capsys.readouterr().err
