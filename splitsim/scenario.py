@@ -113,6 +113,8 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
     if first["type"] == "missing":
         return f"{where}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a cross-field check: its message names its fields
+        return message
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"{where}{shown}: {message}"

@@ -1,0 +1,112 @@
+"""Bad input: one line naming the field, the value and what is valid; exit code 2; no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import SCENARIOS
+
+from splitsim.cli import main
+from splitsim.scenario import load_scenario
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_scenario_loads_and_plans(path):
+    from splitsim.sim.plan import build_plan
+
+    plan = build_plan(load_scenario(path))
+    assert plan.kv_cache_tokens > 0
+
+
+def test_the_four_contract_scenarios_exist():
+    names = {p.name for p in SCENARIOS.glob("*.yaml")}
+    assert {"h100-nvlink-70b.yaml", "l40s-pcie-70b.yaml", "h100-2node-ib.yaml",
+            "h100-2node-ethernet.yaml"} <= names
+
+
+def test_set_overrides_parse_yaml_scalars():
+    scenario = load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
+                             ["parallel.tp=4", "parallel.dp=2", "workload.rate=0.5",
+                              "scheduler.max_num_seqs=32", "precision.kv_cache=fp8"])
+    assert (scenario.parallel.tp, scenario.parallel.dp, scenario.workload.rate) == (4, 2, 0.5)
+    assert scenario.scheduler.max_num_seqs == 32
+    assert scenario.precision.kv_cache == "fp8"
+
+
+def _write(tmp_path: Path, data: dict | str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def _base() -> dict:
+    return yaml.safe_load((SCENARIOS / "h100-nvlink-70b.yaml").read_text())
+
+
+def _error_line(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+CASES = [
+    ("malformed YAML", "model: llama-3-70b\ncluster: [unclosed\nparallel: {tp: 8}\n", [], ["line", "YAML"]),
+    ("unknown field", {"parallel.tpp": 2}, [], ["parallel.tpp", "unknown field", "tp, pp, dp"]),
+    ("unknown field via --set", {}, ["sim.speed=3"], ["sim.speed", "unknown field", "granularity"]),
+    ("tp not dividing heads", {}, ["parallel.tp=3"], ["parallel.tp = 3", "64 attention heads", "valid: 1, 2, 4, 8"]),
+    ("too many GPUs", {}, ["parallel.dp=2"], ["16 GPUs", "8 GPUs"]),
+    ("model does not fit", {"model": "llama-3.1-405b"}, [], ["memory", "GiB", "usable"]),
+    ("negative rate", {}, ["workload.rate=-1"], ["workload.rate", "-1", "greater than or equal to 0"]),
+    ("prompt above the token budget", {}, ["scheduler.chunked_prefill=false"],
+     ["workload.prompt_tokens", "4096", "max_batched_tokens=2048", "chunked_prefill"]),
+    ("unknown model", {"model": "gpt-9"}, [], ["model", "gpt-9", "llama-3-70b"]),
+    ("unknown cluster", {"cluster": "dgx-z"}, [], ["cluster", "dgx-z", "h100-nvlink-node"]),
+    ("bad granularity", {}, ["sim.granularity=token"], ["sim.granularity", "token", "stage", "layer"]),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "sets", "expected"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, capsys, case, change, sets, expected):
+    if isinstance(change, str):
+        path = _write(tmp_path, change)
+    else:
+        data = _base()
+        for key, value in change.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        path = _write(tmp_path, data)
+    argv = ["run", str(path), "--out", str(tmp_path / "out"), "-q"]
+    for item in sets:
+        argv += ["--set", item]
+    err = _error_line(capsys, argv)
+    for fragment in expected:
+        assert fragment in err
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_checks_run_schema_then_layout_then_memory(tmp_path, capsys):
+    # An unknown field and an impossible TP: the schema error wins.
+    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
+                               "--set", "parallel.foo=1"])
+    assert "parallel.foo" in err
+    # An impossible TP and a model that does not fit: the layout error wins.
+    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
+                               "--set", "model=llama-3.1-405b"])
+    assert "attention heads" in err
+
+
+def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
+    bad = _write(tmp_path, "model: [\n")
+    script = Path(sys.executable).with_name("splitsim")
+    done = subprocess.run([str(script), "run", str(bad)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr

@@ -1,0 +1,94 @@
+"""What `splitsim run` writes: files, reproducibility, and a summary that the rows reproduce."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from helpers import scenario_dict
+
+from splitsim.cli import main
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runs")
+    scenario = folder / "small.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_dict(
+        name="small", parallel={"tp": 2, "pp": 2, "dp": 2},
+        workload={"num_requests": 40, "rate": 30.0, "prompt_tokens": {"dist": "uniform", "low": 16, "high": 600},
+                  "output_tokens": {"dist": "uniform", "low": 1, "high": 30}},
+        scheduler={"chunked_prefill": True, "max_batched_tokens": 256})))
+    outs = []
+    for name in ("a", "b"):
+        assert main(["run", str(scenario), "--out", str(folder / name), "--trace-window", "1000", "-q"]) == 0
+        outs.append(folder / name)
+    return outs
+
+
+def test_run_writes_every_output(small_run):
+    names = {p.name for p in small_run[0].iterdir()}
+    assert {"summary.json", "requests.csv", "gpus.csv", "trace.json", "timeline.png", "run.json"} <= names
+
+
+def test_summary_and_requests_are_byte_identical_across_runs(small_run):
+    a, b = small_run
+    for name in ("summary.json", "requests.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+
+
+def test_summary_is_what_the_rows_give(small_run):
+    summary = json.loads((small_run[0] / "summary.json").read_text())
+    rows = pd.read_csv(small_run[0] / "requests.csv")
+    assert list(rows.columns) == ["request_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens",
+                                  "output_tokens", "ttft_s", "tpot_s", "e2e_s"]
+    assert summary["num_requests"] == len(rows)
+    assert summary["sim_time_s"] == rows["finish_s"].max()
+    assert summary["throughput_tokens_per_s"] == pytest.approx(rows["output_tokens"].sum() / rows["finish_s"].max(),
+                                                               rel=1e-15)
+    for metric in ("ttft_s", "tpot_s", "e2e_s"):
+        values = rows[metric].dropna().to_numpy()
+        expected = [values.mean(), *np.percentile(values, [50, 90, 99])]
+        got = [summary[metric][k] for k in ("mean", "p50", "p90", "p99")]
+        assert got == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(rows["e2e_s"], rows["finish_s"] - rows["arrival_s"], rtol=1e-12)
+    assert summary["parallel"] == {"tp": 2, "pp": 2, "dp": 2}
+
+
+def test_gpu_intervals_tile_the_run_and_match_the_fractions(small_run):
+    summary = json.loads((small_run[0] / "summary.json").read_text())
+    intervals = pd.read_csv(small_run[0] / "gpus.csv")
+    assert sorted(intervals["gpu"].unique()) == list(range(8))
+    span = summary["sim_time_s"]
+    for _, mine in intervals.groupby("gpu"):
+        starts, ends = mine["start_s"].to_numpy(), mine["end_s"].to_numpy()
+        assert starts[0] == 0.0 and ends[-1] == pytest.approx(span, rel=1e-12)
+        np.testing.assert_allclose(starts[1:], ends[:-1], rtol=0, atol=1e-12)  # no gaps, no overlaps
+        same = mine["category"].to_numpy()
+        assert not (same[1:] == same[:-1]).any()  # adjacent intervals of one category are merged
+    seconds = (intervals["end_s"] - intervals["start_s"]).groupby(intervals["category"]).sum()
+    for category, fraction in summary["gpu_time_fraction"].items():
+        assert seconds.get(category, 0.0) / (8 * span) == pytest.approx(fraction, abs=1e-9)
+
+
+def test_trace_is_chrome_complete_events(small_run):
+    trace = json.loads((small_run[0] / "trace.json").read_text())["traceEvents"]
+    complete = [e for e in trace if e["ph"] == "X"]
+    assert complete and {e["cat"] for e in complete} <= {"compute", "tp_comm", "pp_comm"}
+    assert {e["tid"] for e in complete} == set(range(8))
+    assert all(e["dur"] >= 0 for e in complete)
+
+
+def test_trace_window_keeps_long_runs_small(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_dict(workload={"num_requests": 50, "rate": 5.0,
+                                                               "prompt_tokens": 100, "output_tokens": 50})))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "o"), "--trace-window", "0.5", "-q",
+                 "--no-plot"]) == 0
+    trace = json.loads((tmp_path / "o" / "trace.json").read_text())["traceEvents"]
+    assert max(e["ts"] for e in trace if e["ph"] == "X") < 0.5e6
+    intervals = pd.read_csv(tmp_path / "o" / "gpus.csv")
+    assert intervals["end_s"].max() == pytest.approx(0.5)
