@@ -121,11 +121,11 @@ def _chunked(running: list[Request], waiting: deque[Request], kv: KvPool, max_nu
             prefill.append((request, chunk))
             budget -= chunk
     while budget > 0:
-        request = _admit(running, waiting, kv, max_num_seqs)
-        if request is None:
+        admitted = _admit(running, waiting, kv, max_num_seqs)
+        if admitted is None:
             break
-        chunk = min(request.prompt, budget)
-        prefill.append((request, chunk))
+        chunk = min(admitted.prompt, budget)
+        prefill.append((admitted, chunk))
         budget -= chunk
     if not decode and not prefill:
         return None

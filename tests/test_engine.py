@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import IDEAL_F, IDEAL_M, ideal_cluster
 
+from helpers import IDEAL_F, IDEAL_M, ideal_cluster
 from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
 from splitsim.models.spec import ModelSpec
 
@@ -115,7 +115,6 @@ def test_two_handoffs_over_one_ethernet_nic_queue_in_layer_mode(run):
     """DP2 × PP2 × TP4 with each stage's replicas side by side: both replicas' prefill hand-offs leave
     node 0 at the same instant through its one NIC; in layer mode the second waits one send."""
     from helpers import catalog_yaml
-
     from splitsim.hardware.units import parse_quantity as q
 
     prompt, hidden = 512, 4096  # llama-3-8b

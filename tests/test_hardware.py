@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-from helpers import catalog_yaml
 
+from helpers import catalog_yaml
 from splitsim.cli import main
 from splitsim.hardware import collectives
 from splitsim.hardware.catalog import load_cluster, load_gpu

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import SCENARIOS
 
+from helpers import SCENARIOS
 from splitsim.cli import main
 from splitsim.scenario import load_scenario
 

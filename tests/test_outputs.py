@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import scenario_dict
 
+from helpers import scenario_dict
 from splitsim.cli import main
 
 

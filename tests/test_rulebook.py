@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from helpers import scenario_dict
 
+from helpers import scenario_dict
 from splitsim import simulate
 from splitsim.scenario import scenario_from_dict
 
