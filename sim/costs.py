@@ -40,6 +40,13 @@ class StageCosts:
         self._per_token: dict[int, tuple[float, float]] = {}
         self._lm_head: dict[int, float] = {}
         self._handoff: dict[int, tuple[float, float]] = {}
+        self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = {}
+        # Decode attention is linear in (Σ context, sequences): take its coefficients from models/ once.
+        unit_ctx = model_ops.attention(plan.model, BatchShape(decode_context=1), plan.sharding)[1]
+        unit_seq = model_ops.attention(plan.model, BatchShape(num_decode=1), plan.sharding)[1]
+        self._decode_flops_per_ctx = unit_ctx.flops
+        self._decode_bytes_per_ctx = unit_ctx.nbytes
+        self._decode_bytes_per_seq = unit_seq.nbytes
 
     # -- pieces, each cached by what it depends on ------------------------------------------------
     def _op_time(self, op: Op) -> float:
@@ -71,9 +78,21 @@ class StageCosts:
         return cached
 
     def attention_times(self, batch: BatchShape) -> tuple[float, float]:
-        prefill, decode = model_ops.attention(self.plan.model, batch, self.plan.sharding)
-        return (self._op_time(prefill) if batch.prefill else 0.0,
-                self._op_time(decode) if batch.num_decode else 0.0)
+        """(prefill, decode) attention seconds; prefill cached by its chunks, decode from coefficients."""
+        prefill = 0.0
+        if batch.prefill:
+            prefill = self._prefill_attention.get(batch.prefill, -1.0)
+            if prefill < 0:
+                op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding)[0]
+                prefill = self._prefill_attention[batch.prefill] = self._op_time(op)
+        decode = 0.0
+        if batch.num_decode:
+            ctx = batch.decode_context
+            decode = self.gpu.kernel_time_s(
+                self._decode_flops_per_ctx * ctx,
+                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode,
+                compute_efficiency=self.gpu.efficiency.attention)
+        return prefill, decode
 
     def edge_times(self, tokens: int) -> tuple[float, float]:
         """(compute, tp_comm) of the embedding on the first stage: lookup, then a vocab-parallel all-reduce."""
