@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster
 from splitsim.hardware.cluster import ClusterSpec
+from splitsim.hardware.profile import HardwareProfile, apply_profile, load_profile
 from splitsim.models.ops import Sharding
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec, load_model
@@ -194,6 +195,13 @@ def build_plan(scenario: Scenario) -> Plan:
         raise ScenarioError("cluster." + describe_validation_error(err, ClusterSpec)) from None
     except ValueError as err:
         raise ScenarioError(f"cluster: {err}") from None
+    if scenario.hardware_profile is not None:
+        try:
+            cluster = apply_profile(cluster, load_profile(scenario.hardware_profile))
+        except ValidationError as err:
+            raise ScenarioError("hardware_profile." + describe_validation_error(err, HardwareProfile)) from None
+        except ValueError as err:
+            raise ScenarioError(str(err)) from None
     plan = Plan(scenario, model, cluster)
     plan.check_layout()
     plan.check_memory()

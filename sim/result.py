@@ -67,9 +67,22 @@ class Result:
     window_s: float
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def row(self) -> dict[str, Any]:
+        """The summary flattened to one level (`tpot_s.p99`, `gpu_time_fraction.bubble`, `parallel.tp`…),
+        so a sweep becomes a DataFrame with `pd.DataFrame([r.row() for r in results])`."""
+        flat: dict[str, Any] = {"scenario": self.scenario_name}
+        for key, value in self.summary.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}.{inner}": v for inner, v in value.items()})
+            else:
+                flat[key] = value
+        return flat
+
 
 def summarize(requests: pd.DataFrame, totals: dict[str, float], parallel: dict[str, int],
               weights_bytes_per_gpu: float, kv_cache_tokens: int) -> dict[str, Any]:
+    # Throughput is output tokens over the time to the last finish: under a steady arrival rate it
+    # follows the rate; with everything at t=0 (rate 0) it measures what the layout sustains.
     sim_time = float(requests["finish_s"].max())
     grand = sum(totals.values())
     return {

@@ -1,17 +1,17 @@
-"""Pictures of a Result: the pipeline timeline (bubbles visible) and the latency CDFs."""
+"""Pictures of a Result: the pipeline timeline (bubbles visible) and the latency CDFs.
+
+Figures are built without pyplot, so importing this module never changes a notebook's backend, and
+saving a file needs no display.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")  # files, not windows; notebooks show the returned figure inline
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from splitsim.sim.result import Result  # noqa: E402
+from splitsim.sim.result import Result
 
 COLORS = {"compute": "#2b7bba", "tp_comm": "#e8a33d", "pp_comm": "#8e5bb5", "bubble": "#d9534f",
           "idle": "#e6e6e6"}
@@ -21,7 +21,8 @@ def timeline_figure(result: Result) -> Figure:
     """One row per GPU over the recorded window, coloured by what the GPU was doing."""
     intervals = result.gpu_intervals
     gpus = sorted(intervals["gpu"].unique())
-    fig, ax = plt.subplots(figsize=(11, 0.45 * len(gpus) + 1.6))
+    fig = Figure(figsize=(11, 0.45 * len(gpus) + 1.6))
+    ax = fig.subplots()
     for row, gpu in enumerate(gpus):
         mine = intervals[intervals["gpu"] == gpu]
         for category, part in mine.groupby("category"):
@@ -41,11 +42,12 @@ def timeline_figure(result: Result) -> Figure:
 
 
 def latency_cdf_figure(result: Result) -> Figure:
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, column in zip(axes, ("ttft_s", "tpot_s", "e2e_s")):
+    fig = Figure(figsize=(12, 3.2))
+    axes = fig.subplots(1, 3)
+    for ax, (column, label) in zip(axes, (("ttft_s", "TTFT (s)"), ("tpot_s", "TPOT (s)"), ("e2e_s", "E2E (s)"))):
         data = result.requests[column].dropna().sort_values()
-        ax.plot(data.to_numpy(), [(i + 1) / len(data) for i in range(len(data))])
-        ax.set_xlabel(column.replace("_s", " (s)").upper())
+        ax.plot(data.to_numpy(), [(i + 1) / len(data) for i in range(len(data))], label=result.scenario_name)
+        ax.set_xlabel(label)
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -55,4 +57,3 @@ def latency_cdf_figure(result: Result) -> Figure:
 def save_timeline(result: Result, path: Path) -> None:
     fig = timeline_figure(result)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

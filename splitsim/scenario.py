@@ -166,8 +166,10 @@ def scenario_from_dict(data: dict[str, Any]) -> Scenario:
         raise ScenarioError(describe_validation_error(err)) from None
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read a scenario YAML, apply `--set` overrides, validate. The name defaults to the file's stem."""
+def load_scenario(path: str | Path, overrides: list[str] | str | None = None) -> Scenario:
+    """Read a scenario YAML, apply `key.path=value` overrides, validate. The name defaults to the stem."""
+    if isinstance(overrides, str):
+        overrides = [overrides]
     path = Path(path)
     data = read_yaml(path)
     data.setdefault("name", path.stem)

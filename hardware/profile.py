@@ -1,0 +1,98 @@
+"""A hardware profile: the fitted parameters of the cost model, written by `splitsim calibrate`.
+
+It holds only the named parameters `hardware/` uses — GEMM and memory efficiencies of one GPU, and
+alpha-beta figures of the links inside a node and between nodes — never lookup tables, and says which
+measurements it was fitted on and how well. A scenario names it with `hardware_profile: PATH`; it then
+replaces the cluster's GPU efficiency and fabric figures.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitsim.hardware.cluster import ClusterSpec
+from splitsim.hardware.gpu import Efficiency
+from splitsim.hardware.units import BytesPerSecond, Seconds
+
+PROFILE_SCHEMA = "splitsim.hardware-profile/1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LinkFit(_Strict):
+    """Alpha-beta figures of one kind of link, as achieved (not datasheet) bandwidths."""
+
+    collective_launch_s: Seconds = Field(ge=0, description="fixed cost of one collective call")
+    latency_s: Seconds = Field(ge=0, description="α per ring step")
+    bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="achieved ring bandwidth B")
+    p2p_latency_s: Seconds = Field(ge=0, description="α of one send/recv")
+    p2p_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="achieved send/recv bandwidth")
+
+
+class ErrorStats(_Strict):
+    """Relative errors |predicted/measured − 1| of a fit on rows it did not see (or, if none, on all)."""
+
+    rows: int
+    median: float
+    max: float
+    held_out: bool
+
+
+class HardwareProfile(_Strict):
+    schema_: str = Field(PROFILE_SCHEMA, alias="schema")
+    name: str
+    gpu: str = Field(description="the GPU preset (or device) the profile was measured on")
+    efficiency: Efficiency
+    intra_node: LinkFit | None = None
+    inter_node: LinkFit | None = None
+    fitted_on: list[str] = Field(description="the measurement folders or files the fit used")
+    errors: dict[str, ErrorStats] = Field(default_factory=dict, description="per op kind")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def write(self, path: Path) -> None:
+        data = self.model_dump(mode="json", by_alias=True)
+        path.write_text(f"# Written by splitsim calibrate. Schema {PROFILE_SCHEMA}.\n"
+                        + yaml.safe_dump(data, sort_keys=False))
+
+
+def load_profile(path: str | Path) -> HardwareProfile:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"hardware_profile: {path} is not a file")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else None
+        raise ValueError(f"hardware_profile: {path} has schema {found!r}, expected {PROFILE_SCHEMA!r}")
+    return HardwareProfile.model_validate(data)
+
+
+def _fabric_update(fabric_rate_bytes_per_s: float, fit: LinkFit, where: str) -> dict[str, float]:
+    for label, bw in (("bw_bytes_per_s", fit.bw_bytes_per_s), ("p2p_bw_bytes_per_s", fit.p2p_bw_bytes_per_s)):
+        if bw > fabric_rate_bytes_per_s * (1 + 1e-9):
+            raise ValueError(f"hardware_profile: {where}.{label} = {bw:.4g} B/s exceeds the link rate "
+                             f"{fabric_rate_bytes_per_s:.4g} B/s of the cluster's fabric")
+    return {"latency_s": fit.latency_s, "p2p_latency_s": fit.p2p_latency_s,
+            "bw_efficiency": fit.bw_bytes_per_s / fabric_rate_bytes_per_s,
+            "p2p_bw_efficiency": fit.p2p_bw_bytes_per_s / fabric_rate_bytes_per_s}
+
+
+def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec:
+    """The cluster with the profile's GPU efficiency and link figures in place of the catalog's."""
+    gpu = cluster.gpu.model_copy(update={"efficiency": profile.efficiency})
+    update: dict[str, object] = {"gpu": gpu}
+    if profile.intra_node is not None:
+        intra = cluster.intra_node
+        fields = _fabric_update(intra.link_bw_bytes_per_s, profile.intra_node, "intra_node")
+        fields["collective_launch_s"] = profile.intra_node.collective_launch_s
+        update["intra_node"] = intra.model_copy(update=fields)
+    if profile.inter_node is not None and cluster.inter_node is not None:
+        net = cluster.inter_node
+        update["inter_node"] = net.model_copy(update=_fabric_update(net.nic_bw_bytes_per_s, profile.inter_node,
+                                                                    "inter_node"))
+    return cluster.model_copy(update=update)

@@ -1,0 +1,36 @@
+"""Every notebook under notebooks/ runs top to bottom without an error, as a user would run it."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+CELL_TIMEOUT_S = 300
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install 'splitsim[test]')")
+    nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install 'splitsim[test]')")
+    pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install 'splitsim[test]')")
+
+    # The kernel inherits this process's environment: no GUI backend on a headless machine
+    # (a notebook that wants inline figures asks for them with %matplotlib inline).
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
+    )
+    failure = None
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as err:
+        failure = ANSI_ESCAPE.sub("", str(err))  # the kernel's traceback comes coloured
+    if failure is not None:
+        pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
