@@ -177,10 +177,10 @@ def shared_links(cluster: ClusterSpec, gpus: Sequence[int]) -> tuple[str, ...]:
     if len(nodes) > 1:
         net = cluster.inter_node
         assert net is not None
-        for node in nodes:
-            n = cluster.node_of(node[0])
+        for members in nodes:
+            n = cluster.node_of(members[0])
             if net.nics_per_node >= cluster.gpus_per_node:
-                links.update(f"node{n}/nic{cluster.local_index(g)}" for g in node)
+                links.update(f"node{n}/nic{cluster.local_index(g)}" for g in members)
             else:
                 links.update(f"node{n}/nic{i}" for i in range(net.nics_per_node))
         return tuple(sorted(links))

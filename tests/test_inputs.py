@@ -110,3 +110,32 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
     done = subprocess.run([str(script), "run", str(bad)], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_users_can_bring_their_own_gpu_fabric_and_cluster_files(tmp_path):
+    from helpers import IDEAL_GPU
+
+    from splitsim.sim.plan import build_plan
+
+    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump({**IDEAL_GPU, "name": "my-gpu"}))
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump({
+        "name": "my-box", "gpu": str(tmp_path / "gpu.yaml"), "gpus_per_node": 4,
+        "intra_node": "pcie-gen4-2socket"}))
+    scenario = load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
+                             [f"cluster={tmp_path / 'cluster.yaml'}", "parallel.tp=4"])
+    plan = build_plan(scenario)
+    assert (plan.cluster.name, plan.cluster.gpu.name, plan.cluster.num_gpus) == ("my-box", "my-gpu", 4)
+
+
+@pytest.mark.parametrize(("cluster", "compute"), [("h100-nvlink-node", "fp8"), ("a100-nvlink-node", "bf16"),
+                                                  ("l40s-pcie-node", "fp8")])
+def test_fp8_weights_use_fp8_tensor_cores_only_where_they_exist(cluster, compute):
+    from splitsim.sim.plan import build_plan
+
+    plan = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
+                                    [f"cluster={cluster}", "precision.weights=fp8"]))
+    assert plan.sharding.compute == compute
+    fp4 = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml", [f"cluster={cluster}",
+                                                                         "precision.weights=fp4"]))
+    assert fp4.sharding.compute == "bf16"  # fp4 is weight-only everywhere
+    assert fp4.weights_bytes_per_gpu == pytest.approx(plan.weights_bytes_per_gpu / 2)
