@@ -114,7 +114,6 @@ def test_the_installed_command_exits_2_without_a_traceback(tmp_path):
 
 def test_users_can_bring_their_own_gpu_fabric_and_cluster_files(tmp_path):
     from helpers import IDEAL_GPU
-
     from splitsim.sim.plan import build_plan
 
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump({**IDEAL_GPU, "name": "my-gpu"}))
