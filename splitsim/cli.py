@@ -84,6 +84,70 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_run(args: argparse.Namespace) -> int:
+    from splitsim.validate.runner import run_command  # imports torch: only here
+
+    return run_command(args)
+
+
+def _validate_compare(args: argparse.Namespace) -> int:
+    from splitsim.validate.compare import compare_command
+
+    return compare_command(args)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from splitsim.validate.calibrate import calibrate_command
+
+    return calibrate_command(args)
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    validate = sub.add_parser("validate", help="run real sharded layers in torch and compare with the simulator",
+                              description="Measure real TP/PP-sharded layers (torch; gloo on CPU, NCCL on GPUs) "
+                                          "and compare the simulator's predictions with them.")
+    vsub = validate.add_subparsers(dest="validate_command", required=True, metavar="ACTION")
+    run = vsub.add_parser("run", help="time every op of a sharded forward pass, and microbenchmarks",
+                          description="Launch TP×PP processes on this machine (or run under torchrun), time "
+                                      "prefill and decode steps op by op, and microbenchmark GEMMs, attention, "
+                                      "all-reduce and send/recv; writes measurements.csv and config.json.")
+    run.add_argument("--model", required=True, help="catalog name or config.json path/folder")
+    run.add_argument("--tp", type=_positive_int, nargs="+", default=[1], help="TP degrees (a sweep)")
+    run.add_argument("--pp", type=_positive_int, nargs="+", default=[1], help="PP degrees (a sweep)")
+    run.add_argument("--batch", type=_positive_int, nargs="+", default=[1], help="sequences per batch")
+    run.add_argument("--prompt", type=_positive_int, nargs="+", default=[128], help="prompt tokens")
+    run.add_argument("--decode", type=int, default=4, help="decode steps after each prefill (default 4)")
+    run.add_argument("--layers", type=_positive_int, help="keep only the first N layers (default: all)")
+    run.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                     help="cpu: gloo, one thread per rank; cuda: NCCL, CUDA-event timers")
+    run.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    run.add_argument("--warmup", type=int, default=2, help="untimed repeats first (default 2)")
+    run.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats; medians kept (default 5)")
+    run.add_argument("--cluster", help="the cluster preset these devices are (default: cpu-local on cpu)")
+    run.add_argument("--no-micro", action="store_true", help="skip the microbenchmarks")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", required=True, help="measurements folder to write")
+    run.set_defaults(func=_validate_run)
+    compare = vsub.add_parser("compare", help="predicted vs measured, per op kind and per step",
+                              description="Simulate the measured model, layouts and batches with a calibrated "
+                                          "profile; print measured vs predicted and write comparison.csv and "
+                                          "comparison.png into the measurements folder.")
+    compare.add_argument("measurements", type=Path, help="a folder written by `splitsim validate run`")
+    compare.add_argument("--profile", required=True, type=Path, help="hardware profile YAML (splitsim calibrate)")
+    compare.set_defaults(func=_validate_compare)
+
+    calibrate = sub.add_parser("calibrate", help="fit a hardware profile to measurements",
+                               description="Fit the cost model's parameters (GEMM and memory efficiency, "
+                                           "collective and send/recv alpha-beta, per-op overhead) to a folder "
+                                           "written by `splitsim validate run`, or to a Vidur profiling folder.")
+    calibrate.add_argument("measurements", type=Path, nargs="+",
+                           help="measurement folder(s), or one Vidur profiling folder (compute/ and network/)")
+    calibrate.add_argument("--out", required=True, type=Path, help="profile YAML to write")
+    calibrate.add_argument("--gpu", help="Vidur format: the GPU folder under compute/ (h100, a100)")
+    calibrate.add_argument("--network", help="Vidur format: the topology folder under network/ (h100_dgx…)")
+    calibrate.set_defaults(func=_calibrate)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -135,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets")
     lister.set_defaults(func=_list)
+    _add_validate(sub)
     return parser
 
 
@@ -155,6 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_cost_args(parser, args)
     try:
         return int(args.func(args))
+    except ModuleNotFoundError as err:
+        if err.name != "torch":
+            raise
+        print("splitsim: error: this command needs torch: pip install 'splitsim[validate]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (ScenarioError, ValueError) as err:
         print(f"splitsim: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

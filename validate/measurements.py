@@ -1,0 +1,71 @@
+"""The runner's output format: one tidy table of timings plus the run's configuration.
+
+A measurements folder holds `measurements.csv` (the columns below, one row per timed thing, `seconds`
+the median over repeats) and `config.json` (how it was measured). `splitsim calibrate` and
+`splitsim validate compare` read it; nothing here imports torch.
+
+Row kinds:
+- `op`: one op inside a real sharded forward pass (`op` is a name from models/ops: qkv, attention,
+  o_proj, attn_allreduce, gate_up, down, mlp_allreduce; plus embedding, lm_head, handoff,
+  handoff_allgather), on one rank of one stage, for one layer (`layer` = -1 for non-layer ops);
+- `step`: a whole prefill or decode step across the pipeline (`op` = prefill_step / decode_step), the
+  slowest rank's time from a common start;
+- `micro`: a microbenchmark between the run's own ranks: `op` = gemm (m, n, k), attention_prefill
+  (batch, prompt), attention_decode (batch, context), allreduce / allgather (nbytes, group_size),
+  sendrecv (nbytes, group_size = 2).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+SCHEMA = "splitsim.measurements/1"
+COLUMNS = ["kind", "op", "phase", "layer", "stage", "rank", "tp", "pp", "batch", "prompt", "context",
+           "tokens", "m", "n", "k", "nbytes", "group_size", "seconds", "repeats"]
+KINDS = ("op", "step", "micro")
+TABLE = "measurements.csv"
+CONFIG = "config.json"
+
+
+class MeasurementsError(ValueError):
+    """A measurements folder that cannot be read: the message says which file and why."""
+
+
+def write(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    missing = [c for c in COLUMNS if c not in rows.columns]
+    if missing:
+        raise ValueError(f"measurement rows lack columns {missing}")
+    rows[COLUMNS].to_csv(folder / TABLE, index=False, float_format="%.9g")
+    (folder / CONFIG).write_text(json.dumps({"schema": SCHEMA, **config}, indent=2) + "\n")
+
+
+def read(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The table and configuration of a measurements folder, checked against this schema."""
+    folder = Path(folder)
+    table, config_path = folder / TABLE, folder / CONFIG
+    if not folder.is_dir():
+        raise MeasurementsError(f"{folder}: no such measurements folder")
+    if not config_path.is_file():
+        raise MeasurementsError(f"{folder}: no {CONFIG} (a folder written by `splitsim validate run --out`)")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MeasurementsError(f"{config_path}: not valid JSON (line {err.lineno})") from None
+    if not isinstance(config, dict) or config.get("schema") != SCHEMA:
+        found = config.get("schema") if isinstance(config, dict) else None
+        raise MeasurementsError(f"{config_path}: schema {found!r}, expected {SCHEMA!r}")
+    if not table.is_file():
+        raise MeasurementsError(f"{folder}: no {TABLE}")
+    rows = pd.read_csv(table)
+    missing = [c for c in COLUMNS if c not in rows.columns]
+    if missing:
+        raise MeasurementsError(f"{table}: missing columns {', '.join(missing)} (schema {SCHEMA})")
+    unknown = sorted(set(rows["kind"]) - set(KINDS))
+    if unknown:
+        raise MeasurementsError(f"{table}: unknown kind {unknown[0]!r} (valid: {', '.join(KINDS)})")
+    return rows, config
