@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from itertools import groupby
 
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric
+from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric, SharedMemoryFabric
 
 
 def ring_allreduce_s(p: int, nbytes: float, alpha_s: float, bw_bytes_per_s: float) -> float:
@@ -56,7 +56,7 @@ def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: 
     """
     fabric = cluster.intra_node
     match fabric:
-        case NvSwitchFabric():
+        case NvSwitchFabric() | SharedMemoryFabric():
             if p2p:
                 return fabric.p2p_latency_s, fabric.p2p_bw_bytes_per_s
             return fabric.latency_s, fabric.bw_bytes_per_s

@@ -66,6 +66,22 @@ class PcieFabric(_NodeFabric):
     no_p2p_latency_s: Seconds = Field(gt=0, description="α per step when staged through host memory")
 
 
+class SharedMemoryFabric(_NodeFabric):
+    """Processes on one host exchanging tensors through host memory (gloo over loopback): every pair
+    has its own path, like a non-blocking switch, at a memory-copy rate."""
+
+    kind: Literal["shared-memory"] = "shared-memory"
+    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="host memory rate, one direction")
+
+    @property
+    def bw_bytes_per_s(self) -> float:
+        return self.link_bw_bytes_per_s * self.bw_efficiency
+
+    @property
+    def p2p_bw_bytes_per_s(self) -> float:
+        return self.link_bw_bytes_per_s * self.p2p_bw_efficiency
+
+
 class NetworkFabric(_Fabric):
     """NICs between nodes: rail-optimised (one NIC per GPU) or shared (fewer NICs than GPUs)."""
 
@@ -82,4 +98,4 @@ class NetworkFabric(_Fabric):
         return self.nic_bw_bytes_per_s * self.p2p_bw_efficiency
 
 
-IntraNodeFabric = Annotated[NvSwitchFabric | PcieFabric, Field(discriminator="kind")]
+IntraNodeFabric = Annotated[NvSwitchFabric | PcieFabric | SharedMemoryFabric, Field(discriminator="kind")]
