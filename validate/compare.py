@@ -1,0 +1,178 @@
+"""Predicted vs measured: the simulator's costs for exactly what `splitsim validate run` timed.
+
+For every measured step and op, the same model (truncated to the measured layers), layout and batch go
+through the cost model with the profile applied, and the table says how far apart they are:
+`rel_error = predicted / measured − 1`. A profile is never judged on the measurements it was fitted on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from splitsim.errors import ScenarioError
+from splitsim.hardware.catalog import load_cluster
+from splitsim.hardware.profile import HardwareProfile, apply_profile, load_profile
+from splitsim.models.ops import BatchShape
+from splitsim.models.spec import ModelSpec
+from splitsim.scenario import scenario_from_dict
+from splitsim.sim.costs import StageCosts
+from splitsim.sim.plan import Plan
+from splitsim.validate import measurements
+
+COMPARISON_COLUMNS = ["kind", "phase", "tp", "pp", "batch", "prompt", "context", "measured_s", "predicted_s",
+                      "rel_error"]
+
+
+def measurement_id(folder: Path) -> str:
+    """How a profile names a measurements folder it was fitted on: its path and its table's digest."""
+    digest = hashlib.sha256((folder / measurements.TABLE).read_bytes()).hexdigest()[:16]
+    return f"{folder.resolve()} sha256:{digest}"
+
+
+def _fitted_on(profile: HardwareProfile, folder: Path) -> bool:
+    me = measurement_id(folder)
+    digest = me.split(" sha256:")[1]
+    return any(entry == me or entry.endswith(f"sha256:{digest}") or Path(entry) == folder.resolve()
+               for entry in profile.fitted_on)
+
+
+def _model(config: dict[str, Any]) -> ModelSpec:
+    spec = ModelSpec.model_validate(config["model_spec"])
+    layers = config.get("layers") or spec.num_layers
+    return spec.model_copy(update={"num_layers": layers})
+
+
+class _Predictor:
+    """Cost model for one (tp, pp) layout of the measured model on the profiled cluster."""
+
+    def __init__(self, model: ModelSpec, cluster_name: str, profile: HardwareProfile, tp: int, pp: int,
+                 dtype: str) -> None:
+        cluster = apply_profile(load_cluster(cluster_name), profile)
+        scenario = scenario_from_dict({
+            "model": model.name, "cluster": cluster_name, "parallel": {"tp": tp, "pp": pp},
+            "precision": {"weights": dtype, "kv_cache": dtype},
+            "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": 1, "output_tokens": 1},
+        })
+        self.plan = Plan(scenario, model, cluster)
+        self.stages = [StageCosts(self.plan, 0, s) for s in range(pp)]
+
+    @staticmethod
+    def batch(phase: str, batch: int, prompt: int, context: int) -> tuple[BatchShape, int]:
+        if phase == "prefill":
+            return BatchShape(prefill=((prompt, 0),) * batch), batch
+        return BatchShape(num_decode=batch, decode_context=batch * context), batch
+
+    def step_s(self, shape: BatchShape, num_logits: int) -> float:
+        total = 0.0
+        for s, cost in enumerate(self.stages):
+            if s > 0:
+                total += sum(self.stages[s - 1].handoff_times(shape.num_tokens))
+            compute, comm = cost.stage_time(shape, num_logits if cost.is_last else 0)
+            total += compute + comm
+        return total
+
+    def op_s(self, op: str, shape: BatchShape, num_logits: int) -> float | None:
+        """Seconds of one op on one rank (the first stage that has it)."""
+        for cost in self.stages:
+            timed = {t.name: t.seconds for t in cost.layer_ops(shape)}
+            timed["attention"] = timed.get("attention_prefill", 0.0) + timed.get("attention_decode", 0.0)
+            if op in timed:
+                return timed[op]
+            if op == "embedding" and cost.is_first:
+                return cost.edge_times(shape.num_tokens)[0]
+            if op == "lm_head" and cost.is_last:
+                return cost.lm_head_time(num_logits)
+            if op in ("handoff", "handoff_allgather") and not cost.is_last:
+                send, gather = cost.handoff_times(shape.num_tokens)
+                return send if op == "handoff" else gather
+        return None
+
+
+def comparison_table(rows: pd.DataFrame, config: dict[str, Any], profile: HardwareProfile) -> pd.DataFrame:
+    model = _model(config)
+    cluster = config.get("cluster") or "cpu-local"
+    dtype = config.get("dtype", "bf16")
+    predictors: dict[tuple[int, int], _Predictor] = {}
+    out = []
+    keys = ["kind", "op", "phase", "tp", "pp", "batch", "prompt", "context"]
+    timed = rows[rows["kind"].isin(["op", "step"])].copy()
+    timed["context"] = timed["context"].fillna(0).astype(int)
+    grouped = timed.groupby(keys, dropna=False)["seconds"].median().reset_index()
+    records: list[dict[Any, Any]] = grouped.to_dict("records")
+    for r in records:
+        layout = (int(r["tp"]), int(r["pp"]))
+        if layout not in predictors:
+            predictors[layout] = _Predictor(model, cluster, profile, *layout, dtype)
+        predictor = predictors[layout]
+        batch, prompt, context = int(r["batch"]), int(r["prompt"]), int(r["context"])
+        shape, logits = predictor.batch(str(r["phase"]), batch, prompt, context)
+        if r["kind"] == "step":
+            predicted: float | None = predictor.step_s(shape, logits)
+        else:
+            predicted = predictor.op_s(str(r["op"]), shape, logits)
+        if predicted is None:
+            continue
+        measured = float(r["seconds"])
+        out.append({"kind": r["op"], "phase": r["phase"], "tp": layout[0], "pp": layout[1], "batch": batch,
+                    "prompt": prompt, "context": context, "measured_s": measured, "predicted_s": predicted,
+                    "rel_error": predicted / measured - 1.0})
+    return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
+
+
+def error_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per kind: how many rows, median and worst |relative error|."""
+    abs_err = table.assign(abs_error=table["rel_error"].abs())
+    return abs_err.groupby("kind")["abs_error"].agg(rows="count", median="median", worst="max").reset_index()
+
+
+def save_plot(table: pd.DataFrame, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.subplots()
+    for kind, part in table.groupby("kind"):
+        ax.scatter(part["measured_s"] * 1e3, part["predicted_s"] * 1e3, s=14, label=str(kind))
+    lo = float(min(table["measured_s"].min(), table["predicted_s"].min())) * 1e3 * 0.8
+    hi = float(max(table["measured_s"].max(), table["predicted_s"].max())) * 1e3 * 1.25
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (ms)")
+    ax.set_ylabel("predicted (ms)")
+    ax.set_title("splitsim predictions vs measurements")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    folder: Path = args.measurements
+    rows, config = measurements.read(folder)
+    try:
+        profile = load_profile(args.profile)
+    except ValueError as err:
+        raise ScenarioError(str(err)) from None
+    if _fitted_on(profile, folder):
+        raise ScenarioError(f"{folder}: the profile {args.profile} was fitted on these measurements; "
+                            "compare it with measurements it has not seen")
+    table = comparison_table(rows, config, profile)
+    if table.empty:
+        raise ScenarioError(f"{folder}: no op or step rows to compare")
+    table.to_csv(folder / "comparison.csv", index=False, float_format="%.9g")
+    save_plot(table, folder / "comparison.png")
+    summary = error_summary(table)
+    with pd.option_context("display.float_format", "{:.1%}".format, "display.width", 120):
+        print(f"{folder}: predicted vs measured with profile {profile.name} (|relative error|)")
+        print(summary.to_string(index=False))
+    steps = table[table["kind"].isin(["prefill_step", "decode_step"])]
+    if not steps.empty:
+        errors = np.abs(steps["rel_error"].to_numpy())
+        print(f"whole steps: median {np.median(errors):.1%}, worst {errors.max():.1%} over {len(errors)} steps")
+    print(f"wrote {folder / 'comparison.csv'} and {folder / 'comparison.png'}")
+    return 0
