@@ -31,14 +31,10 @@ class _NodeFabric(_Fabric):
     collective_launch_s: Seconds = Field(0.0, ge=0, description="fixed cost of one collective call")
 
 
-class NvSwitchFabric(_NodeFabric):
-    """NVLink through NVSwitch: every GPU has its own full-rate path to every other (non-blocking)."""
+class _SwitchedFabric(_NodeFabric):
+    """Every device has its own full-rate path to every other (a non-blocking switch)."""
 
-    kind: Literal["nvswitch"] = "nvswitch"
-    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="NVLink rate per GPU, one direction")
-    nvls: bool = Field(False, description="NVLink SHARP: the switch reduces (H100/H200 NVSwitch)")
-    nvls_latency_s: Seconds = Field(0.0, ge=0, description="α of an NVLS all-reduce")
-    nvls_bw_efficiency: float = Field(1.0, gt=0, le=1, description="achieved fraction of the link rate by NVLS")
+    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="rate per device, one direction")
 
     @property
     def bw_bytes_per_s(self) -> float:
@@ -47,6 +43,15 @@ class NvSwitchFabric(_NodeFabric):
     @property
     def p2p_bw_bytes_per_s(self) -> float:
         return self.link_bw_bytes_per_s * self.p2p_bw_efficiency
+
+
+class NvSwitchFabric(_SwitchedFabric):
+    """NVLink through NVSwitch; `link_bw_bytes_per_s` is the GPU's NVLink rate, one direction."""
+
+    kind: Literal["nvswitch"] = "nvswitch"
+    nvls: bool = Field(False, description="NVLink SHARP: the switch reduces (H100/H200 NVSwitch)")
+    nvls_latency_s: Seconds = Field(0.0, ge=0, description="α of an NVLS all-reduce")
+    nvls_bw_efficiency: float = Field(1.0, gt=0, le=1, description="achieved fraction of the link rate by NVLS")
 
 
 class PcieFabric(_NodeFabric):
@@ -66,20 +71,11 @@ class PcieFabric(_NodeFabric):
     no_p2p_latency_s: Seconds = Field(gt=0, description="α per step when staged through host memory")
 
 
-class SharedMemoryFabric(_NodeFabric):
+class SharedMemoryFabric(_SwitchedFabric):
     """Processes on one host exchanging tensors through host memory (gloo over loopback): every pair
-    has its own path, like a non-blocking switch, at a memory-copy rate."""
+    has its own path at a memory-copy rate (`link_bw_bytes_per_s`)."""
 
     kind: Literal["shared-memory"] = "shared-memory"
-    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="host memory rate, one direction")
-
-    @property
-    def bw_bytes_per_s(self) -> float:
-        return self.link_bw_bytes_per_s * self.bw_efficiency
-
-    @property
-    def p2p_bw_bytes_per_s(self) -> float:
-        return self.link_bw_bytes_per_s * self.p2p_bw_efficiency
 
 
 class NetworkFabric(_Fabric):
