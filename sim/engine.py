@@ -61,13 +61,13 @@ class _Replica:
 
 
 class Engine:
-    def __init__(self, plan: Plan, requests: list[Request], window_s: float,
+    def __init__(self, plan: Plan, requests: list[Request], window: tuple[float, float],
                  on_finish: Callable[[Request], None] | None = None) -> None:
         self.plan = plan
         self.requests = requests
         self.env = simpy.Environment()
         self.replicas = [_Replica(self.env, plan, r) for r in range(plan.dp)]
-        self.recorder = Recorder(plan.dp, plan.pp, window_s)
+        self.recorder = Recorder(plan.dp, plan.pp, window)
         self.on_finish = on_finish
         self.layer_mode = plan.scenario.sim.granularity == "layer"
         self.links: dict[str, simpy.Resource] = {}

@@ -64,7 +64,7 @@ class Result:
     requests: pd.DataFrame
     gpu_intervals: pd.DataFrame
     trace_events: list[dict[str, Any]]
-    window_s: float
+    window: tuple[float, float]  # [start, end) of simulated time kept in gpu_intervals and the trace
     meta: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:

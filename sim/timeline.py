@@ -30,17 +30,20 @@ def _gaps(start: float, end: float, inflight: list[tuple[float, float]]) -> list
     return [p for p in pieces if p[1] > p[0]]
 
 
-def stage_intervals(recorder: Recorder, replica: int, stage: int, end_s: float) -> list[tuple[float, float, str]]:
-    """(start, end, category) covering [0, end_s) for one stage, merged."""
+def stage_intervals(recorder: Recorder, replica: int, stage: int, start_s: float,
+                    end_s: float) -> list[tuple[float, float, str]]:
+    """(start, end, category) covering [start_s, end_s) for one stage, merged."""
     busy = sorted((s, e, c) for r, st, s, e, c, _ in recorder.intervals if r == replica and st == stage)
     inflight = recorder.inflight_windows[replica]
     covered: list[tuple[float, float, str]] = []
-    t = 0.0
+    t = start_s
     for s, e, c in busy:
         if s >= end_s:
             break
+        if e <= t:
+            continue
         covered += _gaps(t, s, inflight)
-        covered.append((s, min(e, end_s), c))
+        covered.append((max(s, t), min(e, end_s), c))
         t = min(e, end_s)
     covered += _gaps(t, end_s, inflight)
     merged: list[tuple[float, float, str]] = []
@@ -52,11 +55,11 @@ def stage_intervals(recorder: Recorder, replica: int, stage: int, end_s: float) 
     return merged
 
 
-def gpu_intervals(plan: Plan, recorder: Recorder, end_s: float) -> pd.DataFrame:
+def gpu_intervals(plan: Plan, recorder: Recorder, start_s: float, end_s: float) -> pd.DataFrame:
     rows = []
     for replica in range(plan.dp):
         for stage in range(plan.pp):
-            intervals = stage_intervals(recorder, replica, stage, end_s)
+            intervals = stage_intervals(recorder, replica, stage, start_s, end_s)
             for gpu in plan.tp_group(replica, stage):
                 rows += [(gpu, s, e, c) for s, e, c in intervals]
     frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)

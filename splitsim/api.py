@@ -27,12 +27,15 @@ def make_requests(scenario: Scenario) -> list[Request]:
     return [Request(i, float(a), int(p), int(o)) for i, (a, p, o) in enumerate(zip(arrivals, prompts, outputs))]
 
 
-def simulate(scenario: Scenario, *, trace_window_s: float = DEFAULT_TRACE_WINDOW_S,
+def simulate(scenario: Scenario, *, trace_window_s: float = DEFAULT_TRACE_WINDOW_S, trace_start_s: float = 0.0,
              on_finish: Callable[[Request], None] | None = None) -> Result:
-    """Run `scenario` and return its tables and summary; raises `ScenarioError` on bad input."""
+    """Run `scenario` and return its tables and summary; raises `ScenarioError` on bad input.
+
+    Intervals and trace events are kept for the window [trace_start_s, trace_start_s + trace_window_s).
+    """
     plan = build_plan(scenario)
     requests = make_requests(scenario)
-    engine = Engine(plan, requests, trace_window_s, on_finish=on_finish)
+    engine = Engine(plan, requests, (trace_start_s, trace_start_s + trace_window_s), on_finish=on_finish)
     sim_time = engine.run()
     frame = requests_frame(
         np.array([r.id for r in requests]), np.array([r.arrival_s for r in requests]),
@@ -42,14 +45,15 @@ def simulate(scenario: Scenario, *, trace_window_s: float = DEFAULT_TRACE_WINDOW
     totals = gpu_time_totals(engine.recorder, plan.tp, sim_time)
     summary = summarize(frame, totals, {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp},
                         plan.weights_bytes_per_gpu, plan.kv_cache_tokens)
-    window = min(trace_window_s, sim_time)
+    start = min(trace_start_s, sim_time)
+    end = min(trace_start_s + trace_window_s, sim_time)
     return Result(
         scenario_name=scenario.name,
         summary=summary,
         requests=frame,
-        gpu_intervals=gpu_intervals(plan, engine.recorder, window),
+        gpu_intervals=gpu_intervals(plan, engine.recorder, start, end),
         trace_events=trace_events(plan, engine.recorder),
-        window_s=window,
+        window=(start, end),
         meta={"model": plan.model.name, "cluster": plan.cluster.name, "gpu": plan.cluster.gpu.name,
               "granularity": scenario.sim.granularity, "events": engine.events_scheduled},
     )

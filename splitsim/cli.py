@@ -30,7 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tqdm(total=scenario.workload.num_requests, unit="req", desc="simulating", leave=False,
               disable=args.quiet or None, file=sys.stderr) as bar:
-        result = simulate(scenario, trace_window_s=args.trace_window, on_finish=lambda _: bar.update())
+        result = simulate(scenario, trace_window_s=args.trace_window, trace_start_s=args.trace_start,
+                          on_finish=lambda _: bar.update())
     sim_wall = time.perf_counter() - started
     run_info = {
         "scenario": str(args.scenario), "overrides": args.set, "wall_time_s": sim_wall,
@@ -177,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a scenario key, e.g. --set parallel.tp=4 (repeatable)")
     run.add_argument("--trace-window", type=_nonnegative_float, default=2.0, metavar="SECONDS",
-                     help="simulated seconds, from t=0, kept in trace.json, gpus.csv and timeline.png "
-                          "(default: 2)")
+                     help="simulated seconds kept in trace.json, gpus.csv and timeline.png (default: 2)")
+    run.add_argument("--trace-start", type=_nonnegative_float, default=0.0, metavar="SECONDS",
+                     help="where the trace window starts, in simulated seconds (default: 0)")
     run.add_argument("--no-plot", action="store_true", help="skip timeline.png")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_run)

@@ -31,10 +31,10 @@ def timeline_figure(result: Result) -> Figure:
     ax.set_yticks(range(len(gpus)), [f"GPU {g}" for g in gpus])
     ax.invert_yaxis()
     ax.set_xlabel("simulated time (ms)")
-    ax.set_xlim(0, result.window_s * 1e3)
+    ax.set_xlim(result.window[0] * 1e3, result.window[1] * 1e3)
     s = result.summary["parallel"]
     ax.set_title(f"{result.scenario_name}: TP{s['tp']} × PP{s['pp']} × DP{s['dp']}, "
-                 f"first {result.window_s:g} s")
+                 f"{result.window[0]:g}–{result.window[1]:g} s")
     ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], ncol=5,
               loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
     fig.tight_layout()

@@ -92,3 +92,17 @@ def test_trace_window_keeps_long_runs_small(tmp_path):
     assert max(e["ts"] for e in trace if e["ph"] == "X") < 0.5e6
     intervals = pd.read_csv(tmp_path / "o" / "gpus.csv")
     assert intervals["end_s"].max() == pytest.approx(0.5)
+
+
+def test_the_trace_window_can_start_later(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_dict(workload={"num_requests": 50, "rate": 5.0,
+                                                               "prompt_tokens": 100, "output_tokens": 50})))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "o"), "--trace-start", "3", "--trace-window", "1",
+                 "-q"]) == 0
+    intervals = pd.read_csv(tmp_path / "o" / "gpus.csv")
+    assert intervals["start_s"].min() == pytest.approx(3.0)
+    assert intervals["end_s"].max() == pytest.approx(4.0)
+    trace = json.loads((tmp_path / "o" / "trace.json").read_text())["traceEvents"]
+    complete = [e for e in trace if e["ph"] == "X"]
+    assert all(e["ts"] + e["dur"] > 3e6 and e["ts"] < 4e6 for e in complete)
