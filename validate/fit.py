@@ -1,0 +1,321 @@
+"""Least-squares fits that recover the cost model's named parameters from timings (numpy/scipy only).
+
+Each fit minimises the squared log ratio of predicted to measured seconds (relative errors, so a 5 µs
+kernel counts as much as a 50 ms one) with `scipy.optimize.least_squares`, and returns the parameters
+with the residuals of the rows it saw. The forward models are the simulator's own:
+
+- GEMM (`GpuSpec.gemm_time_s`): t = max(2mnk / (F·η_peak·q^γ·m/(m+m½)), bytes / (M·η_m)) + t_launch,
+  q the wave quantisation of an m×n output cut in `tile_m × tile_n` tiles over the GPU's SMs; the tile
+  is picked from a small set by best fit. The fit runs on a vectorised copy of that formula and checks,
+  before it returns, that the copy and `gemm_time_s` agree on every row.
+- attention (`GpuSpec.kernel_time_s`): the roofline with the op's FLOPs and bytes; only η_attention is
+  fitted (η_m and t_launch come from the GEMMs), and only if some row is compute-bound.
+- collectives (`hardware.collectives`): t = t₀ + 2(p−1)α + 2(p−1)/p · S/B (all-reduce) and
+  t = t₀ + (p−1)α + (p−1)/p · S/B (all-gather, S the gathered size), over several group sizes p.
+- send/recv: t = α + S/B.
+
+Rows are DataFrames: GEMMs `m, n, k, weight_bytes, seconds` (optional `dtype`, default bf16); attention
+`flops, nbytes, seconds`; collectives `op` (allreduce | allgather), `group_size, nbytes, seconds`;
+send/recv `nbytes, seconds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares, nnls
+
+from splitsim.hardware.collectives import ring_allgather_s, ring_allreduce_s
+from splitsim.hardware.gpu import Efficiency, GpuSpec
+
+US = 1e-6
+TILES: tuple[tuple[int, int], ...] = tuple((a, b) for a in (64, 128, 256) for b in (64, 128, 256))
+_AGREEMENT = 1e-9  # relative: the vectorised GEMM formula must reproduce gemm_time_s to this
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """How a fit (or a prediction) meets the rows: log-ratio RMS and |predicted/measured − 1| stats."""
+
+    rows: int
+    rms_log: float
+    median: float
+    max: float
+
+
+def relative_errors(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return np.abs(np.asarray(predicted, float) / np.asarray(measured, float) - 1.0)
+
+
+def residuals(predicted: np.ndarray, measured: np.ndarray) -> Residuals:
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(measured) == 0:
+        return Residuals(0, float("nan"), float("nan"), float("nan"))
+    errors = relative_errors(predicted, measured)
+    return Residuals(len(measured), float(np.sqrt(np.mean(np.log(predicted / measured) ** 2))),
+                     float(np.median(errors)), float(errors.max()))
+
+
+def every_other(values: pd.Series | np.ndarray) -> np.ndarray:
+    """Training mask: rows whose value is the 1st, 3rd, 5th… of the sorted distinct values.
+
+    The other rows (the 2nd, 4th… value) are held out, so a fit is judged at sizes it never saw.
+    """
+    values = np.asarray(values)
+    distinct = np.unique(values)
+    return np.isin(values, distinct[::2])
+
+
+def _least_squares(residual: Callable[[np.ndarray], np.ndarray], starts: Sequence[Sequence[float]],
+                   lower: Sequence[float], upper: Sequence[float]) -> np.ndarray:
+    """The best of a few bounded least-squares runs from different starting points."""
+    best = None
+    for start in starts:
+        x0 = np.clip(np.asarray(start, float), lower, upper)
+        run = least_squares(residual, x0, bounds=(lower, upper), x_scale="jac", max_nfev=2000)
+        if best is None or run.cost < best.cost:
+            best = run
+    assert best is not None
+    return np.asarray(best.x)
+
+
+# ---------------------------------------------------------------------------------------------- GEMMs
+
+@dataclass(frozen=True)
+class GemmFit:
+    """The fitted GEMM efficiency (attention left as the GPU had it) and its residuals on the fit's rows."""
+
+    efficiency: Efficiency
+    residuals: Residuals
+    tile_rms_log: dict[tuple[int, int], float]  # how well each candidate tile fitted
+
+    def gpu(self, base: GpuSpec) -> GpuSpec:
+        return base.model_copy(update={"efficiency": self.efficiency})
+
+
+def _dtypes(rows: pd.DataFrame) -> list[str]:
+    return list(rows["dtype"]) if "dtype" in rows.columns else ["bf16"] * len(rows)
+
+
+def gemm_times_s(gpu: GpuSpec, rows: pd.DataFrame) -> np.ndarray:
+    """The simulator's seconds (`GpuSpec.gemm_time_s`) for each GEMM row."""
+    return np.array([gpu.gemm_time_s(int(m), int(n), int(k), weight_bytes=float(w), dtype=dtype)  # type: ignore[arg-type]
+                     for m, n, k, w, dtype in zip(rows["m"], rows["n"], rows["k"], rows["weight_bytes"],
+                                                  _dtypes(rows))])
+
+
+class _GemmArrays:
+    """Per-row quantities of the GEMM formula that do not depend on the fitted parameters."""
+
+    def __init__(self, gpu: GpuSpec, rows: pd.DataFrame) -> None:
+        self.m = rows["m"].to_numpy(float)
+        self.n = rows["n"].to_numpy(float)
+        k = rows["k"].to_numpy(float)
+        self.flops = 2.0 * self.m * self.n * k
+        self.nbytes = (self.m * k + self.m * self.n) * 2.0 + k * self.n * rows["weight_bytes"].to_numpy(float)
+        self.peak = np.array([gpu.peak_flops_per_s(d) for d in _dtypes(rows)])  # type: ignore[arg-type]
+        self.memory_bw = gpu.memory_bw_bytes_per_s
+        self.num_sms = gpu.num_sms
+        self.log_seconds = np.log(rows["seconds"].to_numpy(float))
+
+    def wave(self, tile: tuple[int, int]) -> np.ndarray:
+        """q: useful fraction of the SM-tiles issued (`GpuSpec.wave_efficiency`)."""
+        tiles = np.ceil(self.m / tile[0]) * np.ceil(self.n / tile[1])
+        waves = np.ceil(tiles / self.num_sms)
+        return (self.m * self.n) / (waves * self.num_sms * tile[0] * tile[1])
+
+    def seconds(self, x: np.ndarray, wave: np.ndarray) -> np.ndarray:
+        """x = (η_peak, γ, m½, η_m, t_launch in µs)."""
+        eta_peak, gamma, m_half, eta_m, launch_us = x
+        eta = eta_peak * wave ** gamma * self.m / (self.m + m_half)
+        return np.maximum(self.flops / (self.peak * eta), self.nbytes / (self.memory_bw * eta_m)) + launch_us * US
+
+
+_GEMM_LOWER = [1e-4, 0.0, 0.0, 1e-4, 0.0]
+_GEMM_UPPER = [1.0, 1.0, 1e5, 1.0, 1e5]
+
+
+def _gemm_starts(data: _GemmArrays) -> list[list[float]]:
+    seconds = np.exp(data.log_seconds)
+    launch_us = 0.5 * float(seconds.min()) / US
+    eta_peak = float(np.clip(np.max(data.flops / (seconds * data.peak)), 0.05, 0.95))
+    eta_m = float(np.clip(np.max(data.nbytes / (seconds * data.memory_bw)), 0.05, 0.95))
+    return [[eta_peak, gamma, m_half, eta_m, launch_us] for gamma in (0.2, 0.8) for m_half in (16.0, 128.0)]
+
+
+def fit_gemm(rows: pd.DataFrame, gpu: GpuSpec, tiles: Sequence[tuple[int, int]] = TILES) -> GemmFit:
+    """η_peak, γ, m½, η_m and t_launch of `gpu` from GEMM timings; the tile from `tiles` by best fit."""
+    if len(rows) < 5:
+        raise ValueError(f"a GEMM fit needs at least 5 rows, got {len(rows)}")
+    data = _GemmArrays(gpu, rows)
+    starts = _gemm_starts(data)
+    fits: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
+    for tile in dict.fromkeys(tiles):
+        wave = data.wave(tile)
+
+        def residual(x: np.ndarray, wave: np.ndarray = wave) -> np.ndarray:
+            return np.log(data.seconds(x, wave)) - data.log_seconds
+
+        x = _least_squares(residual, starts, _GEMM_LOWER, _GEMM_UPPER)
+        fits[tile] = (float(np.sqrt(np.mean(residual(x) ** 2))), x)
+    tile = min(fits, key=lambda t: fits[t][0])
+    eta_peak, gamma, m_half, eta_m, launch_us = (float(v) for v in fits[tile][1])
+    efficiency = gpu.efficiency.model_copy(update={
+        "compute": eta_peak, "tile_m": tile[0], "tile_n": tile[1], "wave_exponent": gamma, "m_half": m_half,
+        "memory": eta_m, "launch_s": launch_us * US, "assumed": False,
+    })
+    fitted = gpu.model_copy(update={"efficiency": efficiency})
+    predicted = gemm_times_s(fitted, rows)
+    vectorised = data.seconds(fits[tile][1], data.wave(tile))
+    worst = float(np.max(np.abs(vectorised / predicted - 1.0)))
+    if worst > _AGREEMENT:
+        raise AssertionError(f"the fit's GEMM formula differs from GpuSpec.gemm_time_s by {worst:.2e}")
+    return GemmFit(efficiency, residuals(predicted, rows["seconds"].to_numpy(float)),
+                   {t: rms for t, (rms, _) in fits.items()})
+
+
+# ------------------------------------------------------------------------------------------ attention
+
+@dataclass(frozen=True)
+class AttentionFit:
+    """η_c of attention kernels; `fitted` is false when no row was compute-bound (the GPU's value kept)."""
+
+    attention: float
+    fitted: bool
+    residuals: Residuals
+
+
+def attention_times_s(gpu: GpuSpec, rows: pd.DataFrame, attention: float) -> np.ndarray:
+    """The simulator's seconds (`GpuSpec.kernel_time_s`) for each attention row."""
+    return np.array([gpu.kernel_time_s(float(f), float(b), compute_efficiency=attention)
+                     for f, b in zip(rows["flops"], rows["nbytes"])])
+
+
+def fit_attention(rows: pd.DataFrame, gpu: GpuSpec) -> AttentionFit:
+    """η_attention of `gpu` (whose η_m and t_launch are already fitted) from attention timings."""
+    measured = rows["seconds"].to_numpy(float)
+    kept = gpu.efficiency.attention
+    if len(rows) == 0:
+        return AttentionFit(kept, False, residuals(np.array([]), measured))
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.log(attention_times_s(gpu, rows, float(x[0])) / measured)
+
+    eta = float(_least_squares(residual, [[0.5], [0.05]], [1e-4], [1.0])[0])
+    compute_s = rows["flops"].to_numpy(float) / (gpu.bf16_flops_per_s * eta)
+    memory_s = rows["nbytes"].to_numpy(float) / (gpu.memory_bw_bytes_per_s * gpu.efficiency.memory)
+    if not np.any(compute_s > memory_s):
+        return AttentionFit(kept, False, residuals(attention_times_s(gpu, rows, kept), measured))
+    return AttentionFit(eta, True, residuals(attention_times_s(gpu, rows, eta), measured))
+
+
+# -------------------------------------------------------------------------------------- collectives
+
+@dataclass(frozen=True)
+class CollectiveFit:
+    """t₀ (`collective_launch_s`), α per ring step and ring bandwidth B; `alpha_identified` is false
+    when the rows cannot tell t₀ from α (one ring step count, t₀ free): α is then 0."""
+
+    collective_launch_s: float
+    latency_s: float
+    bw_bytes_per_s: float
+    alpha_identified: bool
+    residuals: Residuals
+
+
+def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
+    match op:
+        case "allreduce":
+            return ring_allreduce_s(p, nbytes, alpha_s, bw)
+        case "allgather":
+            return ring_allgather_s(p, nbytes, alpha_s, bw)
+    raise ValueError(f"unknown collective {op!r} (valid: allreduce, allgather)")
+
+
+def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float, bw_bytes_per_s: float) -> np.ndarray:
+    """Seconds of each collective row: t₀ + the ring formula of `hardware.collectives`."""
+    return np.array([launch_s + _ring_s(op, int(p), float(s), latency_s, bw_bytes_per_s)
+                     for op, p, s in zip(rows["op"], rows["group_size"], rows["nbytes"])])
+
+
+def _ring_terms(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, bytes factor) per row: t = t₀ + steps·α + factor·S/B."""
+    p = rows["group_size"].to_numpy(float)
+    per_phase = np.where(rows["op"].to_numpy() == "allreduce", 2.0, 1.0)
+    return per_phase * (p - 1), per_phase * (p - 1) / p * rows["nbytes"].to_numpy(float)
+
+
+def _linear_start(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative least squares on relative error: a start with no local minima to fall into."""
+    x, _ = nnls(design / seconds[:, None], np.ones_like(seconds))
+    return x
+
+
+def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None) -> CollectiveFit:
+    """t₀, α and B of ring collectives over several group sizes (t₀ held at `launch_s` if given)."""
+    if len(rows) < 3:
+        raise ValueError(f"a collective fit needs at least 3 rows, got {len(rows)}")
+    unknown = sorted(set(rows["op"]) - {"allreduce", "allgather"})
+    if unknown:
+        raise ValueError(f"unknown collective {unknown[0]!r} (valid: allreduce, allgather)")
+    seconds = rows["seconds"].to_numpy(float)
+    steps, volume = _ring_terms(rows)
+    alpha_identified = launch_s is not None or len(np.unique(steps)) > 1
+    free_launch = launch_s is None
+    # x = (t₀ µs, α µs, 1/B in s per GB); fixed parameters are dropped from x.
+    columns = [np.ones_like(seconds) * US] if free_launch else []
+    if alpha_identified:
+        columns.append(steps * US)
+    columns.append(volume * 1e-9)
+    fixed = 0.0 if launch_s is None else launch_s
+    design = np.column_stack(columns)
+    start = _linear_start(design, seconds - (0.0 if free_launch else fixed))
+    start = np.maximum(start, 1e-6)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.log((fixed + design @ x) / seconds)
+
+    x = _least_squares(residual, [start, start * 2.0], [0.0] * len(start), [np.inf] * len(start))
+    values = list(x)
+    t0 = values.pop(0) * US if free_launch else fixed
+    alpha = values.pop(0) * US if alpha_identified else 0.0
+    inverse_bw = values.pop(0) * 1e-9
+    if inverse_bw <= 0:
+        raise ValueError("the collective rows show no time growing with size: bandwidth cannot be fitted")
+    bw = 1.0 / inverse_bw
+    predicted = collective_times_s(rows, t0, alpha, bw)
+    return CollectiveFit(t0, alpha, bw, alpha_identified, residuals(predicted, seconds))
+
+
+@dataclass(frozen=True)
+class P2pFit:
+    """α and B of a send/recv."""
+
+    latency_s: float
+    bw_bytes_per_s: float
+    residuals: Residuals
+
+
+def p2p_times_s(rows: pd.DataFrame, latency_s: float, bw_bytes_per_s: float) -> np.ndarray:
+    return latency_s + rows["nbytes"].to_numpy(float) / bw_bytes_per_s
+
+
+def fit_p2p(rows: pd.DataFrame) -> P2pFit:
+    """α and B of t = α + S/B from send/recv timings."""
+    if len(rows) < 2:
+        raise ValueError(f"a send/recv fit needs at least 2 rows, got {len(rows)}")
+    seconds = rows["seconds"].to_numpy(float)
+    design = np.column_stack([np.ones_like(seconds) * US, rows["nbytes"].to_numpy(float) * 1e-9])
+    start = np.maximum(_linear_start(design, seconds), 1e-6)
+
+    def residual(x: np.ndarray) -> np.ndarray:
+        return np.log(design @ x / seconds)
+
+    alpha_us, inverse_bw = _least_squares(residual, [start, start * 2.0], [0.0, 0.0], [np.inf, np.inf])
+    if inverse_bw <= 0:
+        raise ValueError("the send/recv rows show no time growing with size: bandwidth cannot be fitted")
+    latency, bw = float(alpha_us) * US, 1.0 / (float(inverse_bw) * 1e-9)
+    return P2pFit(latency, bw, residuals(p2p_times_s(rows, latency, bw), seconds))
