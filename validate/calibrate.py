@@ -1,0 +1,409 @@
+"""`splitsim calibrate`: fit a hardware profile to measurements and say how well it predicts held-out rows.
+
+Two inputs, told apart by what the folder holds:
+
+- folders written by `splitsim validate run` (`config.json` + `measurements.csv`): GEMMs from `micro` gemm
+  rows and from `op` rows of qkv/o_proj/gate_up/down (shapes from the config's model spec and the row's
+  TP), attention from `micro` attention rows and `op` attention rows, collectives from `micro`
+  allreduce/allgather, send/recv from `micro` sendrecv. The GPU is the config's cluster preset's
+  (`cpu-local` on CPU). Held out: every other token count (GEMMs) and size (the rest).
+- a Vidur profiling folder (`compute/`, `network/`): `--gpu` picks `compute/<gpu>/` (every model under
+  it), `--network` picks `network/<topology>/`: rows with `num_workers == devices_per_node` are inside a
+  node, rows with `devices_per_node == 1` between nodes. Held out: the models in `VIDUR_HELD_OUT` and,
+  for collectives, every other size.
+
+Every fit uses the training rows only; the profile's `errors` are on the held-out rows (or, where nothing
+was held out, on the training rows, marked `held_out: false`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from splitsim.errors import ScenarioError
+from splitsim.hardware.catalog import load_cluster, load_gpu
+from splitsim.hardware.gpu import GpuSpec
+from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
+from splitsim.models import ops
+from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
+from splitsim.models.spec import ModelSpec
+from splitsim.validate import fit, measurements, vidur
+
+VIDUR_GPUS = {"h100": "h100-sxm", "a100": "a100-sxm"}
+VIDUR_CLUSTERS = {"h100_dgx": "h100-ib-2node", "a100_dgx": "a100-nvlink-node"}  # to check the profile applies
+VIDUR_HELD_OUT = ("meta-llama/Llama-2-7b-hf", "Qwen/Qwen-72B", "microsoft/phi-2", "meta-llama/Meta-Llama-3-8B",
+                  "meta-llama/Meta-Llama-3-70B")
+GEMM_OPS = ("qkv", "o_proj", "gate_up", "down")
+
+
+@dataclass
+class Dataset:
+    """Tidy rows per op kind, each with a boolean `train` column (False: held out)."""
+
+    gpu: GpuSpec
+    cluster: str | None  # a preset the profile should apply to, if known
+    gemm: pd.DataFrame
+    attention: pd.DataFrame | None = None
+    collectives: pd.DataFrame | None = None  # inside a node: op, group_size, nbytes, seconds
+    p2p: pd.DataFrame | None = None
+    inter_collectives: pd.DataFrame | None = None  # between nodes, group_size = nodes
+    inter_p2p: pd.DataFrame | None = None
+    fitted_on: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+@dataclass
+class Calibration:
+    profile: HardwareProfile
+    gemm_by_op: dict[str, ErrorStats]
+    notes: list[str]
+
+
+def _alternate(rows: pd.DataFrame, key: str, by: list[str]) -> np.ndarray:
+    """Training mask: every other distinct `key` within each group of `by`."""
+    mask = np.zeros(len(rows), bool)
+    for index in rows.groupby(by).indices.values():
+        mask[index] = fit.every_other(rows[key].to_numpy()[index])
+    return mask
+
+
+def _stats(predicted: np.ndarray, rows: pd.DataFrame, held_out: bool) -> ErrorStats:
+    r = fit.residuals(predicted, rows["seconds"].to_numpy(float))
+    return ErrorStats(rows=r.rows, median=r.median, max=r.max, held_out=held_out)
+
+
+def _evaluate(rows: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray]) -> ErrorStats:
+    test = rows[~rows["train"]]
+    if len(test):
+        return _stats(predict(test), test, True)
+    return _stats(predict(rows), rows, False)
+
+
+def _fail(where: str, err: ValueError) -> ScenarioError:
+    return ScenarioError(f"{where}: {err}")
+
+
+# ------------------------------------------------------------------------------------------- fitting
+
+def calibrate(data: Dataset, name: str) -> Calibration:
+    """Fit every kind the dataset has, on its training rows, and build the profile."""
+    notes: list[str] = []
+    errors: dict[str, ErrorStats] = {}
+    where = data.description
+    try:
+        gemm_fit = fit.fit_gemm(data.gemm[data.gemm["train"]], data.gpu)
+    except ValueError as err:
+        raise _fail(where, err) from None
+    gpu = gemm_fit.gpu(data.gpu)
+    fitted_gpu = gpu
+
+    def gemm_s(rows: pd.DataFrame) -> np.ndarray:
+        return fit.gemm_times_s(fitted_gpu, rows)
+
+    errors["gemm"] = _evaluate(data.gemm, gemm_s)
+    by_op = {str(op): _evaluate(part, gemm_s) for op, part in data.gemm.groupby("op")} \
+        if "op" in data.gemm.columns else {}
+    efficiency = gemm_fit.efficiency
+    attention_note = f"attention efficiency {efficiency.attention:g} kept from {data.gpu.name} (no attention rows)"
+    if data.attention is not None and len(data.attention):
+        att = fit.fit_attention(data.attention[data.attention["train"]], gpu)
+        efficiency = efficiency.model_copy(update={"attention": att.attention})
+        gpu = gpu.model_copy(update={"efficiency": efficiency})
+        errors["attention"] = _evaluate(data.attention, partial(fit.attention_times_s, gpu, attention=att.attention))
+        attention_note = ("attention efficiency fitted" if att.fitted else
+                          f"attention efficiency {att.attention:g} kept from {data.gpu.name} (no compute-bound row)")
+    notes.append(attention_note)
+    gemm_err = errors["gemm"]
+    efficiency = efficiency.model_copy(update={"source": (
+        f"Fitted by splitsim calibrate (least squares on log time) to {where}: "
+        f"{int(data.gemm['train'].sum())} GEMM rows, tile by best fit; "
+        f"{'held-out' if gemm_err.held_out else 'in-sample'} median error {gemm_err.median:.1%}, "
+        f"worst {gemm_err.max:.1%}. {attention_note[0].upper()}{attention_note[1:]}.")})
+    try:
+        intra = _link(data.collectives, data.p2p, None, errors, "", notes)
+        launch = intra.collective_launch_s if intra is not None else None
+        inter = _link(data.inter_collectives, data.inter_p2p, launch, errors, "_inter_node", notes)
+    except ValueError as err:
+        raise _fail(where, err) from None
+    profile = HardwareProfile(name=name, gpu=data.gpu.name, efficiency=efficiency, intra_node=intra,
+                              inter_node=inter, fitted_on=data.fitted_on, errors=errors)
+    if data.cluster is not None:
+        try:
+            apply_profile(load_cluster(data.cluster), profile)
+        except ValueError as err:
+            notes.append(f"warning: the profile does not apply to cluster {data.cluster}: {err}")
+    return Calibration(profile, by_op, notes)
+
+
+def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
+          errors: dict[str, ErrorStats], suffix: str, notes: list[str]) -> LinkFit | None:
+    """The LinkFit of one kind of link; ring figures from send/recv (or the reverse) when one is missing."""
+    where = "inter-node" if suffix else "intra-node"
+    ring = None
+    if collectives is not None and len(collectives):
+        ring = fit.fit_collectives(collectives[collectives["train"]], launch_s)
+        for op, part in collectives.groupby("op"):
+            errors[f"{op}{suffix}"] = _evaluate(part, partial(
+                fit.collective_times_s, launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
+                bw_bytes_per_s=ring.bw_bytes_per_s))
+        if not ring.alpha_identified:
+            notes.append(f"{where}: one ring step count and a free t0: α set to 0, t0 holds it")
+    point = None
+    if p2p is not None and len(p2p):
+        point = fit.fit_p2p(p2p[p2p["train"]])
+        errors[f"sendrecv{suffix}"] = _evaluate(p2p, partial(fit.p2p_times_s, latency_s=point.latency_s,
+                                                             bw_bytes_per_s=point.bw_bytes_per_s))
+    if ring is None and point is None:
+        return None
+    if ring is None:
+        assert point is not None
+        notes.append(f"{where}: no collective rows: ring α and B taken from send/recv"
+                     + ("" if launch_s is not None else ", t0 = 0"))
+        return LinkFit(collective_launch_s=launch_s or 0.0, latency_s=point.latency_s,
+                       bw_bytes_per_s=point.bw_bytes_per_s, p2p_latency_s=point.latency_s,
+                       p2p_bw_bytes_per_s=point.bw_bytes_per_s)
+    if point is None:
+        notes.append(f"{where}: no send/recv rows: send/recv α and B taken from the ring fit")
+    return LinkFit(collective_launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
+                   bw_bytes_per_s=ring.bw_bytes_per_s,
+                   p2p_latency_s=point.latency_s if point else ring.latency_s,
+                   p2p_bw_bytes_per_s=point.bw_bytes_per_s if point else ring.bw_bytes_per_s)
+
+
+# ---------------------------------------------------------------------------------------- Vidur input
+
+def vidur_dataset(root: Path, gpu_name: str | None, topology: str | None) -> Dataset:
+    if gpu_name is None:
+        raise ScenarioError(f"{root}: a Vidur profiling folder needs --gpu "
+                            f"(valid: {', '.join(vidur.gpu_names(root)) or 'none: no compute/ folder'})")
+    if gpu_name not in VIDUR_GPUS:
+        raise ScenarioError(f"--gpu {gpu_name}: no splitsim GPU preset for it (valid: {', '.join(VIDUR_GPUS)})")
+    if topology is not None and topology not in vidur.topology_names(root):
+        raise ScenarioError(f"{root}: no network/{topology} (valid: {', '.join(vidur.topology_names(root)) or 'none'})")
+    gpu = load_gpu(VIDUR_GPUS[gpu_name])
+    folders = vidur.model_folders(root, gpu_name)
+    gemm = pd.concat([vidur.read_model_gemms(f) for f in folders], ignore_index=True)
+    gemm = gemm.assign(weight_bytes=2.0, dtype="fp16", train=~gemm["model"].isin(VIDUR_HELD_OUT))
+    if not gemm["train"].any():
+        raise ScenarioError(f"{root}/compute/{gpu_name}: every model is held out ({', '.join(VIDUR_HELD_OUT)})")
+    used = sorted({f for f in folders if f"{f.parent.name}/{f.name}" not in VIDUR_HELD_OUT})
+    data = Dataset(gpu=gpu, cluster=None, gemm=gemm, fitted_on=[str(f.resolve()) for f in [root, *used]],
+                   description=f"Vidur profiling compute/{gpu_name}")
+    if topology is not None:
+        net = vidur.read_network(root, topology)
+        net = net.assign(train=_alternate(net, "nbytes", ["op", "group_size", "devices_per_node"]))
+        intra = net[net["group_size"] == net["devices_per_node"]]
+        inter = net[(net["devices_per_node"] == 1) & (net["group_size"] > 1)]
+        inter = inter.assign(group_size=inter["group_size"] // inter["devices_per_node"])
+        data.collectives = intra[intra["op"] == "allreduce"]
+        data.p2p = intra[intra["op"] == "sendrecv"]
+        data.inter_collectives = inter[inter["op"] == "allreduce"]
+        data.inter_p2p = inter[inter["op"] == "sendrecv"]
+        data.cluster = VIDUR_CLUSTERS.get(topology)
+        data.fitted_on.append(str((root / "network" / topology).resolve()))
+        data.description += f" and network/{topology}"
+    return data
+
+
+# --------------------------------------------------------------------------------------- runner input
+
+def measurement_id(folder: Path) -> str:
+    """How the profile names a measurements folder: its path and the digest of its table (as
+    `splitsim validate compare` recognises it)."""
+    digest = hashlib.sha256((folder / measurements.TABLE).read_bytes()).hexdigest()[:16]
+    return f"{folder.resolve()} sha256:{digest}"
+
+
+def _read_measurements(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    try:
+        return measurements.read(folder)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise measurements.MeasurementsError(
+            f"{folder / measurements.TABLE}: not a readable CSV ({str(err).strip().splitlines()[0]})") from None
+
+
+def _cluster_name(folder: Path, config: dict[str, Any]) -> str:
+    name = config.get("cluster")
+    if name:
+        return str(name)
+    if config.get("device", "cpu") == "cpu":
+        return "cpu-local"
+    raise ScenarioError(f"{folder / measurements.CONFIG}: no cluster preset for device {config.get('device')!r} "
+                        "(rerun `splitsim validate run` with --cluster)")
+
+
+def _model(folder: Path, config: dict[str, Any]) -> ModelSpec:
+    path = folder / measurements.CONFIG
+    if "model_spec" not in config:
+        raise ScenarioError(f"{path}: no model_spec (needed for the shapes of op rows)")
+    try:
+        return ModelSpec.model_validate(config["model_spec"])
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ScenarioError(f"{path}: model_spec.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return default if pd.isna(value) else int(value)
+
+
+def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: GpuSpec) -> dict[str, pd.DataFrame]:
+    """GEMM, attention, collective and send/recv rows of one measurements folder."""
+    dtype = str(config.get("dtype", "bf16"))
+    if dtype not in BYTES_PER_ELEMENT:
+        raise ScenarioError(f"{folder / measurements.CONFIG}: dtype {dtype!r} (valid: bf16, fp16)")
+    compute = compute_dtype(dtype, gpu.has_fp8)  # type: ignore[arg-type]
+    weight_bytes = BYTES_PER_ELEMENT[dtype]
+    micro, op_rows = rows[rows["kind"] == "micro"], rows[rows["kind"] == "op"]
+    needs_model = op_rows["op"].isin(GEMM_OPS + ("attention",)).any() or micro["op"].str.startswith("attention").any()
+    model = _model(folder, config) if needs_model else None
+
+    def sharding(tp: int) -> ops.Sharding:
+        return ops.Sharding(tp=tp, weights=dtype, kv_cache=dtype, compute=compute)  # type: ignore[arg-type]
+
+    gemm = [(int(r["m"]), int(r["n"]), int(r["k"]), float(r["seconds"]))
+            for r in micro[micro["op"] == "gemm"].to_dict("records")]
+    attention = []
+    for r in op_rows[op_rows["op"].isin(GEMM_OPS)].to_dict("records"):
+        assert model is not None
+        batch = _int(r["batch"], 1)
+        tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
+        shape = next(g for g in ops.layer_gemms(model, tokens, sharding(_int(r["tp"], 1))) if g.name == r["op"])
+        gemm.append((shape.m, shape.n, shape.k, float(r["seconds"])))
+    for r in pd.concat([micro[micro["op"].isin(["attention_prefill", "attention_decode"])],
+                        op_rows[op_rows["op"] == "attention"]]).to_dict("records"):
+        assert model is not None
+        batch = _int(r["batch"], 1)
+        prefill = r["op"] == "attention_prefill" or (r["op"] == "attention" and r["phase"] == "prefill")
+        if prefill:
+            shape = ops.BatchShape(prefill=((_int(r["prompt"], 1), 0),) * batch)
+        else:
+            shape = ops.BatchShape(num_decode=batch, decode_context=batch * _int(r["context"], 1))
+        kernel = ops.attention(model, shape, sharding(_int(r["tp"], 1)))[0 if prefill else 1]
+        attention.append((kernel.flops, kernel.nbytes, float(r["seconds"])))
+    out = {
+        "gemm": pd.DataFrame(gemm, columns=["m", "n", "k", "seconds"]).assign(weight_bytes=weight_bytes,
+                                                                             dtype=compute),
+        "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "seconds"]),
+    }
+    coll = micro[micro["op"].isin(["allreduce", "allgather"]) & (micro["group_size"] > 1)]
+    out["collectives"] = coll[["op", "group_size", "nbytes", "seconds"]].astype({"group_size": int})
+    out["p2p"] = micro[micro["op"] == "sendrecv"][["nbytes", "seconds"]]
+    for kind, table in out.items():
+        if table.isna().any().any():
+            raise ScenarioError(f"{folder / measurements.TABLE}: {kind} rows with empty fields")
+    return out
+
+
+def runner_dataset(folders: list[Path]) -> Dataset:
+    parts: dict[str, list[pd.DataFrame]] = {}
+    clusters: dict[str, Path] = {}
+    gpu: GpuSpec | None = None
+    fitted_on = []
+    for folder in folders:
+        rows, config = _read_measurements(folder)
+        name = _cluster_name(folder, config)
+        clusters.setdefault(name, folder)
+        if len(clusters) > 1:
+            raise ScenarioError(f"{folder}: measured on cluster {name}, but {clusters[next(iter(clusters))]} on "
+                                f"{next(iter(clusters))}: calibrate one kind of hardware at a time")
+        try:
+            gpu = load_cluster(name).gpu
+        except ValueError as err:
+            raise ScenarioError(f"{folder / measurements.CONFIG}: cluster: {str(err).splitlines()[0]}") from None
+        for kind, table in _runner_rows(folder, rows, config, gpu).items():
+            parts.setdefault(kind, []).append(table)
+        fitted_on.append(measurement_id(folder))
+    assert gpu is not None
+    tables = {kind: pd.concat(tables, ignore_index=True) for kind, tables in parts.items()}
+    gemm = tables["gemm"].groupby(["m", "n", "k", "weight_bytes", "dtype"])["seconds"].median().reset_index()
+    if gemm.empty:
+        raise ScenarioError(f"{', '.join(map(str, folders))}: no GEMM rows (micro gemm, or op rows of "
+                            f"{', '.join(GEMM_OPS)}) to fit")
+    collectives = tables["collectives"].groupby(["op", "group_size", "nbytes"])["seconds"].median().reset_index()
+    p2p = tables["p2p"].groupby("nbytes")["seconds"].median().reset_index()
+    attention = tables["attention"].groupby(["flops", "nbytes"])["seconds"].median().reset_index()
+    return Dataset(
+        gpu=gpu, cluster=next(iter(clusters)), fitted_on=fitted_on,
+        gemm=gemm.assign(train=fit.every_other(gemm["m"])),
+        attention=attention.assign(train=fit.every_other(attention["nbytes"])),
+        collectives=collectives.assign(train=_alternate(collectives, "nbytes", ["op", "group_size"])),
+        p2p=p2p.assign(train=fit.every_other(p2p["nbytes"])),
+        description=f"{len(folders)} `splitsim validate run` folder(s) on {next(iter(clusters))}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def load_dataset(paths: list[Path], gpu: str | None, network: str | None) -> Dataset:
+    for path in paths:
+        if not path.exists():
+            raise ScenarioError(f"{path}: no such folder")
+        if not path.is_dir():
+            raise ScenarioError(f"{path}: not a folder (give the measurements folder or Vidur profiling folder)")
+    kinds = ["vidur" if vidur.is_vidur_folder(p) else "runner" for p in paths]
+    if "vidur" in kinds:
+        if len(paths) > 1:
+            raise ScenarioError(f"{paths[kinds.index('vidur')]}: a Vidur profiling folder is calibrated alone")
+        return vidur_dataset(paths[0], gpu, network)
+    for path in paths:
+        if not (path / measurements.CONFIG).is_file():
+            raise ScenarioError(f"{path}: neither a measurements folder ({measurements.CONFIG} + "
+                                f"{measurements.TABLE}) nor a Vidur profiling folder (compute/, network/)")
+    if gpu is not None or network is not None:
+        raise ScenarioError(f"--gpu/--network read a Vidur profiling folder; {paths[0]} is a measurements folder")
+    return runner_dataset(paths)
+
+
+def _us(seconds: float) -> str:
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def _gbs(bw: float) -> str:
+    return f"{bw / 1e9:.4g} GB/s"
+
+
+def format_report(cal: Calibration, out: Path) -> str:
+    p = cal.profile
+    e = p.efficiency
+    lines = [f"profile {p.name} for {p.gpu}, written to {out}",
+             f"  GEMM        η_peak {e.compute:.4f}  γ {e.wave_exponent:.4f}  m½ {e.m_half:.4g}  "
+             f"tile {e.tile_m}×{e.tile_n}  η_m {e.memory:.4f}  t_launch {_us(e.launch_s)}",
+             f"  attention   η {e.attention:.4g}"]
+    for label, link in (("intra-node", p.intra_node), ("inter-node", p.inter_node)):
+        if link is not None:
+            lines.append(f"  {label:11} t0 {_us(link.collective_launch_s)}  α {_us(link.latency_s)}/step  "
+                         f"B {_gbs(link.bw_bytes_per_s)}  p2p α {_us(link.p2p_latency_s)}  "
+                         f"B {_gbs(link.p2p_bw_bytes_per_s)}")
+    lines += [f"  note: {note}" for note in cal.notes if not note.startswith("warning")]
+    lines.append(f"  {'|predicted/measured − 1|':28} {'rows':>6} {'median':>8} {'worst':>8}")
+    rows = [(kind, s) for kind, s in p.errors.items()]
+    rows[1:1] = [(f"  gemm {op}", s) for op, s in cal.gemm_by_op.items()]
+    for kind, s in rows:
+        where = "held out" if s.held_out else "in sample"
+        lines.append(f"  {kind:28} {s.rows:>6} {s.median:>8.1%} {s.max:>8.1%}  {where}")
+    return "\n".join(lines)
+
+
+def calibrate_command(args: argparse.Namespace) -> int:
+    data = load_dataset(list(args.measurements), args.gpu, args.network)
+    cal = calibrate(data, args.out.stem)
+    if not args.out.parent.is_dir():
+        raise ScenarioError(f"--out {args.out}: no folder {args.out.parent}")
+    cal.profile.write(args.out)
+    print(format_report(cal, args.out))
+    warnings = [n for n in cal.notes if n.startswith("warning")]
+    for warning in warnings:
+        print(f"splitsim: {warning}", file=sys.stderr)
+    return 0
