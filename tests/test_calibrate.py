@@ -226,6 +226,9 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     assert all(s.held_out and s.median < 3 * NOISE for s in profile.errors.values())
     assert len(profile.fitted_on) == 1 and profile.fitted_on[0].startswith(str(runner_folder.resolve()))
 
+    assert main(["validate", "compare", str(runner_folder), "--profile", str(out)]) == 2  # seen: refused
+    assert "was fitted on these measurements" in capsys.readouterr().err
+
     scenario = scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))
     cluster = build_plan(scenario).cluster
     assert cluster.gpu.efficiency == eff

@@ -19,7 +19,6 @@ was held out, on the training rows, marked `held_out: false`).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec
 from splitsim.validate import fit, measurements, vidur
+from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
 
 VIDUR_GPUS = {"h100": "h100-sxm", "a100": "a100-sxm"}
 VIDUR_CLUSTERS = {"h100_dgx": "h100-ib-2node", "a100_dgx": "a100-nvlink-node"}  # to check the profile applies
@@ -106,11 +106,7 @@ def calibrate(data: Dataset, name: str) -> Calibration:
     except ValueError as err:
         raise _fail(where, err) from None
     gpu = gemm_fit.gpu(data.gpu)
-    fitted_gpu = gpu
-
-    def gemm_s(rows: pd.DataFrame) -> np.ndarray:
-        return fit.gemm_times_s(fitted_gpu, rows)
-
+    gemm_s = partial(fit.gemm_times_s, gpu)
     errors["gemm"] = _evaluate(data.gemm, gemm_s)
     by_op = {str(op): _evaluate(part, gemm_s) for op, part in data.gemm.groupby("op")} \
         if "op" in data.gemm.columns else {}
@@ -217,13 +213,6 @@ def vidur_dataset(root: Path, gpu_name: str | None, topology: str | None) -> Dat
 
 
 # --------------------------------------------------------------------------------------- runner input
-
-def measurement_id(folder: Path) -> str:
-    """How the profile names a measurements folder: its path and the digest of its table (as
-    `splitsim validate compare` recognises it)."""
-    digest = hashlib.sha256((folder / measurements.TABLE).read_bytes()).hexdigest()[:16]
-    return f"{folder.resolve()} sha256:{digest}"
-
 
 def _read_measurements(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     try:
@@ -367,7 +356,7 @@ def load_dataset(paths: list[Path], gpu: str | None, network: str | None) -> Dat
 
 
 def _us(seconds: float) -> str:
-    return f"{seconds * 1e6:.3g} µs"
+    return f"{round(seconds * 1e6, 3):g} µs"
 
 
 def _gbs(bw: float) -> str:
