@@ -222,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_cost_args(parser, args)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `splitsim … | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except ModuleNotFoundError as err:
         if err.name != "torch":
             raise
