@@ -1,0 +1,208 @@
+"""`splitsim validate run`: the measurements table of a small sweep, bad options, device selection, and a
+launch the way torchrun does it (ranks started with RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, gloo)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from splitsim.cli import main
+from splitsim.validate import measurements
+from splitsim.validate.dist import backend_for, free_port, torch_device, under_torchrun
+from splitsim.validate.timing import CudaEventTimer, PerfCounterTimer, timer_for
+
+TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+               "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
+               "max_position_embeddings": 512, "torch_dtype": "bfloat16"}
+HEAD_DIM = 16
+LAYER_OPS = ("qkv", "attention", "o_proj", "gate_up", "down")
+TP_OPS = ("attn_allreduce", "mlp_allreduce")
+# --layers 2: one stage holds layers 0 and 1; two stages hold one each
+STAGE_LAYERS = {1: {0: [0, 1]}, 2: {0: [0], 1: [1]}}
+PROMPT, DECODE = 8, 2
+ARGS = ["--tp", "1", "2", "--pp", "1", "2", "--layers", "2", "--batch", "1", "2", "--prompt", str(PROMPT),
+        "--decode", str(DECODE), "--repeats", "2", "--warmup", "1"]
+
+
+def _tiny(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, dict]:
+    root = tmp_path_factory.mktemp("sweep")
+    out = root / "m"
+    assert main(["validate", "run", "--model", str(_tiny(root / "tiny")), *ARGS, "--out", str(out)]) == 0
+    return measurements.read(out)
+
+
+def _ops(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows[rows["kind"] == "op"]
+
+
+def test_every_op_once_per_layer_stage_rank_and_step(sweep):
+    rows, _ = sweep
+    ops = _ops(rows)
+    steps = [("prefill", math.nan)] + [("decode", PROMPT + i + 1) for i in range(DECODE)]
+    for tp in (1, 2):
+        for pp in (1, 2):
+            for batch in (1, 2):
+                for phase, context in steps:
+                    part = ops[(ops["tp"] == tp) & (ops["pp"] == pp) & (ops["batch"] == batch)
+                               & (ops["phase"] == phase)]
+                    part = part[part["context"].isna()] if phase == "prefill" else part[part["context"] == context]
+                    expected = []
+                    for stage, layers in STAGE_LAYERS[pp].items():
+                        for rank in range(tp):
+                            names = LAYER_OPS + (TP_OPS if tp > 1 else ())
+                            expected += [(name, layer, stage, rank) for layer in layers for name in names]
+                            if stage == 0:
+                                expected += [("embedding", -1, stage, rank)]
+                                expected += [("embedding_allreduce", -1, stage, rank)] if tp > 1 else []
+                            if stage == pp - 1:
+                                expected += [("lm_head", -1, stage, rank)]
+                                expected += [("logits_allgather", -1, stage, rank)] if tp > 1 else []
+                            if stage < pp - 1:
+                                expected += [("handoff", -1, stage, rank)]  # one send per boundary per TP rank
+                            if stage > 0 and tp > 1:
+                                expected += [("handoff_allgather", -1, stage, rank)]
+                    got = sorted(zip(part["op"], part["layer"].astype(int), part["stage"].astype(int),
+                                     part["rank"].astype(int)))
+                    assert got == sorted(expected), (tp, pp, batch, phase, context)
+
+
+def test_step_rows_for_every_layout_batch_and_phase(sweep):
+    rows, _ = sweep
+    steps = rows[rows["kind"] == "step"]
+    for tp in (1, 2):
+        for pp in (1, 2):
+            for batch in (1, 2):
+                part = steps[(steps["tp"] == tp) & (steps["pp"] == pp) & (steps["batch"] == batch)
+                             & (steps["prompt"] == PROMPT)]
+                prefill = part[part["phase"] == "prefill"]
+                decode = part[part["phase"] == "decode"]
+                assert list(prefill["op"]) == ["prefill_step"] and list(prefill["tokens"]) == [batch * PROMPT]
+                assert sorted(decode["context"].astype(int)) == [PROMPT + 1, PROMPT + 2]
+                assert set(decode["op"]) == {"decode_step"} and set(decode["tokens"]) == {batch}
+
+
+def test_times_positive_and_shapes_recorded(sweep):
+    rows, _ = sweep
+    assert (rows["seconds"] > 0).all() and rows["seconds"].notna().all()
+    timed = rows[rows["kind"] != "micro"]
+    assert set(timed["repeats"]) == {2}
+    ops = _ops(rows)
+    qkv = ops[(ops["op"] == "qkv") & (ops["phase"] == "prefill")]
+    # Megatron column split: (4 + 2·2) heads · 16 / tp output features of 64 inputs, m = batch · prompt
+    assert set(zip(qkv["tp"], qkv["n"], qkv["k"])) == {(1, 128, 64), (2, 64, 64)}
+    assert (qkv["m"] == qkv["batch"] * PROMPT).all()
+    down = ops[ops["op"] == "down"]
+    assert set(zip(down["tp"], down["n"], down["k"])) == {(1, 64, 96), (2, 64, 48)}
+    ar = ops[ops["op"] == "attn_allreduce"]
+    assert (ar["nbytes"] == ar["tokens"] * 64 * 2).all() and set(ar["group_size"]) == {2}
+
+
+def test_microbenchmarks_cover_gemms_attention_collectives_and_sendrecv(sweep):
+    rows, _ = sweep
+    micro = rows[rows["kind"] == "micro"]
+    gemm = micro[micro["op"] == "gemm"]
+    for tp in (1, 2):
+        shapes = set(zip(gemm[gemm["tp"] == tp]["n"], gemm[gemm["tp"] == tp]["k"]))
+        # qkv, o_proj, gate_up, down on one of tp ranks
+        assert shapes == {(128 // tp, 64), (64, 64 // tp), (192 // tp, 64), (64, 96 // tp)}
+        assert {1, 4, 16, 64, 256, PROMPT, 2 * PROMPT} <= set(gemm[gemm["tp"] == tp]["m"])
+    for op in ("allreduce", "allgather"):
+        part = micro[micro["op"] == op]
+        assert set(part["group_size"]) == {2, 4}
+        for size in (2, 4):
+            sizes = sorted(part[part["group_size"] == size]["nbytes"])
+            assert sizes == [2**10 * 4**i for i in range(8)]  # once each: the sweep measures nothing twice
+    assert sorted(micro[micro["op"] == "sendrecv"]["nbytes"]) == [2**10 * 4**i for i in range(8)]
+    assert not micro[micro["op"] == "attention_prefill"].empty
+    decode = micro[micro["op"] == "attention_decode"]
+    assert PROMPT + DECODE in set(decode["context"])
+
+
+def test_config_records_how_it_was_measured(sweep):
+    _, config = sweep
+    assert config["model_spec"]["hidden_size"] == 64 and config["layers"] == 2
+    assert config["layouts"] == [[1, 1], [1, 2], [2, 1], [2, 2]]
+    assert (config["batch"], config["prompt"], config["decode"]) == ([1, 2], [PROMPT], DECODE)
+    assert (config["device"], config["backend"], config["timer"], config["threads_per_rank"]) == \
+        ("cpu", "gloo", "perf_counter", 1)
+    assert (config["cluster"], config["dtype"], config["warmup"], config["repeats"]) == ("cpu-local", "bf16", 1, 2)
+    assert config["torch"] == torch.__version__ and config["hostname"] and config["launcher"] == "spawn"
+    assert config["seed"] == 0
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--tp", "3"], ["--tp 3", "attention heads", "valid: 1, 2, 4"]),
+    (["--pp", "3", "--layers", "2"], ["--pp 3", "valid: 1 to 2"]),
+    (["--layers", "9"], ["--layers 9", "valid: 1 to 4"]),
+    (["--prompt", "510", "--decode", "4"], ["514 positions", "max_position_embeddings 512"]),
+    (["--device", "cuda"], ["--device cuda", "valid here: cpu"]),
+    (["--cluster", "no-such-cluster"], ["--cluster no-such-cluster"]),
+])
+def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
+    if "cuda" in extra and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    code = main(["validate", "run", "--model", str(_tiny(tmp_path / "tiny")), *extra, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_layout_above_torchrun_world_is_refused(tmp_path, capsys, monkeypatch):
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    code = main(["validate", "run", "--model", str(_tiny(tmp_path / "tiny")), "--tp", "2", "--pp", "2",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--tp 2 --pp 2: needs 4 ranks, torchrun started 2 ranks" in err
+
+
+def test_device_backend_and_timer_follow_one_option():
+    assert (backend_for("cpu"), backend_for("cuda")) == ("gloo", "nccl")
+    assert torch_device("cpu", 3) == torch.device("cpu")
+    assert torch_device("cuda", 3) == torch.device("cuda", 3)
+    assert isinstance(timer_for("cpu"), PerfCounterTimer) and isinstance(timer_for("cuda"), CudaEventTimer)
+    assert (timer_for("cpu").kind, timer_for("cuda").kind) == ("perf_counter", "cuda_event")
+    with pytest.raises(ValueError, match="valid: cpu, cuda"):
+        backend_for("tpu")  # type: ignore[arg-type]
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}
+    assert under_torchrun(env) and not under_torchrun({k: v for k, v in env.items() if k != "MASTER_PORT"})
+
+
+def test_torchrun_style_launch(tmp_path):
+    """Two ranks started as torchrun starts them, each running the `splitsim` command: the layout with
+    tp·pp = WORLD_SIZE runs (the 1-rank one is skipped), rank 0 writes the folder."""
+    model, out = _tiny(tmp_path / "tiny"), tmp_path / "m"
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "splitsim", "validate", "run", "--model", str(model), "--tp", "1", "2",
+             "--layers", "2", "--batch", "2", "--prompt", "4", "--decode", "1", "--repeats", "1", "--warmup", "0",
+             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    rows, config = measurements.read(out)
+    assert config["launcher"] == "torchrun" and config["layouts"] == [[2, 1]]
+    ops = _ops(rows)
+    assert set(ops["rank"].astype(int)) == {0, 1} and set(ops["tp"]) == {2}
+    assert len(ops[(ops["op"] == "mlp_allreduce") & (ops["phase"] == "decode")]) == 2 * 2  # 2 layers × 2 ranks
+    assert set(rows[rows["kind"] == "micro"]["op"]) >= {"gemm", "allreduce", "allgather", "sendrecv"}

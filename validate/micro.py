@@ -1,0 +1,194 @@
+"""Microbenchmarks between a run's own ranks, so that one run is enough to calibrate from.
+
+- gemm: Y = X Wᵀ with the stage's own sharded weights (qkv, o_proj, gate_up, down of its first layer)
+  at several token counts m, on the TP ranks of stage 0 at once (as a TP step runs them);
+- attention_prefill (batch, prompt) and attention_decode (batch, context): the layer's attention op
+  (RoPE, KV-cache write, kernel) with the rank's heads, on the same ranks;
+- allreduce / allgather of nbytes (all-gather: the gathered size) over a group of group_size ranks:
+  stage 0's TP group, and all the layout's ranks; the slowest rank's time from a barrier;
+- sendrecv of nbytes between two ranks (stage 0 and stage 1 when pp > 1): half a ping-pong, so no clock
+  has to agree with another.
+
+Each measurement runs `warmup` untimed times then `repeats` timed times; the median is kept. What to
+measure comes in a MicroPlan, so a sweep of layouts does not measure the same thing twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from splitsim.validate.dist import ParallelState
+from splitsim.validate.measurements import COLUMNS
+from splitsim.validate.model import KVCache
+from splitsim.validate.parallel import all_gather_into
+from splitsim.validate.pipeline import Stage
+from splitsim.validate.timing import Timer, group_max, median
+
+GEMM_TOKENS = (1, 4, 16, 64, 256)
+ATTENTION_PROMPTS = (16, 64, 256)
+ATTENTION_BATCHES = (1, 4, 16)
+ATTENTION_CONTEXTS = (64, 256, 1024)
+COLLECTIVE_BYTES = tuple(2**10 * 4**i for i in range(8))  # 1 KiB … 16 MiB, powers of 4
+
+
+@dataclass(frozen=True)
+class MicroPlan:
+    """What one layout measures; empty fields are skipped."""
+
+    gemm_tokens: tuple[int, ...] = ()
+    attention_prefill: tuple[tuple[int, int], ...] = ()  # (batch, prompt)
+    attention_decode: tuple[tuple[int, int], ...] = ()  # (batch, context)
+    collective_groups: tuple[int, ...] = ()  # group sizes: tp (stage 0's TP group) and/or tp·pp (all ranks)
+    collective_bytes: tuple[int, ...] = COLLECTIVE_BYTES
+    sendrecv: bool = False
+
+    @property
+    def max_positions(self) -> int:
+        return max([s for _, s in self.attention_prefill] + [c for _, c in self.attention_decode] + [1])
+
+
+def row(**fields: Any) -> dict[str, Any]:
+    return {column: fields.get(column, math.nan) for column in COLUMNS}
+
+
+class Micro:
+    """The microbenchmarks of one rank of a layout."""
+
+    def __init__(self, state: ParallelState, stage: Stage, timer: Timer, warmup: int, repeats: int) -> None:
+        self.state, self.stage, self.timer = state, stage, timer
+        self.warmup, self.repeats = warmup, repeats
+        self.device, self.dtype = stage.device, stage.dtype
+
+    def _times(self, op: Callable[[], object], before: Callable[[], object] | None = None) -> list[float]:
+        """Seconds of `repeats` runs of op() after `warmup` untimed ones; before() runs untimed first."""
+        out = []
+        for i in range(self.warmup + self.repeats):
+            if before is not None:
+                before()
+            self.timer.sync()
+            start = self.timer.mark()
+            op()
+            end = self.timer.mark()
+            self.timer.sync()
+            if i >= self.warmup:
+                out.append(self.timer.seconds(start, end))
+        return out
+
+    def _tp_barrier(self) -> None:
+        if self.state.tp > 1:
+            dist.barrier(group=self.state.tp_group.group)
+
+    def run(self, plan: MicroPlan) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        with torch.inference_mode():
+            if self.state.is_first:
+                rows += self.gemms(plan.gemm_tokens)
+                rows += self.attention(plan.attention_prefill, plan.attention_decode)
+            dist.barrier()
+            for size in plan.collective_groups:
+                rows += self.collectives(size, plan.collective_bytes)
+                dist.barrier()
+            if plan.sendrecv:
+                rows += self.sendrecv(plan.collective_bytes)
+                dist.barrier()
+        return rows
+
+    def _common(self) -> dict[str, Any]:
+        s = self.state
+        return {"kind": "micro", "tp": s.tp, "pp": s.pp, "repeats": self.repeats}
+
+    def gemms(self, tokens: tuple[int, ...]) -> list[dict[str, Any]]:
+        layer = self.stage.layers[0]
+        weights = {"qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight, "gate_up": layer.gate_up.weight,
+                   "down": layer.down.weight}
+        rows = []
+        for weight in weights.values():
+            n, k = weight.shape
+            for m in tokens:
+                x = torch.randn(m, k, dtype=self.dtype, device=self.device)
+                self._tp_barrier()
+                seconds = median(self._times(partial(F.linear, x, weight)))
+                rows.append(row(op="gemm", stage=0, rank=self.state.tp_rank, m=m, n=n, k=k, tokens=m,
+                                seconds=seconds, **self._common()))
+        return rows
+
+    def attention(self, prefill: tuple[tuple[int, int], ...],
+                  decode: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
+        layer = self.stage.layers[0]
+        d = layer.head_dim
+        width = (layer.q_heads + 2 * layer.kv_heads) * d
+        rows = []
+        cases = [("attention_prefill", b, s, s) for b, s in prefill]
+        cases += [("attention_decode", b, 1, c) for b, c in decode]
+        for op, batch, new, positions in cases:
+            cache = KVCache(batch, layer.kv_heads, positions, d, self.dtype, self.device)
+            qkv = torch.randn(batch, new, width, dtype=self.dtype, device=self.device)
+            self._tp_barrier()
+            times = self._times(partial(layer.attention, qkv, cache), before=partial(cache.reset, positions - new))
+            extra = {"prompt": positions} if op == "attention_prefill" else {"context": positions}
+            rows.append(row(op=op, stage=0, rank=self.state.tp_rank, batch=batch, tokens=batch * new,
+                            seconds=median(times), **extra, **self._common()))
+        return rows
+
+    def collectives(self, group_size: int, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+        """All-reduce and all-gather over stage 0's TP group (group_size = tp) or over every rank."""
+        s = self.state
+        if group_size == s.tp:
+            if not s.is_first:
+                return []
+            group = s.tp_group.group
+        elif group_size == s.tp * s.pp:
+            group = None
+        else:
+            raise ValueError(f"group size {group_size}: neither tp={s.tp} nor tp·pp={s.tp * s.pp}")
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        rows = []
+        for nbytes in sizes:
+            full = torch.zeros(nbytes // element, dtype=self.dtype, device=self.device)
+            part = full[: full.numel() // group_size].clone()
+
+            ops: dict[str, Callable[[], object]] = {
+                "allreduce": partial(dist.all_reduce, full, group=group),
+                "allgather": partial(all_gather_into, full, part, group=group),
+            }
+            for op, run in ops.items():
+                times = group_max(self._times(run, before=partial(dist.barrier, group=group)), self.device, group)
+                if (s.rank if group is None else s.tp_rank) == 0:
+                    rows.append(row(op=op, nbytes=nbytes, group_size=group_size, seconds=median(times),
+                                    **self._common()))
+        return rows
+
+    def sendrecv(self, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
+        """Half a ping-pong between global rank 0 and its peer (the next stage's rank 0 when pp > 1)."""
+        s = self.state
+        a, b = 0, s.global_rank(1, 0) if s.pp > 1 else 1
+        pair = dist.new_group([a, b])  # collective: every rank creates it
+        if s.rank not in (a, b):
+            return []
+        peer = b if s.rank == a else a
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        rows = []
+        for nbytes in sizes:
+            buf = torch.zeros(nbytes // element, dtype=self.dtype, device=self.device)
+
+            def ping(buf: torch.Tensor = buf) -> None:
+                if s.rank == a:
+                    dist.send(buf, dst=peer)
+                    dist.recv(buf, src=peer)
+                else:
+                    dist.recv(buf, src=peer)
+                    dist.send(buf, dst=peer)
+
+            times = self._times(ping, before=lambda: dist.barrier(group=pair))
+            if s.rank == a:
+                rows.append(row(op="sendrecv", nbytes=nbytes, group_size=2, seconds=median(times) / 2,
+                                **self._common()))
+        return rows
