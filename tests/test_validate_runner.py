@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from splitsim.cli import main
-from splitsim.validate import measurements
+from splitsim.validate import measurements, runner
 from splitsim.validate.dist import backend_for, free_port, torch_device, under_torchrun
 from splitsim.validate.timing import CudaEventTimer, PerfCounterTimer, timer_for
 
@@ -161,6 +161,18 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path, capsys, extra, words):
     assert code == 2 and len(err.splitlines()) == 1
     assert all(w in err for w in words), err
     assert not (tmp_path / "o").exists()
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path, capsys, monkeypatch):
+    # one tiny layer holds (4 + 2·2)·16·64 + 4·16·64 + 3·96·64 + 2·64 = 30 848 parameters; the embedding and
+    # LM head 2·128·64 + 64 = 16 448. At 2 bytes and 1.25 headroom: 1 layer 118 kB, 2 layers 195 kB, 3 layers 272 kB.
+    monkeypatch.setattr(runner, "_memory_bytes", lambda device: (200e3, "this machine has {gb:.4f} GB available"))
+    code = main(["validate", "run", "--model", str(_tiny(tmp_path / "tiny")), "--layers", "4",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--layers 4: tiny at tp=1 pp=1" in err and "0.0002 GB available" in err, err
+    assert "valid: --layers 1 to 2" in err, err
 
 
 def test_layout_above_torchrun_world_is_refused(tmp_path, capsys, monkeypatch):

@@ -137,3 +137,16 @@ def teacher_forced_logits(ctx: Context, spec: ModelSpec, num_layers: int, tp: in
             if logits is not None:
                 out.append(logits.cpu())
     return out if state.is_last and state.tp_rank == 0 else None
+
+
+def stage_weight_bytes(spec: ModelSpec, num_layers: int, tp: int, pp: int, stage: int, element_bytes: int) -> int:
+    """Bytes of weights one TP rank of `stage` holds: its layers' shards (KV heads replicated when
+    tp > h_kv), plus the padded vocabulary shard of the embedding (first stage) and LM head (last)."""
+    h, d = spec.hidden_size, spec.head_dim
+    q, kv, f = spec.num_heads // tp, spec.kv_heads_per_rank(tp), spec.intermediate_size // tp
+    layer = (q + 2 * kv) * d * h + q * d * h + 3 * f * h + 2 * h
+    vocab_rows = -(-spec.vocab_size // tp)
+    params = len(stage_layers(num_layers, pp, stage)) * layer
+    params += vocab_rows * h if stage == 0 else 0
+    params += vocab_rows * h + h if stage == pp - 1 else 0
+    return params * element_bytes

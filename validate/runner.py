@@ -35,9 +35,13 @@ from splitsim.validate.measure import MeasureOptions, measure_layout
 from splitsim.validate.micro import ATTENTION_BATCHES, ATTENTION_CONTEXTS, ATTENTION_PROMPTS, GEMM_TOKENS, MicroPlan
 from splitsim.validate.model import RMS_NORM_EPS, ROPE_THETA
 from splitsim.validate.parallel import layout_problem, valid_tp
+from splitsim.validate.pipeline import stage_weight_bytes
 from splitsim.validate.timing import timer_for
 
 Layout = tuple[int, int]
+ELEMENT_BYTES = 2  # bf16 and fp16 weights
+MEMORY_HEADROOM = 1.25  # generating and concatenating shards, activations, KV caches, the runtime
+GB = 1e9
 HANDOFF = ("one activation tensor per step: TP rank r sends 1/tp of the flattened [tokens, hidden] to TP rank r "
            "of the next stage, which all-gathers it over its TP group")
 
@@ -94,7 +98,48 @@ def check_options(args: argparse.Namespace, spec: ModelSpec, world_size: int | N
         if not layouts:
             raise ScenarioError(f"--tp {' '.join(map(str, args.tp))} --pp {' '.join(map(str, args.pp))}: no layout "
                                 f"uses the {world_size} ranks torchrun started (valid: tp·pp = {world_size})")
+    _check_memory(spec, layers, layouts, args.device, world_size)
     return layouts
+
+
+def _memory_bytes(device: str) -> tuple[float, str] | None:
+    """(bytes, what) the weights must fit in: available host memory for CPU ranks (Linux), one device's
+    memory for CUDA ranks; None when unknown."""
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return float(torch.cuda.get_device_properties(local).total_memory), "one CUDA device has {gb:.1f} GB"
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    kib = next((int(line.split()[1]) for line in lines if line.startswith("MemAvailable:")), None)
+    return None if kib is None else (kib * 1024.0, "this machine has {gb:.1f} GB available")
+
+
+def _check_memory(spec: ModelSpec, layers: int, layouts: list[Layout], device: str, world_size: int | None) -> None:
+    """Refuse a run whose weights cannot fit: on CPU all of a machine's ranks share its memory, on CUDA
+    each rank has one device. The figure counts the weights with MEMORY_HEADROOM for what building and
+    running them takes besides."""
+    limit = _memory_bytes(device)
+    if limit is None:
+        return
+    available, what = limit
+
+    def need(n_layers: int, tp: int, pp: int) -> float:
+        per_rank = [stage_weight_bytes(spec, n_layers, tp, pp, s, ELEMENT_BYTES) for s in range(pp)]
+        if device == "cuda":
+            return max(per_rank) * MEMORY_HEADROOM
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", tp * pp)) if world_size else tp * pp
+        return (sum(per_rank) * tp * ranks_here / (tp * pp)) * MEMORY_HEADROOM
+
+    for tp, pp in layouts:
+        needed = need(layers, tp, pp)
+        if needed <= available:
+            continue
+        fits = [n for n in range(pp, layers) if need(n, tp, pp) <= available]
+        valid = f"valid: --layers {pp} to {max(fits)}" if fits else f"not even --layers {pp} fits"
+        raise ScenarioError(f"--layers {layers}: {spec.name} at tp={tp} pp={pp} needs ≈{needed / GB:.1f} GB for "
+                            f"weights, {what.format(gb=available / GB)} ({valid})")
 
 
 def _check_ranks(layouts: list[Layout], n: int, what: str) -> None:
