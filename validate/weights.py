@@ -90,7 +90,9 @@ class RandomWeights:
 
     def _seed(self, name: str, layer: int, index: int) -> int:
         """A 32-bit seed (the CPU generator, an MT19937, keeps only the low 32 bits of a seed) mixed from
-        (seed, layer, tensor, index) with splitmix64, so neighbouring rows and layers share nothing."""
+        (seed, layer, tensor, index) with splitmix64, so neighbouring rows and layers are unrelated. With
+        2³² seeds a model of millions of rows repeats a few of them: harmless for timing, and a test
+        model's few thousand rows almost surely repeat none."""
         x = (((self.seed * 1_000_003 + layer + 1) * 64 + TENSORS.index(name)) << 32) + index
         x = (x + 0x9E3779B97F4A7C15) & _MASK64
         x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
