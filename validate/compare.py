@@ -78,14 +78,15 @@ class _Predictor:
         return total
 
     def op_s(self, op: str, shape: BatchShape, num_logits: int) -> float | None:
-        """Seconds of one op on one rank (the first stage that has it)."""
+        """Seconds of one op on one rank (the first stage that has it); None for ops the simulator does
+        not price (logits_allgather)."""
         for cost in self.stages:
             timed = {t.name: t.seconds for t in cost.layer_ops(shape)}
             timed["attention"] = timed.get("attention_prefill", 0.0) + timed.get("attention_decode", 0.0)
             if op in timed:
                 return timed[op]
-            if op == "embedding" and cost.is_first:
-                return cost.edge_times(shape.num_tokens)[0]
+            if op in ("embedding", "embedding_allreduce") and cost.is_first:
+                return cost.edge_times(shape.num_tokens)[op == "embedding_allreduce"]
             if op == "lm_head" and cost.is_last:
                 return cost.lm_head_time(num_logits)
             if op in ("handoff", "handoff_allgather") and not cost.is_last:
