@@ -209,7 +209,8 @@ def test_torchrun_style_launch(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "splitsim", "validate", "run", "--model", str(model), "--tp", "1", "2",
              "--layers", "2", "--batch", "2", "--prompt", "4", "--decode", "1", "--repeats", "1", "--warmup", "0",
-             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=tmp_path))  # not the checkout's root, whose splitsim/ folder would shadow the installed package
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     rows, config = measurements.read(out)
