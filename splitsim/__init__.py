@@ -9,10 +9,10 @@ _root = _Path(__file__).resolve().parent.parent
 if (_root / "pyproject.toml").is_file() and (_root / "sim" / "engine.py").is_file():
     __path__.append(str(_root))
 
-from splitsim.api import simulate
-from splitsim.errors import ScenarioError
-from splitsim.scenario import Scenario, load_scenario
-from splitsim.sim.result import Result
+from splitsim.api import simulate  # noqa: E402 (after the path set-up above)
+from splitsim.errors import ScenarioError  # noqa: E402
+from splitsim.scenario import Scenario, load_scenario  # noqa: E402
+from splitsim.sim.result import Result  # noqa: E402
 
 __all__ = ["Result", "Scenario", "ScenarioError", "load_scenario", "simulate"]
 __version__ = "0.1.0"
