@@ -268,8 +268,8 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         assert model is not None
         batch = _int(r["batch"], 1)
         tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
-        shape = next(g for g in ops.layer_gemms(model, tokens, sharding(_int(r["tp"], 1))) if g.name == r["op"])
-        gemm.append((shape.m, shape.n, shape.k, float(r["seconds"])))
+        op = next(g for g in ops.layer_gemms(model, tokens, sharding(_int(r["tp"], 1))) if g.name == r["op"])
+        gemm.append((op.m, op.n, op.k, float(r["seconds"])))
     for r in pd.concat([micro[micro["op"].isin(["attention_prefill", "attention_decode"])],
                         op_rows[op_rows["op"] == "attention"]]).to_dict("records"):
         assert model is not None

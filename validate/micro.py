@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from splitsim.validate.dist import ParallelState
 from splitsim.validate.measurements import COLUMNS
-from splitsim.validate.model import KVCache
+from splitsim.validate.model import DecoderLayer, KVCache
 from splitsim.validate.parallel import all_gather_into
 from splitsim.validate.pipeline import Stage
 from splitsim.validate.timing import Timer, group_max, median
@@ -106,9 +106,11 @@ class Micro:
         return {"kind": "micro", "tp": s.tp, "pp": s.pp, "repeats": self.repeats}
 
     def gemms(self, tokens: tuple[int, ...]) -> list[dict[str, Any]]:
-        layer = self.stage.layers[0]
-        weights = {"qkv": layer.qkv.weight, "o_proj": layer.o_proj.weight, "gate_up": layer.gate_up.weight,
-                   "down": layer.down.weight}
+        layer = cast(DecoderLayer, self.stage.layers[0])
+        weights: dict[str, torch.Tensor] = {"qkv": cast(torch.Tensor, layer.qkv.weight),
+                                            "o_proj": layer.o_proj.weight,
+                                            "gate_up": cast(torch.Tensor, layer.gate_up.weight),
+                                            "down": layer.down.weight}
         rows = []
         for weight in weights.values():
             n, k = weight.shape
@@ -122,7 +124,7 @@ class Micro:
 
     def attention(self, prefill: tuple[tuple[int, int], ...],
                   decode: tuple[tuple[int, int], ...]) -> list[dict[str, Any]]:
-        layer = self.stage.layers[0]
+        layer = cast(DecoderLayer, self.stage.layers[0])
         d = layer.head_dim
         width = (layer.q_heads + 2 * layer.kv_heads) * d
         rows = []

@@ -36,7 +36,11 @@ class OpTimer(Protocol):
 class Reducing(Protocol):
     """A row-parallel linear: `forward` gives this rank's partial sum, `reduce` sums the partials."""
 
-    group_size: int
+    @property
+    def group_size(self) -> int: ...
+
+    @property
+    def weight(self) -> torch.Tensor: ...
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
