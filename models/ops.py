@@ -1,9 +1,13 @@
 """The work one decoder layer does for one batch, sharded over a TP group: ops with FLOPs and bytes.
 
 Megatron-style sharding: QKV and gate/up are column-parallel (heads and FFN width split by TP), O and
-down are row-parallel and each ends in an all-reduce of the layer's activations over the TP group:
+down are row-parallel and each ends in an all-reduce of the layer's activations over the TP group.
+Around them run memory-bound element-wise kernels, fused as vLLM fuses them (residual add + RMSNorm,
+SiLU-and-mul): the norms work on the full hidden size on every rank (they are replicated, TP does not
+shrink them), RoPE and the activation on this rank's heads and FFN slice:
 
-    qkv → attention → o_proj → attn_allreduce → gate_up → down → mlp_allreduce
+    input_norm → qkv → rope → attention → o_proj → attn_allreduce
+    → post_norm → gate_up → act → down → mlp_allreduce
 
 A batch mixes prefill chunks (s new tokens after c cached ones) and decodes (one new token attending to
 its context). Shapes only: no time, no hardware. Activations are always 16-bit.
@@ -18,7 +22,8 @@ from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, Compu
 from splitsim.models.spec import ModelSpec
 
 OpKind = Literal["gemm", "attention", "memory", "allreduce"]
-LAYER_OP_NAMES = ("qkv", "attention", "o_proj", "attn_allreduce", "gate_up", "down", "mlp_allreduce")
+LAYER_OP_NAMES = ("input_norm", "qkv", "rope", "attention", "o_proj", "attn_allreduce", "post_norm", "gate_up",
+                  "act", "down", "mlp_allreduce")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +119,36 @@ def allreduce(name: str, tokens: int, model: ModelSpec) -> Op:
     return Op(name, "allreduce", nbytes=tokens * model.hidden_size * ACTIVATION_BYTES)
 
 
+def layer_elementwise(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, Op, Op, Op]:
+    """input_norm, rope, post_norm, act: memory-bound, bytes read and written at 16 bits.
+
+    Fused residual add + RMSNorm reads the input and the residual and writes both (4·T·h values);
+    RoPE reads and writes this rank's Q and K (2·T·(h_q + h_kv)·d); SiLU-and-mul reads gate and up and
+    writes their product (3·T·ffn/TP).
+    """
+    tp, d, h, b = sharding.tp, model.head_dim, model.hidden_size, ACTIVATION_BYTES
+    q_heads, kv_heads = model.num_heads // tp, model.kv_heads_per_rank(tp)
+    norm = 4 * tokens * h * b + h * b
+    return (
+        Op("input_norm", "memory", nbytes=norm),
+        Op("rope", "memory", nbytes=2 * tokens * (q_heads + kv_heads) * d * b),
+        Op("post_norm", "memory", nbytes=norm),
+        Op("act", "memory", nbytes=3 * tokens * (model.intermediate_size // tp) * b),
+    )
+
+
 def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> list[Op]:
     """The op list of one layer, in execution order (all-reduces only when TP > 1)."""
     tokens = batch.num_tokens
     qkv, o_proj, gate_up, down = layer_gemms(model, tokens, sharding)
+    input_norm, rope, post_norm, act = layer_elementwise(model, tokens, sharding)
     prefill_attn, decode_attn = attention(model, batch, sharding)
-    ops = [qkv]
+    ops = [input_norm, qkv, rope]
     ops += [op for op, part in ((prefill_attn, batch.prefill), (decode_attn, batch.num_decode)) if part]
     ops.append(o_proj)
     if sharding.tp > 1:
         ops.append(allreduce("attn_allreduce", tokens, model))
-    ops += [gate_up, down]
+    ops += [post_norm, gate_up, act, down]
     if sharding.tp > 1:
         ops.append(allreduce("mlp_allreduce", tokens, model))
     return ops

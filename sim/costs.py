@@ -36,6 +36,7 @@ class StageCosts:
         self.is_last = stage == plan.pp - 1
         self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
         self._gemms: dict[int, tuple[float, ...]] = {}
+        self._elementwise: dict[int, tuple[float, ...]] = {}
         self._allreduce: dict[int, float] = {}
         self._per_token: dict[int, tuple[float, float]] = {}
         self._lm_head: dict[int, float] = {}
@@ -68,6 +69,14 @@ class StageCosts:
         if cached is None:
             gemms = model_ops.layer_gemms(self.plan.model, tokens, self.plan.sharding)
             cached = self._gemms[tokens] = tuple(self._op_time(op) for op in gemms)
+        return cached
+
+    def elementwise_times(self, tokens: int) -> tuple[float, ...]:
+        """(input_norm, rope, post_norm, act) seconds for `tokens` tokens."""
+        cached = self._elementwise.get(tokens)
+        if cached is None:
+            kernels = model_ops.layer_elementwise(self.plan.model, tokens, self.plan.sharding)
+            cached = self._elementwise[tokens] = tuple(self._op_time(op) for op in kernels)
         return cached
 
     def allreduce_time(self, tokens: int) -> float:
@@ -129,8 +138,10 @@ class StageCosts:
         """(compute, tp_comm) seconds of this stage's layers on `batch`, plus first/last-stage extras."""
         tokens = batch.num_tokens
         qkv, o_proj, gate_up, down = self.gemm_times(tokens)
+        input_norm, rope, post_norm, act = self.elementwise_times(tokens)
         attn_prefill, attn_decode = self.attention_times(batch)
-        layer_compute = qkv + attn_prefill + attn_decode + o_proj + gate_up + down
+        layer_compute = (input_norm + qkv + rope + attn_prefill + attn_decode + o_proj + post_norm + gate_up
+                         + act + down)
         layer_comm = 2 * self.allreduce_time(tokens)
         edge_compute, edge_comm = self.edge_times(tokens)
         compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_logits)
@@ -140,9 +151,11 @@ class StageCosts:
         """One layer's ops in execution order, timed: what layer mode makes events of."""
         tokens = batch.num_tokens
         qkv, o_proj, gate_up, down = self.gemm_times(tokens)
+        input_norm, rope, post_norm, act = self.elementwise_times(tokens)
         attn_prefill, attn_decode = self.attention_times(batch)
         ar = self.allreduce_time(tokens)
-        timed = [TimedOp("qkv", "compute", qkv)]
+        timed = [TimedOp("input_norm", "compute", input_norm), TimedOp("qkv", "compute", qkv),
+                 TimedOp("rope", "compute", rope)]
         if batch.prefill:
             timed.append(TimedOp("attention_prefill", "compute", attn_prefill))
         if batch.num_decode:
@@ -150,7 +163,8 @@ class StageCosts:
         timed.append(TimedOp("o_proj", "compute", o_proj))
         if self.plan.tp > 1:
             timed.append(TimedOp("attn_allreduce", "tp_comm", ar))
-        timed += [TimedOp("gate_up", "compute", gate_up), TimedOp("down", "compute", down)]
+        timed += [TimedOp("post_norm", "compute", post_norm), TimedOp("gate_up", "compute", gate_up),
+                  TimedOp("act", "compute", act), TimedOp("down", "compute", down)]
         if self.plan.tp > 1:
             timed.append(TimedOp("mlp_allreduce", "tp_comm", ar))
         return timed

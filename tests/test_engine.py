@@ -55,7 +55,8 @@ def test_layer_mode_trace_of_one_layer_is_the_op_sequence(run, tiny_model):
                  workload={"num_requests": 1, "rate": 0, "prompt_tokens": 16, "output_tokens": 1})
     gpu0 = [e for e in result.trace_events if e["ph"] == "X" and e["tid"] == 0]
     names = [e["name"] for e in gpu0]
-    layer = ["qkv", "attention_prefill", "o_proj", "attn_allreduce", "gate_up", "down", "mlp_allreduce"]
+    layer = ["input_norm", "qkv", "rope", "attention_prefill", "o_proj", "attn_allreduce", "post_norm", "gate_up",
+             "act", "down", "mlp_allreduce"]
     assert names == ["embedding", "embedding_allreduce"] + layer * 2 + ["lm_head"]
     for before, after in zip(gpu0, gpu0[1:]):  # back to back: no gaps, no overlaps
         assert after["ts"] == pytest.approx(before["ts"] + before["dur"], rel=1e-12)

@@ -54,7 +54,12 @@ def test_layer_ops_flops_and_bytes_by_hand():
            if op.name != "attention"}
     tokens = 103
     assert [op.name for op in layer_ops(model, batch, Sharding(tp, "bf16", "bf16", "bf16"))] == [
-        "qkv", "attention", "attention", "o_proj", "attn_allreduce", "gate_up", "down", "mlp_allreduce"]
+        "input_norm", "qkv", "rope", "attention", "attention", "o_proj", "attn_allreduce", "post_norm", "gate_up",
+        "act", "down", "mlp_allreduce"]
+    # Fused add + RMSNorm on the full hidden size (replicated under TP): read x and residual, write both.
+    assert ops["input_norm"].nbytes == 4 * tokens * 1024 * 2 + 1024 * 2
+    assert ops["rope"].nbytes == 2 * tokens * (8 + 2) * d * 2  # this rank's Q and K, read and written
+    assert ops["act"].nbytes == 3 * tokens * 2048 * 2  # SiLU(gate)·up over the rank's FFN slice
     # QKV: 8 query heads and 2 KV heads per rank → n = (8 + 2·2)·64 = 768, k = 1024.
     assert ops["qkv"].flops == 2 * tokens * 768 * 1024
     assert ops["qkv"].nbytes == (tokens * 1024 + tokens * 768) * 2 + 1024 * 768 * 1  # fp8 weights
