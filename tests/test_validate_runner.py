@@ -23,7 +23,7 @@ TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "interm
                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
                "max_position_embeddings": 512, "torch_dtype": "bfloat16"}
 HEAD_DIM = 16
-LAYER_OPS = ("qkv", "attention", "o_proj", "gate_up", "down")
+LAYER_OPS = ("input_norm", "qkv", "attention", "o_proj", "post_norm", "gate_up", "act", "down")
 TP_OPS = ("attn_allreduce", "mlp_allreduce")
 # --layers 2: one stage holds layers 0 and 1; two stages hold one each
 STAGE_LAYERS = {1: {0: [0, 1]}, 2: {0: [0], 1: [1]}}

@@ -82,7 +82,9 @@ class _Predictor:
         not price (logits_allgather)."""
         for cost in self.stages:
             timed = {t.name: t.seconds for t in cost.layer_ops(shape)}
-            timed["attention"] = timed.get("attention_prefill", 0.0) + timed.get("attention_decode", 0.0)
+            # the runner's attention span holds RoPE too, as vLLM's attention layer does
+            timed["attention"] = (timed.get("attention_prefill", 0.0) + timed.get("attention_decode", 0.0)
+                                  + timed["rope"])
             if op in timed:
                 return timed[op]
             if op in ("embedding", "embedding_allreduce") and cost.is_first:

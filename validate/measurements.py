@@ -5,8 +5,9 @@ the median over repeats) and `config.json` (how it was measured). `splitsim cali
 `splitsim validate compare` read it; nothing here imports torch.
 
 Row kinds:
-- `op`: one op inside a real sharded forward pass (`op` is a name from models/ops: qkv, attention,
-  o_proj, attn_allreduce, gate_up, down, mlp_allreduce; plus embedding, embedding_allreduce, lm_head,
+- `op`: one op inside a real sharded forward pass (`op` is a name from models/ops: input_norm, qkv,
+  attention (with RoPE), o_proj, attn_allreduce, post_norm, gate_up, act, down, mlp_allreduce; plus
+  embedding, embedding_allreduce, lm_head,
   logits_allgather, handoff, handoff_allgather), on one rank of one stage, for one layer (`layer` = -1
   for non-layer ops); decode rows carry `context`, the positions each sequence attends (prompt + i + 1);
 - `step`: a whole prefill or decode step across the pipeline (`op` = prefill_step / decode_step), the

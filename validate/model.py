@@ -9,11 +9,12 @@ linears of one TP rank and the head counts that rank holds, and calls `reduce` o
 row-parallel O and down projections. With one rank every linear is whole and `reduce` does nothing, so
 this file never mentions ranks.
 
-Each op the simulator knows (models/ops.py) runs inside `timer.span(op, layer)`: qkv, attention (RoPE,
-the KV-cache write and the attention kernel, as vLLM's attention layer does), o_proj, attn_allreduce,
-gate_up, down, mlp_allreduce (the all-reduces only when there is more than one rank). Norms, the SwiGLU
-activation and residual adds are outside every span: the simulator has no op for them, and keeping
-them out leaves the GEMM spans pure GEMMs to calibrate on; the whole-step times include them.
+Each op the simulator knows (models/ops.py) runs inside `timer.span(op, layer)`: input_norm, qkv,
+attention (RoPE, the KV-cache write and the attention kernel, as vLLM's attention layer does; the
+simulator's `rope` and `attention` together), o_proj, attn_allreduce, post_norm (with the residual add
+before it), gate_up, act (SiLU-and-mul), down, mlp_allreduce (the all-reduces only when there is more
+than one rank). Only the layer's closing residual add is outside every span (vLLM fuses it into the next
+norm); the whole-step times include it.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache, timer: OpTimer) -> torch.Tensor:
         """x: [b, s, h], the same on every rank → [b, s, h], the same on every rank."""
         i = self.index
-        h = self.input_norm(x)
+        with timer.span("input_norm", i):
+            h = self.input_norm(x)
         with timer.span("qkv", i):
             qkv = self.qkv(h)
         with timer.span("attention", i):
@@ -180,12 +182,14 @@ class DecoderLayer(nn.Module):
         if self.o_proj.group_size > 1:
             with timer.span("attn_allreduce", i):
                 y = self.o_proj.reduce(y)
-        x = x + y
-        h = self.post_norm(x)
+        with timer.span("post_norm", i):  # the residual add and the norm (one fused kernel in vLLM)
+            x = x + y
+            h = self.post_norm(x)
         with timer.span("gate_up", i):
             gate_up = self.gate_up(h)
-        gate, up = gate_up.chunk(2, dim=-1)
-        act = F.silu(gate) * up
+        with timer.span("act", i):
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate) * up
         with timer.span("down", i):
             y = self.down(act)
         if self.down.group_size > 1:
