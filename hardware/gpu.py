@@ -42,6 +42,9 @@ class Efficiency(BaseModel):
     m_half: float = Field(0.0, ge=0, description="tokens at which few-row GEMMs reach half of η_peak")
     memory: float = Field(gt=0, le=1, description="η_m: achieved fraction of memory bandwidth")
     attention: float = Field(gt=0, le=1, description="η_c of attention kernels")
+    elementwise: float | None = Field(None, gt=0, le=1,
+                                      description="η_m of element-wise kernels (norms, activation); default: memory")
+    elementwise_launch_s: Seconds | None = Field(None, ge=0, description="their fixed cost; default: launch_s")
     launch_s: Seconds = Field(ge=0, description="fixed cost per kernel (launch, tail)")
     source: str
     assumed: bool = Field(False, description="true where no measurement of this GPU exists yet")
@@ -94,6 +97,13 @@ class GpuSpec(BaseModel):
         compute = flops / (self.peak_flops_per_s(dtype) * eta)
         memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
         return max(compute, memory) + eff.launch_s
+
+    def elementwise_time_s(self, nbytes: float) -> float:
+        """A memory-bound element-wise kernel: bytes / (M · η_e) + its fixed cost."""
+        eff = self.efficiency
+        eta = eff.elementwise if eff.elementwise is not None else eff.memory
+        launch = eff.elementwise_launch_s if eff.elementwise_launch_s is not None else eff.launch_s
+        return nbytes / (self.memory_bw_bytes_per_s * eta) + launch
 
     def kernel_time_s(self, flops: float, nbytes: float, *, compute_efficiency: float) -> float:
         """Roofline for a non-GEMM kernel (attention, element-wise) with given FLOPs and bytes."""

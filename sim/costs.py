@@ -58,7 +58,7 @@ class StageCosts:
                 return self.gpu.kernel_time_s(op.flops, op.nbytes,
                                               compute_efficiency=self.gpu.efficiency.attention)
             case "memory":
-                return self.gpu.kernel_time_s(0.0, op.nbytes, compute_efficiency=1.0)
+                return self.gpu.elementwise_time_s(op.nbytes)
             case "allreduce":
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")

@@ -45,6 +45,7 @@ VIDUR_CLUSTERS = {"h100_dgx": "h100-ib-2node", "a100_dgx": "a100-nvlink-node"}  
 VIDUR_HELD_OUT = ("meta-llama/Llama-2-7b-hf", "Qwen/Qwen-72B", "microsoft/phi-2", "meta-llama/Meta-Llama-3-8B",
                   "meta-llama/Meta-Llama-3-70B")
 GEMM_OPS = ("qkv", "o_proj", "gate_up", "down")
+ELEMENTWISE_OPS = ("input_norm", "post_norm", "act")  # the runner times RoPE inside attention
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Dataset:
     cluster: str | None  # a preset the profile should apply to, if known
     gemm: pd.DataFrame
     attention: pd.DataFrame | None = None
+    elementwise: pd.DataFrame | None = None  # nbytes, seconds
     collectives: pd.DataFrame | None = None  # inside a node: op, group_size, nbytes, seconds
     p2p: pd.DataFrame | None = None
     inter_collectives: pd.DataFrame | None = None  # between nodes, group_size = nodes
@@ -120,6 +122,19 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         attention_note = ("attention efficiency fitted" if att.fitted else
                           f"attention efficiency {att.attention:g} kept from {data.gpu.name} (no compute-bound row)")
     notes.append(attention_note)
+    if data.elementwise is not None and len(data.elementwise) >= 2:
+        try:
+            point = fit.fit_p2p(data.elementwise[data.elementwise["train"]])  # the same α + S/B form
+        except ValueError as err:
+            raise _fail(where, err) from None
+        eta = point.bw_bytes_per_s / gpu.memory_bw_bytes_per_s
+        if eta > 1:
+            notes.append(f"element-wise kernels beat the memory bandwidth (η {eta:.2f}): capped at 1")
+            eta = 1.0
+        efficiency = efficiency.model_copy(update={"elementwise": eta, "elementwise_launch_s": point.latency_s})
+        gpu = gpu.model_copy(update={"efficiency": efficiency})
+        errors["elementwise"] = _evaluate(data.elementwise, lambda rows: np.array(
+            [gpu.elementwise_time_s(b) for b in rows["nbytes"].to_numpy(float)]))
     gemm_err = errors["gemm"]
     efficiency = efficiency.model_copy(update={"source": (
         f"Fitted by splitsim calibrate (least squares on log time) to {where}: "
@@ -255,7 +270,8 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
     compute = compute_dtype(dtype, gpu.has_fp8)  # type: ignore[arg-type]
     weight_bytes = BYTES_PER_ELEMENT[dtype]
     micro, op_rows = rows[rows["kind"] == "micro"], rows[rows["kind"] == "op"]
-    needs_model = op_rows["op"].isin(GEMM_OPS + ("attention",)).any() or micro["op"].str.startswith("attention").any()
+    needs_model = (op_rows["op"].isin(GEMM_OPS + ELEMENTWISE_OPS + ("attention",)).any()
+                   or micro["op"].str.startswith("attention").any())
     model = _model(folder, config) if needs_model else None
 
     def sharding(tp: int) -> ops.Sharding:
@@ -270,6 +286,14 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
         op = next(g for g in ops.layer_gemms(model, tokens, sharding(_int(r["tp"], 1))) if g.name == r["op"])
         gemm.append((op.m, op.n, op.k, float(r["seconds"])))
+    elementwise = []
+    for r in op_rows[op_rows["op"].isin(ELEMENTWISE_OPS)].to_dict("records"):
+        assert model is not None
+        batch = _int(r["batch"], 1)
+        tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
+        kernel = next(k for k in ops.layer_elementwise(model, tokens, sharding(_int(r["tp"], 1)))
+                      if k.name == r["op"])
+        elementwise.append((kernel.nbytes, float(r["seconds"])))
     for r in pd.concat([micro[micro["op"].isin(["attention_prefill", "attention_decode"])],
                         op_rows[op_rows["op"] == "attention"]]).to_dict("records"):
         assert model is not None
@@ -285,6 +309,7 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         "gemm": pd.DataFrame(gemm, columns=["m", "n", "k", "seconds"]).assign(weight_bytes=weight_bytes,
                                                                              dtype=compute),
         "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "seconds"]),
+        "elementwise": pd.DataFrame(elementwise, columns=["nbytes", "seconds"]),
     }
     coll = micro[micro["op"].isin(["allreduce", "allgather"]) & (micro["group_size"] > 1)]
     out["collectives"] = coll[["op", "group_size", "nbytes", "seconds"]].astype({"group_size": int})
@@ -323,10 +348,12 @@ def runner_dataset(folders: list[Path]) -> Dataset:
     collectives = tables["collectives"].groupby(["op", "group_size", "nbytes"])["seconds"].median().reset_index()
     p2p = tables["p2p"].groupby("nbytes")["seconds"].median().reset_index()
     attention = tables["attention"].groupby(["flops", "nbytes"])["seconds"].median().reset_index()
+    elementwise = tables["elementwise"].groupby("nbytes")["seconds"].median().reset_index()
     return Dataset(
         gpu=gpu, cluster=next(iter(clusters)), fitted_on=fitted_on,
         gemm=gemm.assign(train=fit.every_other(gemm["m"])),
         attention=attention.assign(train=fit.every_other(attention["nbytes"])),
+        elementwise=elementwise.assign(train=fit.every_other(elementwise["nbytes"])),
         collectives=collectives.assign(train=_alternate(collectives, "nbytes", ["op", "group_size"])),
         p2p=p2p.assign(train=fit.every_other(p2p["nbytes"])),
         description=f"{len(folders)} `splitsim validate run` folder(s) on {next(iter(clusters))}",
@@ -370,6 +397,8 @@ def format_report(cal: Calibration, out: Path) -> str:
              f"  GEMM        η_peak {e.compute:.4f}  γ {e.wave_exponent:.4f}  m½ {e.m_half:.4g}  "
              f"tile {e.tile_m}×{e.tile_n}  η_m {e.memory:.4f}  t_launch {_us(e.launch_s)}",
              f"  attention   η {e.attention:.4g}"]
+    if e.elementwise is not None and e.elementwise_launch_s is not None:
+        lines.append(f"  elementwise η_m {e.elementwise:.4g}  t_launch {_us(e.elementwise_launch_s)}")
     for label, link in (("intra-node", p.intra_node), ("inter-node", p.inter_node)):
         if link is not None:
             lines.append(f"  {label:11} t0 {_us(link.collective_launch_s)}  α {_us(link.latency_s)}/step  "
