@@ -144,6 +144,7 @@ CPU_PLANT = {"compute": 0.4, "tile_m": 64, "tile_n": 64, "wave_exponent": 0.5, "
              "launch_s": 30 * US, "attention": 0.25}
 RING = {"t0": 80 * US, "alpha": 30 * US, "bw": 2 * GB}
 P2P = {"alpha": 40 * US, "bw": 3 * GB}
+ELEMENTWISE = {"elementwise": 0.02, "elementwise_launch_s": 120 * US}  # slower per byte than GEMMs, as on CPU
 TINY = {"name": "tiny", "hidden_size": 512, "intermediate_size": 1024, "num_layers": 2, "num_heads": 8,
         "num_kv_heads": 4, "vocab_size": 1000, "max_position_embeddings": 2048}
 
@@ -171,6 +172,15 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFram
                 rows.append(_row(kind="micro", op="gemm", tp=tp, m=m, n=n, k=k,
                                  seconds=gpu.gemm_time_s(m, n, k, weight_bytes=2.0)))
     model = ModelSpec.model_validate(TINY)
+    for tp in (1, 2):
+        for m in tokens:
+            for kernel in ops.layer_elementwise(model, m, ops.Sharding(tp, "bf16", "bf16", "bf16")):
+                if kernel.name == "rope":
+                    continue  # the runner times RoPE inside attention
+                seconds = (kernel.nbytes / (gpu.memory_bw_bytes_per_s * ELEMENTWISE["elementwise"])
+                           + ELEMENTWISE["elementwise_launch_s"])
+                rows.append(_row(kind="op", op=kernel.name, phase="prefill", layer=0, stage=0, rank=0, tp=tp,
+                                 pp=1, batch=1, prompt=m, tokens=m, seconds=seconds))
     sharding = ops.Sharding(tp=1, weights="bf16", kv_cache="bf16", compute="bf16")
     for batch in (1, 2, 4):
         for prompt in (64, 128, 256, 512):
@@ -215,6 +225,8 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     assert eff.memory == pytest.approx(0.06, rel=0.05)
     assert eff.launch_s == pytest.approx(30 * US, rel=0.15)
     assert eff.attention == pytest.approx(0.25, rel=0.05)
+    assert eff.elementwise == pytest.approx(ELEMENTWISE["elementwise"], rel=0.05)
+    assert eff.elementwise_launch_s == pytest.approx(ELEMENTWISE["elementwise_launch_s"], rel=0.1)
     link = profile.intra_node
     assert link is not None
     assert link.collective_launch_s == pytest.approx(RING["t0"], rel=0.15)
@@ -222,7 +234,7 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     assert link.bw_bytes_per_s == pytest.approx(RING["bw"], rel=0.05)
     assert link.p2p_latency_s == pytest.approx(P2P["alpha"], rel=0.1)
     assert link.p2p_bw_bytes_per_s == pytest.approx(P2P["bw"], rel=0.05)
-    assert set(profile.errors) == {"gemm", "attention", "allreduce", "allgather", "sendrecv"}
+    assert set(profile.errors) == {"gemm", "attention", "elementwise", "allreduce", "allgather", "sendrecv"}
     assert all(s.held_out and s.median < 3 * NOISE for s in profile.errors.values())
     assert len(profile.fitted_on) == 1 and profile.fitted_on[0].startswith(str(runner_folder.resolve()))
 
