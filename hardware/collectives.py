@@ -123,6 +123,8 @@ def allgather_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> flo
         alpha, bw = intra_node_link(cluster, gpus)
         return _launch_s(cluster) + ring_allgather_s(len(gpus), nbytes, alpha, bw)
     per_node = len(nodes[0])
+    if any(len(node) != per_node for node in nodes):
+        raise ValueError(f"an all-gather group must hold as many GPUs on each node, got {list(gpus)}")
     net = cluster.inter_node
     assert net is not None
     # Gather across nodes on each rail, then inside each node.

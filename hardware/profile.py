@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim.hardware.cluster import ClusterSpec
+from splitsim.hardware.fabric import PcieFabric
 from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import BytesPerSecond, Seconds
 
@@ -83,13 +84,24 @@ def _fabric_update(fabric_rate_bytes_per_s: float, fit: LinkFit, where: str) -> 
 
 
 def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec:
-    """The cluster with the profile's GPU efficiency and link figures in place of the catalog's."""
+    """The cluster with the profile's GPU efficiency and link figures in place of the catalog's.
+
+    On a PCIe box without peer-to-peer every transfer is staged through host memory, so the fitted ring
+    figures become the staged path's (`no_p2p_*`).
+    """
+    if profile.gpu != cluster.gpu.name:
+        raise ValueError(f"hardware_profile: {profile.name} was fitted on {profile.gpu}, but cluster "
+                         f"{cluster.name} has {cluster.gpu.name} GPUs (use a profile of {cluster.gpu.name})")
     gpu = cluster.gpu.model_copy(update={"efficiency": profile.efficiency})
     update: dict[str, object] = {"gpu": gpu}
     if profile.intra_node is not None:
         intra = cluster.intra_node
-        fields = _fabric_update(intra.link_bw_bytes_per_s, profile.intra_node, "intra_node")
-        fields["collective_launch_s"] = profile.intra_node.collective_launch_s
+        fit = profile.intra_node
+        fields = _fabric_update(intra.link_bw_bytes_per_s, fit, "intra_node")
+        fields["collective_launch_s"] = fit.collective_launch_s
+        if isinstance(intra, PcieFabric) and not intra.p2p:
+            fields = {"collective_launch_s": fit.collective_launch_s, "no_p2p_latency_s": fit.latency_s,
+                      "no_p2p_bw_bytes_per_s": fit.bw_bytes_per_s}
         update["intra_node"] = intra.model_copy(update=fields)
     if profile.inter_node is not None and cluster.inter_node is not None:
         net = cluster.inter_node

@@ -66,6 +66,17 @@ class ModelSpec(BaseModel):
     def num_params(self) -> int:
         return self.num_layers * self.layer_params + self.embedding_params + self.lm_head_params
 
+    def layer_params_per_rank(self, tp: int) -> int:
+        """One layer's parameters on one TP rank: its heads (KV heads replicated when TP > h_kv), its FFN
+        slice, and both norms whole."""
+        d, h = self.head_dim, self.hidden_size
+        q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
+        return h * (q_heads + 2 * kv_heads) * d + q_heads * d * h + 3 * h * (self.intermediate_size // tp) + 2 * h
+
+    def vocab_params_per_rank(self, tp: int) -> int:
+        """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
+        return -(-self.vocab_size // tp) * self.hidden_size
+
     def weight_bytes(self, dtype: WeightDtype) -> float:
         return self.num_params * BYTES_PER_ELEMENT[dtype]
 

@@ -83,13 +83,13 @@ class Plan:
         model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = count * model.layer_params
+            params = count * model.layer_params_per_rank(self.tp)
             if index == 0:
-                params += model.embedding_params
+                params += model.vocab_params_per_rank(self.tp)
             if index == self.pp - 1:
-                params += model.lm_head_params
+                params += model.hidden_size + (0 if model.tie_word_embeddings else model.vocab_params_per_rank(self.tp))
             kv = model.kv_bytes_per_token(self.sharding.kv_cache, self.tp, count)
-            stages.append(Stage(index, first, count, params / self.tp * w, kv))
+            stages.append(Stage(index, first, count, params * w, kv))
             first += count
         return stages
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 
 class _Dist(BaseModel):
@@ -42,7 +42,7 @@ class LogNormal(_Dist):
         return np.clip(np.rint(values), 1, self.max).astype(np.int64)
 
 
-Lengths = int | Annotated[Uniform | LogNormal, Field(discriminator="dist")]
+Lengths = Annotated[StrictInt, Field(gt=0)] | Annotated[Uniform | LogNormal, Field(discriminator="dist")]
 
 
 def draw_lengths(spec: Lengths, rng: np.random.Generator, n: int) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import sys
 import time
@@ -27,6 +28,8 @@ def _run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ScenarioError(f"--out {out_dir}: is a file, not a folder")
     started = time.perf_counter()
     with tqdm(total=scenario.workload.num_requests, unit="req", desc="simulating", leave=False,
               disable=args.quiet or None, file=sys.stderr) as bar:
@@ -38,7 +41,10 @@ def _run(args: argparse.Namespace) -> int:
         "events": result.meta.get("events"), "python": platform.python_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    written = write_outputs(result, out_dir, run_info, timeline=not args.no_plot)
+    try:
+        written = write_outputs(result, out_dir, run_info, timeline=not args.no_plot)
+    except OSError as err:
+        raise ScenarioError(f"--out {out_dir}: cannot write the outputs ({err.strerror})") from None
     print(format_summary(result))
     print(f"  wall time       {sim_wall:.2f} s to simulate; outputs in {out_dir}/ "
           f"({', '.join(p.name for p in written)})")
@@ -212,8 +218,8 @@ def _check_cost_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     missing = [f"--{name}" for name in needed if getattr(args, name) is None]
     if missing:
         parser.error(f"cost {args.op} needs {', '.join(missing)}")
-    if args.op != "gemm" and args.bytes < 0:
-        parser.error(f"--bytes = {args.bytes:g} is negative")
+    if args.op != "gemm" and not (args.bytes >= 0 and math.isfinite(args.bytes)):
+        parser.error(f"--bytes = {args.bytes:g}: give a finite number of bytes, 0 or more")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

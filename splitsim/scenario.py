@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from splitsim.errors import ScenarioError
 from splitsim.models.precision import KvDtype, WeightDtype
@@ -22,9 +22,9 @@ class _Strict(BaseModel):
 
 
 class Parallel(_Strict):
-    tp: int = Field(1, ge=1, description="tensor-parallel degree: GPUs that split every layer")
-    pp: int = Field(1, ge=1, description="pipeline stages: contiguous groups of layers")
-    dp: int = Field(1, ge=1, description="replicas behind the router")
+    tp: StrictInt = Field(1, ge=1, description="tensor-parallel degree: GPUs that split every layer")
+    pp: StrictInt = Field(1, ge=1, description="pipeline stages: contiguous groups of layers")
+    dp: StrictInt = Field(1, ge=1, description="replicas behind the router")
     order: Literal["tp-pp-dp", "tp-dp-pp"] = Field(
         "tp-pp-dp",
         description="placement, innermost first: tp-pp-dp packs each replica onto adjacent GPUs; "
@@ -38,7 +38,7 @@ class Parallel(_Strict):
 
 class Workload(_Strict):
     num_requests: int = Field(ge=1)
-    rate: float = Field(ge=0, description="Poisson arrivals per second; 0 = all at t=0")
+    rate: float = Field(ge=0, allow_inf_nan=False, description="Poisson arrivals per second; 0 = all at t=0")
     prompt_tokens: Lengths
     output_tokens: Lengths
 
@@ -61,7 +61,7 @@ class Memory(_Strict):
 
 class SimOptions(_Strict):
     granularity: Literal["stage", "layer"] = "stage"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class Scenario(_Strict):
@@ -89,6 +89,14 @@ class Scenario(_Strict):
         return self
 
 
+_UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal")
+
+
+def _is_union_branch(part: int | str) -> bool:
+    """pydantic's names for the branch of a union in an error's location, not a field of ours."""
+    return isinstance(part, str) and (part in _UNION_TAGS or part.startswith(("function-", "tagged-union")))
+
+
 def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
     """The valid field names of the (sub)model at `loc`, to list in an unknown-field message."""
     for key in loc:
@@ -102,9 +110,12 @@ def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str
 
 def describe_validation_error(err: ValidationError, model: type[BaseModel] = Scenario) -> str:
     """One line from pydantic's first error: `field: value — what is wrong (what is valid)`."""
-    first = err.errors()[0]
-    loc = tuple(part for part in first["loc"] if not (isinstance(part, str) and part in ("int", "uniform",
-                                                                                         "lognormal")))
+    errors = err.errors()
+    # A length given as a mapping failed as a distribution, not as an integer: report that branch.
+    tagged = [e for e in errors if e["type"] == "union_tag_invalid"
+              or any(part in ("uniform", "lognormal") for part in e["loc"])]
+    first = tagged[0] if tagged else errors[0]
+    loc = tuple(part for part in first["loc"] if not _is_union_branch(part))
     where = ".".join(str(part) for part in loc) or "scenario"
     if first["type"] == "extra_forbidden":
         valid = _field_names(model, loc[:-1])
@@ -171,6 +182,11 @@ def load_scenario(path: str | Path, overrides: list[str] | str | None = None) ->
     if isinstance(overrides, str):
         overrides = [overrides]
     path = Path(path)
-    data = read_yaml(path)
+    data = apply_overrides(read_yaml(path), overrides or [])
     data.setdefault("name", path.stem)
-    return scenario_from_dict(apply_overrides(data, overrides or []))
+    # Files a scenario names are found next to it, as a reader of the file would expect.
+    for key in ("model", "cluster", "hardware_profile"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).exists():
+            data[key] = str(path.parent / value)
+    return scenario_from_dict(data)

@@ -343,3 +343,20 @@ def test_real_gpu_timings_predict_held_out_rows(gpu, network, tmp_path):
     # collectives: the numbers docs/calibration.md reports, with room for a refit
     assert errors["allreduce"].held_out and errors["allreduce"].median < 0.12
     assert errors["sendrecv"].median < 0.15 and errors["sendrecv_inter_node"].median < 0.05
+
+
+def test_a_profile_drives_a_pcie_box_without_p2p_and_refuses_other_gpus(tmp_path):
+    from splitsim.hardware import collectives
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.hardware.profile import HardwareProfile, LinkFit, apply_profile
+
+    box = load_cluster("l40s-pcie-node")
+    link = LinkFit(collective_launch_s=50 * US, latency_s=20 * US, bw_bytes_per_s=1 * GB, p2p_latency_s=20 * US,
+                   p2p_bw_bytes_per_s=1 * GB)
+    profile = HardwareProfile(name="slow", gpu="l40s", efficiency=box.gpu.efficiency, intra_node=link,
+                              fitted_on=[])
+    p, size = 8, 64e6
+    expected = 50 * US + 2 * (p - 1) * 20 * US + 2 * (p - 1) / p * size / (1 * GB)  # ring over staged hops
+    assert collectives.allreduce_s(apply_profile(box, profile), list(range(p)), size) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="fitted on l40s"):
+        apply_profile(load_cluster("h100-nvlink-node"), profile)

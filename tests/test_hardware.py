@@ -130,3 +130,10 @@ def test_cost_cli_prints_seconds_as_json(capsys):
 def test_cost_cli_refuses_too_many_gpus(capsys):
     assert main(["cost", "allreduce", "--cluster", "h100-nvlink-node", "--gpus", "9", "--bytes", "1"]) == 2
     assert "GPUs" in capsys.readouterr().err
+
+
+def test_collectives_refuse_groups_uneven_across_nodes():
+    cluster = load_cluster("h100-ib-2node")
+    for cost in (collectives.allreduce_s, collectives.allgather_s):
+        with pytest.raises(ValueError, match="as many GPUs on each node"):
+            cost(cluster, list(range(12)), 1e6)

@@ -68,6 +68,12 @@ CASES = [
     ("unknown model", {"model": "gpt-9"}, [], ["model", "gpt-9", "llama-3-70b"]),
     ("unknown cluster", {"cluster": "dgx-z"}, [], ["cluster", "dgx-z", "h100-nvlink-node"]),
     ("bad granularity", {}, ["sim.granularity=token"], ["sim.granularity", "token", "stage", "layer"]),
+    ("zero output tokens", {}, ["workload.output_tokens=0"], ["workload.output_tokens = 0", "greater than 0"]),
+    ("a distribution with high < low", {}, ["workload.prompt_tokens={dist: uniform, low: 5, high: 2}"],
+     ["workload.prompt_tokens", "high=2 must be at least low=5"]),
+    ("an unknown distribution", {}, ["workload.output_tokens={dist: zipf}"], ["zipf", "uniform", "lognormal"]),
+    ("a boolean TP", {}, ["parallel.tp=true"], ["parallel.tp", "valid integer"]),
+    ("an infinite rate", {}, ["workload.rate=.inf"], ["workload.rate", "finite"]),
 ]
 
 
@@ -138,3 +144,17 @@ def test_fp8_weights_use_fp8_tensor_cores_only_where_they_exist(cluster, compute
                                                                          "precision.weights=fp4"]))
     assert fp4.sharding.compute == "bf16"  # fp4 is weight-only everywhere
     assert fp4.weights_bytes_per_gpu == pytest.approx(plan.weights_bytes_per_gpu / 2)
+
+
+def test_files_a_scenario_names_are_found_next_to_it(tmp_path):
+    import json
+
+    folder = tmp_path / "study"
+    (folder / "tiny").mkdir(parents=True)
+    (folder / "tiny" / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "hidden_size": 512, "intermediate_size": 1024,
+        "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 1000}))
+    data = _base()
+    data["model"] = "tiny"  # relative to the scenario file, not to the working directory
+    (folder / "s.yaml").write_text(yaml.safe_dump(data))
+    assert load_scenario(folder / "s.yaml").model == str(folder / "tiny")
