@@ -153,9 +153,12 @@ class Micro:
             raise ValueError(f"group size {group_size}: neither tp={s.tp} nor tp·pp={s.tp * s.pp}")
         element = torch.tensor([], dtype=self.dtype).element_size()
         rows = []
-        for nbytes in sizes:
-            full = torch.zeros(nbytes // element, dtype=self.dtype, device=self.device)
-            part = full[: full.numel() // group_size].clone()
+        for requested in sizes:
+            # whole elements per rank, so the all-gather's slices tile the buffer (3 ranks, 1 KiB: 1,020 B)
+            count = max(1, requested // element // group_size) * group_size
+            nbytes = count * element
+            full = torch.zeros(count, dtype=self.dtype, device=self.device)
+            part = full[: count // group_size].clone()
 
             ops: dict[str, Callable[[], object]] = {
                 "allreduce": partial(dist.all_reduce, full, group=group),
