@@ -185,8 +185,12 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFram
     for batch in (1, 2, 4):
         for prompt in (64, 128, 256, 512):
             kernel = ops.attention(model, ops.BatchShape(prefill=((prompt, 0),) * batch), sharding)[0]
+            # the runner's attention span holds RoPE too: a planted element-wise kernel on Q and K
+            rope_bytes = 2 * batch * prompt * (TINY["num_heads"] + TINY["num_kv_heads"]) * head_dim * 2
+            rope_s = (rope_bytes / (gpu.memory_bw_bytes_per_s * ELEMENTWISE["elementwise"])
+                      + ELEMENTWISE["elementwise_launch_s"])
             rows.append(_row(kind="micro", op="attention_prefill", tp=1, batch=batch, prompt=prompt,
-                             seconds=gpu.kernel_time_s(kernel.flops, kernel.nbytes, compute_efficiency=0.25)))
+                             seconds=gpu.kernel_time_s(kernel.flops, kernel.nbytes, compute_efficiency=0.25) + rope_s))
     for op in ("allreduce", "allgather"):
         for p in (2, 4):
             for s in sizes:

@@ -113,15 +113,6 @@ def calibrate(data: Dataset, name: str) -> Calibration:
     by_op = {str(op): _evaluate(part, gemm_s) for op, part in data.gemm.groupby("op")} \
         if "op" in data.gemm.columns else {}
     efficiency = gemm_fit.efficiency
-    attention_note = f"attention efficiency {efficiency.attention:g} kept from {data.gpu.name} (no attention rows)"
-    if data.attention is not None and len(data.attention):
-        att = fit.fit_attention(data.attention[data.attention["train"]], gpu)
-        efficiency = efficiency.model_copy(update={"attention": att.attention})
-        gpu = gpu.model_copy(update={"efficiency": efficiency})
-        errors["attention"] = _evaluate(data.attention, partial(fit.attention_times_s, gpu, attention=att.attention))
-        attention_note = ("attention efficiency fitted" if att.fitted else
-                          f"attention efficiency {att.attention:g} kept from {data.gpu.name} (no compute-bound row)")
-    notes.append(attention_note)
     if data.elementwise is not None and len(data.elementwise) >= 2:
         try:
             point = fit.fit_p2p(data.elementwise[data.elementwise["train"]])  # the same α + S/B form
@@ -135,6 +126,22 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         gpu = gpu.model_copy(update={"efficiency": efficiency})
         errors["elementwise"] = _evaluate(data.elementwise, lambda rows: np.array(
             [gpu.elementwise_time_s(b) for b in rows["nbytes"].to_numpy(float)]))
+    attention_note = f"attention efficiency {efficiency.attention:g} kept from {data.gpu.name} (no attention rows)"
+    attention_rows = data.attention
+    if attention_rows is not None and len(attention_rows):
+        if "rope_bytes" in attention_rows.columns:
+            # The runner's attention span holds RoPE too (as vLLM's attention layer does); the simulator
+            # prices RoPE as its own element-wise op, so fit attention on what is left.
+            measured = attention_rows["seconds"].to_numpy(float)
+            rope_s = np.array([gpu.elementwise_time_s(b) for b in attention_rows["rope_bytes"].to_numpy(float)])
+            attention_rows = attention_rows.assign(seconds=np.maximum(measured - rope_s, 0.1 * measured))
+        att = fit.fit_attention(attention_rows[attention_rows["train"]], gpu)
+        efficiency = efficiency.model_copy(update={"attention": att.attention})
+        gpu = gpu.model_copy(update={"efficiency": efficiency})
+        errors["attention"] = _evaluate(attention_rows, partial(fit.attention_times_s, gpu, attention=att.attention))
+        attention_note = ("attention efficiency fitted" if att.fitted else
+                          f"attention efficiency {att.attention:g} kept from {data.gpu.name} (no compute-bound row)")
+    notes.append(attention_note)
     gemm_err = errors["gemm"]
     efficiency = efficiency.model_copy(update={"source": (
         f"Fitted by splitsim calibrate (least squares on log time) to {where}: "
@@ -304,11 +311,12 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         else:
             shape = ops.BatchShape(num_decode=batch, decode_context=batch * _int(r["context"], 1))
         kernel = ops.attention(model, shape, sharding(_int(r["tp"], 1)))[0 if prefill else 1]
-        attention.append((kernel.flops, kernel.nbytes, float(r["seconds"])))
+        rope = ops.layer_elementwise(model, shape.num_tokens, sharding(_int(r["tp"], 1)))[1]
+        attention.append((kernel.flops, kernel.nbytes, rope.nbytes, float(r["seconds"])))
     out = {
         "gemm": pd.DataFrame(gemm, columns=["m", "n", "k", "seconds"]).assign(weight_bytes=weight_bytes,
                                                                              dtype=compute),
-        "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "seconds"]),
+        "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "rope_bytes", "seconds"]),
         "elementwise": pd.DataFrame(elementwise, columns=["nbytes", "seconds"]),
     }
     coll = micro[micro["op"].isin(["allreduce", "allgather"]) & (micro["group_size"] > 1)]
@@ -347,7 +355,7 @@ def runner_dataset(folders: list[Path]) -> Dataset:
                             f"{', '.join(GEMM_OPS)}) to fit")
     collectives = tables["collectives"].groupby(["op", "group_size", "nbytes"])["seconds"].median().reset_index()
     p2p = tables["p2p"].groupby("nbytes")["seconds"].median().reset_index()
-    attention = tables["attention"].groupby(["flops", "nbytes"])["seconds"].median().reset_index()
+    attention = tables["attention"].groupby(["flops", "nbytes", "rope_bytes"])["seconds"].median().reset_index()
     elementwise = tables["elementwise"].groupby("nbytes")["seconds"].median().reset_index()
     return Dataset(
         gpu=gpu, cluster=next(iter(clusters)), fitted_on=fitted_on,

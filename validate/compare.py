@@ -43,6 +43,8 @@ def _fitted_on(profile: HardwareProfile, folder: Path) -> bool:
 
 
 def _model(config: dict[str, Any]) -> ModelSpec:
+    if not isinstance(config.get("model_spec"), dict):
+        raise measurements.MeasurementsError(f"{measurements.CONFIG}: no model_spec (written by `splitsim validate run`)")
     spec = ModelSpec.model_validate(config["model_spec"])
     layers = config.get("layers") or spec.num_layers
     return spec.model_copy(update={"num_layers": layers})
@@ -60,6 +62,7 @@ class _Predictor:
             "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": 1, "output_tokens": 1},
         })
         self.plan = Plan(scenario, model, cluster)
+        self.plan.check_layout()  # tp·pp within the cluster, heads divisible: else one ScenarioError line
         self.stages = [StageCosts(self.plan, 0, s) for s in range(pp)]
 
     @staticmethod
