@@ -44,7 +44,8 @@ def _fitted_on(profile: HardwareProfile, folder: Path) -> bool:
 
 def _model(config: dict[str, Any]) -> ModelSpec:
     if not isinstance(config.get("model_spec"), dict):
-        raise measurements.MeasurementsError(f"{measurements.CONFIG}: no model_spec (written by `splitsim validate run`)")
+        raise measurements.MeasurementsError(
+            f"{measurements.CONFIG}: no model_spec (written by `splitsim validate run`)")
     spec = ModelSpec.model_validate(config["model_spec"])
     layers = config.get("layers") or spec.num_layers
     return spec.model_copy(update={"num_layers": layers})
