@@ -22,8 +22,6 @@ from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, Compu
 from splitsim.models.spec import ModelSpec
 
 OpKind = Literal["gemm", "attention", "memory", "allreduce"]
-LAYER_OP_NAMES = ("input_norm", "qkv", "rope", "attention", "o_proj", "attn_allreduce", "post_norm", "gate_up",
-                  "act", "down", "mlp_allreduce")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from splitsim.hardware import collectives
 from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
 from splitsim.models.ops import BatchShape, Op
+from splitsim.models.precision import ACTIVATION_BYTES
 from splitsim.sim.plan import Plan
 
 
@@ -128,7 +129,7 @@ class StageCosts:
         cached = self._handoff.get(tokens)
         if cached is None:
             assert self.next_group is not None
-            nbytes = tokens * self.plan.model.hidden_size * 2.0
+            nbytes = tokens * self.plan.model.hidden_size * ACTIVATION_BYTES
             cached = self._handoff[tokens] = collectives.handoff_s(
                 self.plan.cluster, self.group, self.next_group, nbytes)
         return cached

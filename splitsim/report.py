@@ -31,7 +31,7 @@ def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None
     path = out_dir / "trace.json"
     path.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
     written.append(path)
-    if timeline:
+    if timeline and result.window[1] > result.window[0]:
         from splitsim.plots import save_timeline
 
         path = out_dir / "timeline.png"

@@ -187,3 +187,30 @@ def test_a_full_kv_cache_makes_requests_wait(run):
     finishes = sorted(rows["finish_s"])
     assert rows["first_token_s"].iloc[2] > finishes[0]
     assert rows["ttft_s"].iloc[-1] > 2 * rows["e2e_s"].iloc[0]
+
+
+def test_the_engine_hands_out_exactly_the_tokens_asked_and_accounts_for_every_gpu_second():
+    """Below the public API on purpose: the engine's own counters, not the summary built from the ask."""
+    from helpers import scenario_dict
+    from splitsim.api import make_requests
+    from splitsim.scenario import scenario_from_dict
+    from splitsim.sim.engine import Engine
+    from splitsim.sim.plan import build_plan
+    from splitsim.sim.result import gpu_time_totals
+
+    scenario = scenario_from_dict(scenario_dict(
+        parallel={"tp": 2, "pp": 2, "dp": 2},
+        workload={"num_requests": 80, "rate": 25.0, "prompt_tokens": {"dist": "uniform", "low": 10, "high": 900},
+                  "output_tokens": {"dist": "uniform", "low": 1, "high": 50}},
+        scheduler={"chunked_prefill": True, "max_batched_tokens": 256}))
+    plan = build_plan(scenario)
+    requests = make_requests(scenario)
+    finished: list[int] = []
+    engine = Engine(plan, requests, (0.0, 0.0), on_finish=lambda r: finished.append(r.id))
+    sim_time = engine.run()
+    assert sorted(finished) == list(range(80))  # each finishes exactly once
+    assert all(r.prefilled == r.prompt and r.generated == r.output for r in requests)
+    assert all(r.kv_tokens == 0 for r in requests)  # every KV block handed back
+    assert {r.replica for r in requests} == {0, 1}
+    totals = gpu_time_totals(engine.recorder, plan.tp, sim_time)
+    assert sum(totals.values()) == pytest.approx(plan.num_gpus * sim_time, rel=1e-9)

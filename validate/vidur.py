@@ -118,11 +118,6 @@ def read_model_gemms(model_folder: Path) -> pd.DataFrame:
     return rows.groupby(GEMM_ROW_COLUMNS[:-1])["seconds"].median().reset_index()
 
 
-def read_gemms(root: Path, gpu: str) -> pd.DataFrame:
-    """Every model's GEMMs under `compute/<gpu>/`."""
-    return pd.concat([read_model_gemms(f) for f in model_folders(root, gpu)], ignore_index=True)
-
-
 def read_network(root: Path, topology: str) -> pd.DataFrame:
     """All-reduce and send/recv rows of `network/<topology>/`: columns `NETWORK_ROW_COLUMNS`."""
     folder = _choose(root, "network", topology, topology_names(root))
