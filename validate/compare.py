@@ -143,8 +143,11 @@ def save_plot(table: pd.DataFrame, path: Path) -> None:
 
     fig = Figure(figsize=(6, 5.5))
     ax = fig.subplots()
-    for kind, part in table.groupby("kind"):
-        ax.scatter(part["measured_s"] * 1e3, part["predicted_s"] * 1e3, s=14, label=str(kind))
+    for i, (kind, part) in enumerate(table.groupby("kind")):
+        step = str(kind).endswith("_step")  # whole steps stand out: they are what the fit is judged on
+        ax.scatter(part["measured_s"] * 1e3, part["predicted_s"] * 1e3, s=40 if step else 14,
+                   marker="*" if step else "osD^v"[i // 10], edgecolors="black" if step else "none",
+                   linewidths=0.5, label=str(kind))
     lo = float(min(table["measured_s"].min(), table["predicted_s"].min())) * 1e3 * 0.8
     hi = float(max(table["measured_s"].max(), table["predicted_s"].max())) * 1e3 * 1.25
     ax.plot([lo, hi], [lo, hi], color="black", linewidth=0.8)
