@@ -77,6 +77,23 @@ class ModelSpec(BaseModel):
         """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
         return -(-self.vocab_size // tp) * self.hidden_size
 
+    def tp_problem(self, tp: int) -> str | None:
+        """Why this model cannot be split over `tp` tensor-parallel ranks, or None when it can: heads and FFN
+        split evenly, KV heads split or replicate evenly (vLLM's rule), the hidden size slices for hand-offs."""
+        if self.num_heads % tp:
+            return f"{self.num_heads} attention heads do not split over {tp} ranks"
+        if self.num_kv_heads % tp and tp % self.num_kv_heads:
+            return (f"{self.num_kv_heads} KV heads neither split over {tp} ranks nor replicate evenly "
+                    f"({tp} is not a multiple of {self.num_kv_heads})")
+        if self.intermediate_size % tp:
+            return f"intermediate_size {self.intermediate_size} does not split over {tp} ranks"
+        if self.hidden_size % tp:
+            return f"hidden_size {self.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
+        return None
+
+    def valid_tp(self) -> list[int]:
+        return [tp for tp in range(1, self.num_heads + 1) if self.tp_problem(tp) is None]
+
     def weight_bytes(self, dtype: WeightDtype) -> float:
         return self.num_params * BYTES_PER_ELEMENT[dtype]
 

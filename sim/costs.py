@@ -8,13 +8,15 @@ both sum the same terms, so without contention the two granularities agree to fl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from splitsim.hardware import collectives
 from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
-from splitsim.models.ops import BatchShape, Op
+from splitsim.models.ops import BatchShape, Op, Sharding
 from splitsim.models.precision import ACTIVATION_BYTES
+from splitsim.models.spec import ModelSpec
 from splitsim.sim.plan import Plan
 
 
@@ -64,21 +66,20 @@ class StageCosts:
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")
 
+    def _by_tokens(self, cache: dict[int, tuple[float, ...]], tokens: int,
+                   ops: Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]) -> tuple[float, ...]:
+        cached = cache.get(tokens)
+        if cached is None:
+            cached = cache[tokens] = tuple(self._op_time(op) for op in ops(self.plan.model, tokens, self.plan.sharding))
+        return cached
+
     def gemm_times(self, tokens: int) -> tuple[float, ...]:
         """(qkv, o_proj, gate_up, down) seconds for `tokens` tokens."""
-        cached = self._gemms.get(tokens)
-        if cached is None:
-            gemms = model_ops.layer_gemms(self.plan.model, tokens, self.plan.sharding)
-            cached = self._gemms[tokens] = tuple(self._op_time(op) for op in gemms)
-        return cached
+        return self._by_tokens(self._gemms, tokens, model_ops.layer_gemms)
 
     def elementwise_times(self, tokens: int) -> tuple[float, ...]:
         """(input_norm, rope, post_norm, act) seconds for `tokens` tokens."""
-        cached = self._elementwise.get(tokens)
-        if cached is None:
-            kernels = model_ops.layer_elementwise(self.plan.model, tokens, self.plan.sharding)
-            cached = self._elementwise[tokens] = tuple(self._op_time(op) for op in kernels)
-        return cached
+        return self._by_tokens(self._elementwise, tokens, model_ops.layer_elementwise)
 
     def allreduce_time(self, tokens: int) -> float:
         cached = self._allreduce.get(tokens)

@@ -130,21 +130,10 @@ class Plan:
                 f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
                 f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
             )
-        if model.num_heads % tp:
-            raise ScenarioError(
-                f"parallel.tp = {tp} does not divide {model.name}'s {model.num_heads} attention heads "
-                f"(valid: {_divisors(model.num_heads)})"
-            )
-        kv = model.num_kv_heads
-        if kv % tp and tp % kv:
-            raise ScenarioError(
-                f"parallel.tp = {tp}: the {kv} KV heads must divide among the ranks or be replicated "
-                f"to them (tp must divide {kv} or be a multiple of it)"
-            )
-        if model.intermediate_size % tp:
-            raise ScenarioError(
-                f"parallel.tp = {tp} does not divide {model.name}'s FFN width {model.intermediate_size}"
-            )
+        problem = model.tp_problem(tp)
+        if problem:
+            valid = ", ".join(map(str, model.valid_tp()))
+            raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
         if pp > model.num_layers:
             raise ScenarioError(f"parallel.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
         g = cluster.gpus_per_node

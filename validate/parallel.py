@@ -162,21 +162,12 @@ class HeadSplit:
 
 
 def layout_problem(spec: ModelSpec, tp: int) -> str | None:
-    """Why `spec` cannot be split over `tp` ranks, or None when it can."""
-    if spec.num_heads % tp:
-        return f"{spec.num_heads} attention heads do not split over {tp} ranks"
-    if spec.num_kv_heads % tp and tp % spec.num_kv_heads:
-        return (f"{spec.num_kv_heads} KV heads neither split over {tp} ranks nor replicate evenly "
-                f"({tp} is not a multiple of {spec.num_kv_heads})")
-    if spec.intermediate_size % tp:
-        return f"intermediate_size {spec.intermediate_size} does not split over {tp} ranks"
-    if spec.hidden_size % tp:
-        return f"hidden_size {spec.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
-    return None
+    """Why `spec` cannot be split over `tp` ranks, or None when it can (the simulator's rule)."""
+    return spec.tp_problem(tp)
 
 
 def valid_tp(spec: ModelSpec) -> list[int]:
-    return [tp for tp in range(1, spec.num_heads + 1) if layout_problem(spec, tp) is None]
+    return spec.valid_tp()
 
 
 def head_split(spec: ModelSpec, group: TPGroup) -> HeadSplit:
