@@ -20,6 +20,7 @@ from splitsim.models.ops import Sharding
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import Scenario, describe_validation_error
+from splitsim.sim.scheduler import SchedulerConfig
 from splitsim.sim.workload import max_length
 
 GIB = 2.0**30
@@ -52,7 +53,8 @@ class Stage:
 
 
 class Plan:
-    """Everything the engine needs that does not change during a run."""
+    """Everything the engine needs that does not change during a run, resolved: the engine reads these
+    attributes and never the scenario (kept only to report what was asked)."""
 
     def __init__(self, scenario: Scenario, model: ModelSpec, cluster: ClusterSpec) -> None:
         self.scenario = scenario
@@ -60,13 +62,20 @@ class Plan:
         self.cluster = cluster
         par = scenario.parallel
         self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
+        self.order = par.order
+        self.granularity = scenario.sim.granularity
+        sched = scenario.scheduler
+        self.scheduler = SchedulerConfig("chunked" if sched.chunked_prefill else "prefill_first",
+                                         sched.max_num_seqs, sched.max_batched_tokens, "reserve")
+        self.gpu_utilization = scenario.memory.gpu_utilization
+        self.block_size = scenario.memory.block_size
         weights = scenario.precision.weights or model.default_weight_dtype
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
         self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8))
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
-        if self.scenario.parallel.order == "tp-pp-dp":
+        if self.order == "tp-pp-dp":
             return (replica * self.pp + stage) * self.tp + rank
         return (stage * self.dp + replica) * self.tp + rank
 
@@ -95,7 +104,7 @@ class Plan:
 
     @property
     def usable_bytes_per_gpu(self) -> float:
-        return self.cluster.gpu.memory_bytes * self.scenario.memory.gpu_utilization
+        return self.cluster.gpu.memory_bytes * self.gpu_utilization
 
     @property
     def activation_bytes_per_gpu(self) -> float:
@@ -103,10 +112,10 @@ class Plan:
         a few hidden-size buffers, the QKV and gate/up outputs of max_batched_tokens tokens, and
         fp32 logits for max_num_seqs sequences."""
         model, tp = self.model, self.tp
-        tokens = self.scenario.scheduler.max_batched_tokens
+        tokens = self.scheduler.max_batched_tokens
         per_token = (4 * model.hidden_size + 2 * model.intermediate_size // tp
                      + (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim)
-        logits = self.scenario.scheduler.max_num_seqs * model.vocab_size / tp * 4
+        logits = self.scheduler.max_num_seqs * model.vocab_size / tp * 4
         return tokens * per_token * ACTIVATION_BYTES + logits
 
     @property
@@ -116,7 +125,7 @@ class Plan:
     @cached_property
     def kv_cache_tokens(self) -> int:
         """Tokens of KV cache one replica holds: the tightest stage decides, in whole blocks."""
-        block = self.scenario.memory.block_size
+        block = self.block_size
         free = [self.usable_bytes_per_gpu - s.weight_bytes_per_gpu - self.activation_bytes_per_gpu
                 for s in self.stages]
         tokens = min(int(f // s.kv_bytes_per_token_per_gpu) for f, s in zip(free, self.stages))
@@ -161,7 +170,7 @@ class Plan:
                     f"(weights {stage.weight_bytes_per_gpu / GIB:.1f} GiB in {self.sharding.weights} at "
                     f"tp={self.tp} pp={self.pp}, plus activations) but {gpu.name} has {usable / GIB:.1f} GiB "
                     f"usable ({gpu.memory_bytes / GIB:.1f} GiB × gpu_utilization "
-                    f"{self.scenario.memory.gpu_utilization}); raise tp×pp or use smaller weights"
+                    f"{self.gpu_utilization}); raise tp×pp or use smaller weights"
                 )
         wl = self.scenario.workload
         longest = max_length(wl.prompt_tokens) + max_length(wl.output_tokens)

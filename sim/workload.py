@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -62,3 +63,16 @@ def arrival_times(rate: float, n: int, rng: np.random.Generator) -> np.ndarray:
     if rate == 0:
         return np.zeros(n)
     return np.cumsum(rng.exponential(1.0 / rate, size=n))
+
+
+@dataclass(frozen=True)
+class RequestStream:
+    """The requests a run serves, in id order: lengths, and arrival times (open loop)."""
+
+    arrival_s: np.ndarray  # float64, non-decreasing
+    prompt_tokens: np.ndarray  # int64
+    output_tokens: np.ndarray  # int64
+
+    @property
+    def num_requests(self) -> int:
+        return len(self.prompt_tokens)

@@ -204,13 +204,16 @@ def test_the_engine_hands_out_exactly_the_tokens_asked_and_accounts_for_every_gp
                   "output_tokens": {"dist": "uniform", "low": 1, "high": 50}},
         scheduler={"chunked_prefill": True, "max_batched_tokens": 256}))
     plan = build_plan(scenario)
-    requests = make_requests(scenario)
-    finished: list[int] = []
-    engine = Engine(plan, requests, (0.0, 0.0), on_finish=lambda r: finished.append(r.id))
-    sim_time = engine.run()
-    assert sorted(finished) == list(range(80))  # each finishes exactly once
-    assert all(r.prefilled == r.prompt and r.generated == r.output for r in requests)
-    assert all(r.kv_tokens == 0 for r in requests)  # every KV block handed back
-    assert {r.replica for r in requests} == {0, 1}
-    totals = gpu_time_totals(engine.recorder, plan.tp, sim_time)
-    assert sum(totals.values()) == pytest.approx(plan.num_gpus * sim_time, rel=1e-9)
+    stream = make_requests(scenario)
+    finished = []
+    engine = Engine(plan, stream, (0.0, 0.0), on_finish=finished.append)
+    records = engine.run()
+    assert sorted(r.id for r in finished) == list(range(80))  # each finishes exactly once
+    # The last token is sampled, never fed back: every other prompt and output token was computed once.
+    assert all(r.computed == r.prompt + r.output - 1 and r.generated == r.output for r in finished)
+    assert [r.prompt for r in sorted(finished, key=lambda r: r.id)] == stream.prompt_tokens.tolist()
+    assert all(r.kv_blocks == 0 for r in finished)  # every KV block handed back
+    assert all(replica.kv.free == plan.kv_cache_tokens // plan.block_size for replica in engine.replicas)
+    assert {r.replica for r in finished} == {0, 1}
+    totals = gpu_time_totals(records.recorder, plan.tp, records.sim_time_s)
+    assert sum(totals.values()) == pytest.approx(plan.num_gpus * records.sim_time_s, rel=1e-9)
