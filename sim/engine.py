@@ -119,6 +119,7 @@ class Engine:
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
         env, recorder = self.env, self.recorder
+        single = self.plan.pp == 1
         while True:
             batch = slot.next_batch(env.now)
             if slot.preempted:
@@ -127,11 +128,14 @@ class Engine:
                 slot.wake = env.event()
                 yield slot.wake
                 continue
-            running = sum(len(s.running) for s in replica.slots)
+            running = len(slot.running) if single else sum(len(s.running) for s in replica.slots)
             if running > replica.peak_running:
                 replica.peak_running = running
             recorder.batch_started(replica.index, env.now)
-            yield from self._pipeline(replica, batch)
+            if single and not self.layer_mode:  # the hot path of most runs: the walk is one delay
+                yield env.timeout(self._stage_seconds(replica, 0, batch))
+            else:
+                yield from self._pipeline(replica, batch)
             recorder.batch_finished(replica.index, env.now)
             self._complete(replica, slot, batch)
 
@@ -178,15 +182,19 @@ class Engine:
     def _stage_work(self, replica: _Replica, s: int, batch: Batch) -> Process:
         if self.layer_mode:
             yield from self._stage_layers(replica, s, batch)
-            return
+        else:
+            yield self.env.timeout(self._stage_seconds(replica, s, batch))
+
+    def _stage_seconds(self, replica: _Replica, s: int, batch: Batch) -> float:
+        """Stage granularity: the stage's busy time, recorded from now, as one delay."""
         last = s == self.plan.pp - 1
         compute, comm = replica.costs[s].stage_time(batch.shape, batch.num_logits if last else 0)
         start = self.env.now
-        yield self.env.timeout(compute + comm)
         rec = self.recorder
         rec.busy(replica.index, s, start, start + compute, "compute", "layers")
         if comm:
             rec.busy(replica.index, s, start + compute, start + compute + comm, "tp_comm", "allreduce")
+        return compute + comm
 
     # -- layer granularity ---------------------------------------------------------------------------
     def _links(self, gpus: list[int]) -> list[simpy.Resource]:
