@@ -22,6 +22,7 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
+    architecture: str = "LlamaForCausalLM"  # HF `architectures[0]`
     hidden_size: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
     num_layers: int = Field(gt=0)
@@ -126,6 +127,7 @@ class ModelSpec(BaseModel):
             raise ValueError(f"model {name!r}: torch_dtype {dtype!r} (valid: {', '.join(HF_DTYPES)})")
         return cls(
             name=name,
+            architecture=architectures[0] if architectures else "LlamaForCausalLM",
             hidden_size=config["hidden_size"],
             intermediate_size=config["intermediate_size"],
             num_layers=config["num_hidden_layers"],

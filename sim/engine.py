@@ -26,9 +26,10 @@ import simpy
 
 from splitsim.hardware.collectives import shared_links
 from splitsim.sim.costs import StageCosts
+from splitsim.sim.metrics import HistogramBuffer, LogHistogram
 from splitsim.sim.plan import Plan
 from splitsim.sim.recorder import Recorder
-from splitsim.sim.records import RequestLog, RequestSink, RunRecords
+from splitsim.sim.records import Moment, RequestLog, RequestSink, RunRecords
 from splitsim.sim.scheduler import Batch, KvPool, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
@@ -76,10 +77,20 @@ class Engine:
         self.sink: RequestSink = sink if sink is not None else RequestLog()
         self.layer_mode = plan.granularity == "layer"
         self.links: dict[str, simpy.Resource] = {}
+        self.itl = HistogramBuffer(LogHistogram())
+        self.routed = 0
         self.finished = 0
         self.last_finish_s = 0.0
+        self.tokens_out = 0
         self.preemptions = 0
         self.recomputed_tokens = 0
+        # The steady-state window's ends (see docs/metrics.md): moments captured as the run goes.
+        self.num_waiting = 0
+        self.admitted = 0
+        self.first_wave = 0  # requests admitted before the first finish
+        self.wave_replaced: Moment | None = None  # when as many requests have finished as the first wave held
+        self.queue_drained: Moment | None = None  # the last moment the waiting queues emptied
+        self.last_arrival: Moment | None = None
 
     def run(self) -> RunRecords:
         """Simulate until every request has finished."""
@@ -91,20 +102,34 @@ class Engine:
         unfinished = self.stream.num_requests - self.finished
         if unfinished:
             raise RuntimeError(f"{unfinished} requests never finished (a scheduling deadlock)")
+        ends = [m for m in (self.queue_drained, self.last_arrival) if m is not None]
         return RunRecords(
             sim_time_s=self.last_finish_s, recorder=self.recorder,
             events=next(self.env._eid),  # type: ignore[attr-defined]  # SimPy numbers events from a counter
             preemptions=self.preemptions, recomputed_tokens=self.recomputed_tokens,
-            peak_running_seqs=tuple(replica.peak_running for replica in self.replicas))
+            peak_running_seqs=tuple(replica.peak_running for replica in self.replicas),
+            kv_blocked_batches=sum(slot.kv_blocked for replica in self.replicas for slot in replica.slots),
+            itl=self.itl.flush(), output_tokens=self.tokens_out,
+            steady_start=self.wave_replaced, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
+
+    def _moment(self) -> Moment:
+        return Moment(self.env.now, self.tokens_out, self.finished)
 
     # -- arrivals and routing ---------------------------------------------------------------------
     def _arrivals(self) -> Process:
         env, stream = self.env, self.stream
-        prompts, outputs = stream.prompt_tokens.tolist(), stream.output_tokens.tolist()
-        for index, arrival in enumerate(stream.arrival_s.tolist()):
+        if stream.arrival_s is None:  # closed loop: every client sends now; the next ones follow finishes
+            for _ in range(min(stream.concurrency or 0, stream.num_requests)):
+                self._route(self._request(0.0))
+            return
+        for arrival in stream.arrival_s.tolist():
             if arrival > env.now:
                 yield env.timeout(arrival - env.now)
-            self._route(Request(index, arrival, prompts[index], outputs[index]))
+            self._route(self._request(arrival))
+
+    def _request(self, arrival_s: float) -> Request:
+        i = self.routed
+        return Request(i, arrival_s, int(self.stream.prompt_tokens[i]), int(self.stream.output_tokens[i]))
 
     def _route(self, request: Request) -> None:
         replica = min(self.replicas, key=lambda r: r.outstanding)  # least outstanding, lowest index
@@ -112,6 +137,10 @@ class Engine:
         replica.outstanding += 1
         slot = min(replica.slots, key=lambda s: s.unfinished)  # fewest unfinished, lowest index
         slot.waiting.append(request)
+        self.num_waiting += 1
+        self.routed += 1
+        if self.routed == self.stream.num_requests:
+            self.last_arrival = self._moment()
         if slot.wake is not None:
             slot.wake.succeed()
             slot.wake = None
@@ -121,9 +150,15 @@ class Engine:
         env, recorder = self.env, self.recorder
         single = self.plan.pp == 1
         while True:
+            waiting = len(slot.waiting)
             batch = slot.next_batch(env.now)
             if slot.preempted:
                 self._preempted(replica, slot.preempted)
+            if len(slot.waiting) != waiting:
+                self.admitted += waiting + len(slot.preempted) - len(slot.waiting)
+                self.num_waiting += len(slot.waiting) - waiting
+                if not self.num_waiting:
+                    self.queue_drained = self._moment()
             if batch is None:
                 slot.wake = env.event()
                 yield slot.wake
@@ -257,22 +292,27 @@ class Engine:
                     request.first_token_s = now
                 else:  # the token after a recompute
                     gap = now - request.last_token_s
+                    self.itl.append(gap)
                     if not gap <= request.max_itl_s:
                         request.max_itl_s = gap
                 request.last_token_s = now
                 if request.generated == request.output:
                     finished.append(request)
+        append_itl = self.itl.append
         for request in batch.decode:
-            request.computed += 1
             request.generated += 1
             gap = now - request.last_token_s
+            append_itl(gap)
             if not gap <= request.max_itl_s:  # NaN-safe: the first gap always sets it
                 request.max_itl_s = gap
             request.last_token_s = now
             if request.generated == request.output:
                 finished.append(request)
+        self.tokens_out += batch.num_logits
         if not finished:
             return
+        if not self.finished:
+            self.first_wave = self.admitted
         for request in finished:
             replica.kv.release(request)
             replica.outstanding -= 1
@@ -281,5 +321,10 @@ class Engine:
                 self.on_finish(request)
         self.finished += len(finished)
         self.last_finish_s = now
+        if self.wave_replaced is None and self.finished >= self.first_wave:
+            self.wave_replaced = self._moment()
         slot.running = [request for request in slot.running if request.generated < request.output]
+        if self.stream.arrival_s is None:  # closed loop: each finished client sends its next request
+            for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
+                self._route(self._request(now))
         replica.wake_idle_slots()

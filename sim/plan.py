@@ -20,8 +20,8 @@ from splitsim.models.ops import Sharding
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import Scenario, describe_validation_error
-from splitsim.sim.scheduler import SchedulerConfig
-from splitsim.sim.workload import max_length
+from splitsim.sim.defaults import resolve_memory, resolve_scheduler
+from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
 
@@ -64,11 +64,10 @@ class Plan:
         self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
         self.order = par.order
         self.granularity = scenario.sim.granularity
-        sched = scenario.scheduler
-        self.scheduler = SchedulerConfig("chunked" if sched.chunked_prefill else "prefill_first",
-                                         sched.max_num_seqs, sched.max_batched_tokens, "reserve")
-        self.gpu_utilization = scenario.memory.gpu_utilization
-        self.block_size = scenario.memory.block_size
+        self.scheduler = resolve_scheduler(scenario.scheduler, scenario.memory, cluster.gpu)
+        memory = resolve_memory(scenario.memory)
+        self.gpu_utilization = memory.gpu_utilization
+        self.block_size = memory.block_size
         weights = scenario.precision.weights or model.default_weight_dtype
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
         self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8))
@@ -131,6 +130,11 @@ class Plan:
         tokens = min(int(f // s.kv_bytes_per_token_per_gpu) for f, s in zip(free, self.stages))
         return max(0, tokens // block * block)
 
+    def max_concurrency(self, tokens_per_request: int) -> float:
+        """Requests of `tokens_per_request` tokens one replica's KV cache holds at once, as vLLM logs it at
+        start-up (`kv_cache_utils.py`: blocks / ceil(tokens / block_size))."""
+        return self.kv_cache_tokens // self.block_size / -(-tokens_per_request // self.block_size)
+
     # -- checks ----------------------------------------------------------------------------------
     def check_layout(self) -> None:
         model, cluster, tp, pp = self.model, self.cluster, self.tp, self.pp
@@ -151,13 +155,6 @@ class Plan:
                 f"parallel.tp = {tp}: a TP group must fill whole nodes or fit evenly in one "
                 f"({cluster.name} has {g} GPUs per node; valid: {_divisors(g)} or multiples of {g})"
             )
-        longest = max_length(self.scenario.workload.prompt_tokens) + max_length(
-            self.scenario.workload.output_tokens)
-        if longest > model.max_position_embeddings:
-            raise ScenarioError(
-                f"workload: prompt + output tokens reach {longest}, beyond {model.name}'s "
-                f"max_position_embeddings = {model.max_position_embeddings}"
-            )
 
     def check_memory(self) -> None:
         usable = self.usable_bytes_per_gpu
@@ -172,13 +169,33 @@ class Plan:
                     f"usable ({gpu.memory_bytes / GIB:.1f} GiB × gpu_utilization "
                     f"{self.gpu_utilization}); raise tp×pp or use smaller weights"
                 )
-        wl = self.scenario.workload
-        longest = max_length(wl.prompt_tokens) + max_length(wl.output_tokens)
+
+    def check_requests(self, stream: RequestStream) -> None:
+        """The longest request must fit the model's context and one replica's KV cache; without chunking,
+        a whole prompt (after a preemption: prompt and output so far) must fit one batch."""
+        total = stream.prompt_tokens + stream.output_tokens
+        longest = int(total.max())
+        if longest > self.model.max_position_embeddings:
+            i = int(total.argmax())
+            raise ScenarioError(
+                f"workload: request {i} has {longest} tokens (prompt {stream.prompt_tokens[i]} + output "
+                f"{stream.output_tokens[i]}), beyond {self.model.name}'s max_position_embeddings = "
+                f"{self.model.max_position_embeddings} (workload.overlong: refuse | truncate | skip)")
         if self.kv_cache_tokens < longest:
             raise ScenarioError(
                 f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights, "
                 f"but one request needs up to {longest} (prompt + output); raise tp×pp or shorten requests"
             )
+        sched = self.scheduler
+        if sched.policy == "prefill_first":
+            need = longest if sched.kv_allocation == "on_demand" else int(stream.prompt_tokens.max())
+            what = "prompt + output (a preempted request prefills both)" if sched.kv_allocation == "on_demand" \
+                else "prompt"
+            if need > sched.max_batched_tokens:
+                raise ScenarioError(
+                    f"workload: a {what} of {need} tokens exceeds scheduler.max_batched_tokens = "
+                    f"{sched.max_batched_tokens} with scheduler.policy = prefill_first (raise max_batched_tokens "
+                    f"to at least {need} or use policy chunked)")
 
 
 def build_plan(scenario: Scenario) -> Plan:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from splitsim.sim.metrics import LogHistogram
 from splitsim.sim.recorder import Recorder
 from splitsim.sim.scheduler import Request
 
@@ -59,6 +60,15 @@ class RequestLog:
                 for name, col in self._columns.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """The run's progress at one instant: output tokens sampled and requests finished so far."""
+
+    time_s: float
+    output_tokens: int
+    finished: int
+
+
 @dataclass(frozen=True)
 class RunRecords:
     """Everything `Engine.run` observed."""
@@ -69,3 +79,8 @@ class RunRecords:
     preemptions: int
     recomputed_tokens: int  # tokens computed again after preemptions
     peak_running_seqs: tuple[int, ...]  # per replica
+    kv_blocked_batches: int  # batches formed while the queue's head waited for KV blocks
+    itl: LogHistogram  # every gap between consecutive output tokens
+    output_tokens: int
+    steady_start: Moment | None  # as many requests have finished as the first wave admitted
+    steady_end: Moment | None  # the later of the last arrival and the last moment the queues emptied

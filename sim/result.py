@@ -1,7 +1,9 @@
 """A run's outcome as flat tables, and the summary computed from them (and from nothing else).
 
 `requests` has one row per request; the summary's latency statistics are numpy's linear-interpolation
-percentiles of its columns, so anyone can recompute them from `requests.csv`.
+percentiles (and population std) of its columns, so anyone can recompute them from `requests.csv`. Inter-token
+latencies are too many to keep: their statistics come from the engine's log-spaced histogram (exact counts,
+percentiles within its stated resolution).
 """
 
 from __future__ import annotations
@@ -12,31 +14,30 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from splitsim.sim.metrics import distribution_stats
 from splitsim.sim.recorder import CATEGORIES, Recorder
+from splitsim.sim.records import Moment, RunRecords
+from splitsim.sim.slo import Slo, evaluate, goodput
 
-REQUEST_COLUMNS = ["request_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens",
-                   "output_tokens", "ttft_s", "tpot_s", "e2e_s"]
+REQUEST_COLUMNS = ["request_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",
+                   "ttft_s", "tpot_s", "e2e_s", "replica", "queue_s", "preemptions", "itl_max_s"]
 INTERVAL_COLUMNS = ["gpu", "start_s", "end_s", "category"]
 
 
-def latency_stats(values: pd.Series) -> dict[str, float | None]:
-    """mean, p50, p90, p99 of the defined values (TPOT is undefined for one-token outputs)."""
-    data = values.dropna().to_numpy(dtype=float)
-    if data.size == 0:
-        return {"mean": None, "p50": None, "p90": None, "p99": None}
-    p50, p90, p99 = np.percentile(data, [50, 90, 99])
-    return {"mean": float(data.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-
-
-def requests_frame(ids: np.ndarray, arrival: np.ndarray, first_token: np.ndarray, finish: np.ndarray,
-                   prompt: np.ndarray, output: np.ndarray) -> pd.DataFrame:
-    ttft = first_token - arrival
-    e2e = finish - arrival
+def requests_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per request from the engine's columns; TPOT = (e2e − TTFT)/(output − 1), vLLM's definition,
+    undefined (NaN) for one-token outputs; `queue_s` runs from arrival to first being scheduled."""
+    arrival, output = columns["arrival_s"], columns["output_tokens"]
+    ttft = columns["first_token_s"] - arrival
+    e2e = columns["finish_s"] - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(output > 1, (e2e - ttft) / (output - 1), np.nan)
     return pd.DataFrame({
-        "request_id": ids, "arrival_s": arrival, "first_token_s": first_token, "finish_s": finish,
-        "prompt_tokens": prompt, "output_tokens": output, "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e,
+        "request_id": columns["request_id"], "arrival_s": arrival, "first_token_s": columns["first_token_s"],
+        "finish_s": columns["finish_s"], "prompt_tokens": columns["prompt_tokens"], "output_tokens": output,
+        "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "replica": columns["replica"],
+        "queue_s": columns["first_scheduled_s"] - arrival, "preemptions": columns["preemptions"],
+        "itl_max_s": columns["max_itl_s"],
     })
 
 
@@ -79,22 +80,64 @@ class Result:
         return flat
 
 
-def summarize(requests: pd.DataFrame, totals: dict[str, float], parallel: dict[str, int],
-              weights_bytes_per_gpu: float, kv_cache_tokens: int) -> dict[str, Any]:
-    # Throughput is output tokens over the time to the last finish: under a steady arrival rate it
-    # follows the rate; with everything at t=0 (rate 0) it measures what the layout sustains.
-    sim_time = float(requests["finish_s"].max())
-    grand = sum(totals.values())
+def steady_state(requests: pd.DataFrame, start: Moment | None, end: Moment | None) -> dict[str, Any] | None:
+    """Rates between the steady-state window's ends (docs/metrics.md) and the latencies of the requests
+    that finished inside it; None when the run never settled (the window is empty)."""
+    if start is None or end is None or end.time_s <= start.time_s:
+        return None
+    span = end.time_s - start.time_s
+    inside = requests[(requests["finish_s"] >= start.time_s) & (requests["finish_s"] <= end.time_s)]
     return {
+        "start_s": start.time_s, "end_s": end.time_s,
+        "requests_per_s": (end.finished - start.finished) / span,
+        "output_throughput_tokens_per_s": (end.output_tokens - start.output_tokens) / span,
+        "ttft_s": distribution_stats(inside["ttft_s"].to_numpy()),
+        "tpot_s": distribution_stats(inside["tpot_s"].to_numpy()),
+    }
+
+
+def summarize(requests: pd.DataFrame, records: RunRecords, totals: dict[str, float], slo: Slo | None,
+              described: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The run in numbers. Every rate divides by the duration from the first arrival to the last finish."""
+    first_arrival = float(requests["arrival_s"].min())
+    sim_time = float(requests["finish_s"].max())
+    duration = sim_time - first_arrival
+    rate = (lambda x: x / duration) if duration > 0 else (lambda x: None)  # noqa: E731
+    grand = sum(totals.values())
+    output_tokens = int(requests["output_tokens"].sum())
+    input_tokens = int(requests["prompt_tokens"].sum())
+    summary: dict[str, Any] = {
         "num_requests": len(requests),
         "sim_time_s": sim_time,
-        "throughput_tokens_per_s": float(requests["output_tokens"].sum()) / sim_time,
-        "requests_per_s": len(requests) / sim_time,
-        "ttft_s": latency_stats(requests["ttft_s"]),
-        "tpot_s": latency_stats(requests["tpot_s"]),
-        "e2e_s": latency_stats(requests["e2e_s"]),
-        "gpu_time_fraction": {k: (v / grand if grand else 0.0) for k, v in totals.items()},
-        "parallel": parallel,
-        "weights_bytes_per_gpu": weights_bytes_per_gpu,
-        "kv_cache_tokens_per_replica": kv_cache_tokens,
+        "duration_s": duration,
+        "throughput_tokens_per_s": rate(output_tokens),
+        "input_throughput_tokens_per_s": rate(input_tokens),
+        "total_throughput_tokens_per_s": rate(input_tokens + output_tokens),
+        "requests_per_s": rate(len(requests)),
+        "ttft_s": distribution_stats(requests["ttft_s"].to_numpy()),
+        "tpot_s": distribution_stats(requests["tpot_s"].to_numpy()),
+        "e2e_s": distribution_stats(requests["e2e_s"].to_numpy()),
+        "itl_s": records.itl.stats() | {"percentile_resolution": records.itl.relative_resolution},
+        "preemptions": records.preemptions,
+        "peak_running_seqs": list(records.peak_running_seqs),
     }
+    if slo is not None:
+        good = goodput(slo, requests["ttft_s"].to_numpy(), requests["tpot_s"].to_numpy(),
+                       requests["e2e_s"].to_numpy(), requests["itl_max_s"].to_numpy())
+        columns = {"ttft": requests["ttft_s"], "tpot": requests["tpot_s"], "e2e": requests["e2e_s"]}
+
+        def percentile(metric: str, q: float) -> float | None:
+            if metric == "itl":
+                return records.itl.percentile(q)
+            data = columns[metric].dropna().to_numpy()
+            return float(np.percentile(data, q)) if data.size else None
+
+        summary["goodput_requests_per_s"] = rate(int(good.sum()))
+        summary["slo"] = {"given": slo.as_dict(), "requests_meeting_thresholds": int(good.sum()),
+                          "percentiles": {c.key: {"limit_s": c.limit_s, "value_s": c.value_s, "met": c.met}
+                                          for c in evaluate(slo, percentile)}}
+    summary["steady_state"] = steady_state(requests, records.steady_start, records.steady_end)
+    summary["gpu_time_fraction"] = {k: (v / grand if grand else 0.0) for k, v in totals.items()}
+    summary.update(extra)
+    summary["scenario"] = described
+    return summary

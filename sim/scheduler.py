@@ -18,9 +18,10 @@ KV allocation (`kv_allocation`):
   (vLLM v0.11.0 `v1/core/sched/scheduler.py`, FCFS policy, prefix caching off). No request is admitted in
   a step that preempted.
 
-A request's state follows vLLM's counters: `computed` tokens have KV in the cache; it has
-`prompt + generated` tokens; a step computes the difference (or a chunk of it) and samples a token when
-it catches up.
+A request's state follows vLLM's counters: it has `prompt + generated` tokens, `computed` of them with KV
+in the cache; a step computes the difference (or a chunk of it) and samples a token when it catches up.
+A decoding request computes one token a step (the last one sampled), so while it decodes `computed` is not
+kept up to date: it is `prompt + generated - 1`.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class SchedulerConfig:
 class Scheduler:
     """One slot's queues: `waiting` (FCFS; preempted requests at the front) and `running` (admission order)."""
 
-    __slots__ = ("config", "kv", "waiting", "running", "on_demand", "preempted")
+    __slots__ = ("config", "kv", "waiting", "running", "on_demand", "preempted", "kv_blocked")
 
     def __init__(self, config: SchedulerConfig, kv: KvPool) -> None:
         self.config = config
@@ -112,6 +113,7 @@ class Scheduler:
         self.running: list[Request] = []
         self.on_demand = config.kv_allocation == "on_demand"
         self.preempted: list[Request] = []  # preempted while forming the last batch
+        self.kv_blocked = 0  # batches formed while the head of the queue waited for KV blocks
 
     def next_batch(self, now: float) -> Batch | None:
         """The next batch, admitting waiting requests into `running`; None if there is nothing to do."""
@@ -127,6 +129,7 @@ class Scheduler:
             return None
         request = self.waiting[0]
         if not self.kv.hold(request, tokens if self.on_demand else request.prompt + request.output):
+            self.kv_blocked += 1
             return None
         self.waiting.popleft()
         self.running.append(request)
@@ -163,8 +166,8 @@ class Scheduler:
         if self.on_demand:
             block = self.kv.block
             for request in decode:  # a decode needs a new block every `block` tokens
-                if request.decoding and request.computed >= request.kv_blocks * block \
-                        and not self._room_for(request, request.computed + 1):
+                tokens = request.prompt + request.generated
+                if request.decoding and tokens > request.kv_blocks * block and not self._room_for(request, tokens):
                     break
         budget -= len(decode)
         prefill: list[tuple[Request, int]] = []
@@ -206,7 +209,7 @@ class Scheduler:
         index = 0
         while index < len(self.running):
             request = self.running[index]
-            if not self._room_for(request, request.computed + 1):
+            if not self._room_for(request, request.prompt + request.generated):
                 break
             decode.append(request)
             index += 1

@@ -2,6 +2,8 @@
 
 from pathlib import Path as _Path
 
+__version__ = "0.1.0"  # before the imports below: summary.json records it
+
 # Installed, `splitsim.sim` etc. are the checkout's top-level folders (pyproject's package-dir). Imported
 # straight from a checkout (`python -m splitsim` in its root), let the root serve as this package's path
 # too, so the same names resolve to the same folders.
@@ -15,4 +17,3 @@ from splitsim.scenario import Scenario, load_scenario  # noqa: E402
 from splitsim.sim.result import Result  # noqa: E402
 
 __all__ = ["Result", "Scenario", "ScenarioError", "load_scenario", "simulate"]
-__version__ = "0.1.0"

@@ -3,49 +3,89 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
+from splitsim import __version__
 from splitsim.scenario import Scenario
 from splitsim.sim.engine import Engine
-from splitsim.sim.plan import build_plan
+from splitsim.sim.plan import Plan, build_plan
 from splitsim.sim.records import RequestLog
 from splitsim.sim.result import Result, gpu_time_totals, requests_frame, summarize
 from splitsim.sim.scheduler import Request
 from splitsim.sim.timeline import gpu_intervals, trace_events
-from splitsim.sim.workload import RequestStream, arrival_times, draw_lengths
+from splitsim.sim.workload import RequestStream, build_stream, stream_from_rows
 
 DEFAULT_TRACE_WINDOW_S = 2.0
 
 
-def make_requests(scenario: Scenario) -> RequestStream:
-    """The run's requests, drawn from one generator seeded by `sim.seed`."""
+def make_requests(scenario: Scenario, plan: Plan, requests: Any = None) -> RequestStream:
+    """The run's requests: `requests` rows if given, else what `scenario.workload` describes."""
+    context = plan.model.max_position_embeddings
+    if requests is not None:
+        return stream_from_rows(requests, context, scenario.workload.overlong)
+    return build_stream(scenario.workload, scenario.sim.seed, context)
+
+
+def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: bool) -> dict[str, Any]:
+    """The resolved inputs, for summary.json: what was simulated, with every default decided."""
     wl = scenario.workload
-    rng = np.random.default_rng(scenario.sim.seed)
-    arrivals = arrival_times(wl.rate, wl.num_requests, rng)
-    prompts = draw_lengths(wl.prompt_tokens, rng, wl.num_requests)
-    outputs = draw_lengths(wl.output_tokens, rng, wl.num_requests)
-    return RequestStream(arrivals, prompts, outputs)
+    workload: dict[str, Any] = {"kind": "rows" if given_rows else wl.kind, "num_requests": stream.num_requests}
+    if not given_rows:
+        match wl.kind:
+            case "rate":
+                workload |= {"rate": wl.rate, "burstiness": wl.burstiness or 1.0}
+            case "concurrency":
+                workload["concurrency"] = wl.concurrency
+            case "trace":
+                workload |= {"trace": wl.trace, "time_scale": wl.time_scale or 1.0}
+        if wl.kind != "trace":
+            workload |= {"prompt_tokens": _lengths(wl.prompt_tokens), "output_tokens": _lengths(wl.output_tokens)}
+    if wl.kind == "trace" or given_rows:
+        workload |= {"overlong": wl.overlong} | stream.overlong
+    model, cluster, sched = plan.model, plan.cluster, plan.scheduler
+    return {
+        "name": scenario.name,
+        "model": {"name": model.name, "architecture": model.architecture, "layers": model.num_layers,
+                  "hidden_size": model.hidden_size, "max_position_embeddings": model.max_position_embeddings},
+        "cluster": cluster.name, "gpu": cluster.gpu.name,
+        "layout": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "order": plan.order},
+        "precision": {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
+                      "compute": plan.sharding.compute},
+        "workload": workload,
+        "scheduler": {"policy": sched.policy, "max_num_seqs": sched.max_num_seqs,
+                      "max_batched_tokens": sched.max_batched_tokens},
+        "memory": {"gpu_utilization": plan.gpu_utilization, "block_size": plan.block_size,
+                   "kv_allocation": sched.kv_allocation},
+        "granularity": plan.granularity, "seed": scenario.sim.seed,
+        "hardware_profile": scenario.hardware_profile,
+    }
 
 
-def simulate(scenario: Scenario, *, trace_window_s: float = DEFAULT_TRACE_WINDOW_S, trace_start_s: float = 0.0,
-             on_finish: Callable[[Request], None] | None = None) -> Result:
+def _lengths(spec: Any) -> Any:
+    return spec if isinstance(spec, int) else spec.model_dump()
+
+
+def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float = DEFAULT_TRACE_WINDOW_S,
+             trace_start_s: float = 0.0, on_finish: Callable[[Request], None] | None = None) -> Result:
     """Run `scenario` and return its tables and summary; raises `ScenarioError` on bad input.
 
-    Intervals and trace events are kept for the window [trace_start_s, trace_start_s + trace_window_s).
+    `requests` (a DataFrame or rows with arrival_s, prompt_tokens, output_tokens) replaces the scenario's
+    workload. Intervals and trace events are kept for the window [trace_start_s, trace_start_s + trace_window_s).
     """
     plan = build_plan(scenario)
+    stream = make_requests(scenario, plan, requests)
+    plan.check_requests(stream)
     log = RequestLog()
-    engine = Engine(plan, make_requests(scenario), (trace_start_s, trace_start_s + trace_window_s),
-                    on_finish=on_finish, sink=log)
+    engine = Engine(plan, stream, (trace_start_s, trace_start_s + trace_window_s), on_finish=on_finish, sink=log)
     records = engine.run()
     sim_time = records.sim_time_s
-    c = log.columns()
-    frame = requests_frame(c["request_id"], c["arrival_s"], c["first_token_s"], c["finish_s"],
-                           c["prompt_tokens"], c["output_tokens"])
+    frame = requests_frame(log.columns())
     totals = gpu_time_totals(records.recorder, plan.tp, sim_time)
-    summary = summarize(frame, totals, {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp},
-                        plan.weights_bytes_per_gpu, plan.kv_cache_tokens)
+    extra = {"parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp},
+             "weights_bytes_per_gpu": plan.weights_bytes_per_gpu,
+             "kv_cache_tokens_per_replica": plan.kv_cache_tokens, "version": __version__}
+    summary = summarize(frame, records, totals, scenario.slo, describe(scenario, plan, stream, requests is not None),
+                        extra)
     start = min(trace_start_s, sim_time)
     end = min(trace_start_s + trace_window_s, sim_time)
     return Result(
@@ -56,5 +96,8 @@ def simulate(scenario: Scenario, *, trace_window_s: float = DEFAULT_TRACE_WINDOW
         trace_events=trace_events(plan, records.recorder),
         window=(start, end),
         meta={"model": plan.model.name, "cluster": plan.cluster.name, "gpu": plan.cluster.gpu.name,
-              "granularity": plan.granularity, "events": records.events},
+              "granularity": plan.granularity, "events": records.events,
+              "kv_blocked_batches": records.kv_blocked_batches, "recomputed_tokens": records.recomputed_tokens,
+              "max_concurrency": plan.max_concurrency(int((stream.prompt_tokens + stream.output_tokens).max())),
+              "longest_request_tokens": int((stream.prompt_tokens + stream.output_tokens).max())},
     )

@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from splitsim.errors import ScenarioError
+
+if TYPE_CHECKING:
+    from splitsim.scenario import Scenario
 
 EXIT_BAD_INPUT = 2
 
@@ -27,9 +31,15 @@ def _run(args: argparse.Namespace) -> int:
     from splitsim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
+    if args.slo is not None:
+        from splitsim.sim.slo import parse_slo_arg
+
+        scenario = scenario.model_copy(update={"slo": parse_slo_arg(args.slo)})
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
     if out_dir.exists() and not out_dir.is_dir():
         raise ScenarioError(f"--out {out_dir}: is a file, not a folder")
+    for note in _notes(scenario):
+        print(f"note: {note}")
     started = time.perf_counter()
     with tqdm(total=scenario.workload.num_requests, unit="req", desc="simulating", leave=False,
               disable=args.quiet or None, file=sys.stderr) as bar:
@@ -49,6 +59,18 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  wall time       {sim_wall:.2f} s to simulate; outputs in {out_dir}/ "
           f"({', '.join(p.name for p in written)})")
     return 0
+
+
+def _notes(scenario: Scenario) -> list[str]:
+    """What the user should know before the run starts (stdout: stderr is for errors alone)."""
+    notes = []
+    if scenario.scheduler.chunked_prefill is not None:
+        notes.append(f"scheduler.chunked_prefill is deprecated: use scheduler.policy: "
+                     f"{scenario.scheduler.chosen_policy}")
+    wl = scenario.workload
+    if wl.trace is not None and (wl.prompt_tokens is not None or wl.output_tokens is not None):
+        notes.append("workload.prompt_tokens and output_tokens are not used: the trace gives every request's lengths")
+    return notes
 
 
 def _cost(args: argparse.Namespace) -> int:
@@ -183,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default: runs/<scenario name>)")
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a scenario key, e.g. --set parallel.tp=4 (repeatable)")
+    run.add_argument("--slo", metavar="KEY=SECONDS,...",
+                     help="service-level objectives, replacing the scenario's slo: per-request thresholds "
+                          "(ttft, tpot, e2e, itl) count toward goodput; a percentile suffix limits the "
+                          "distribution, e.g. --slo ttft=0.5,tpot=0.05,ttft_p99=2")
     run.add_argument("--trace-window", type=_nonnegative_float, default=2.0, metavar="SECONDS",
                      help="simulated seconds kept in trace.json, gpus.csv and timeline.png (default: 2)")
     run.add_argument("--trace-start", type=_nonnegative_float, default=0.0, metavar="SECONDS",

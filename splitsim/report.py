@@ -45,24 +45,62 @@ def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None
 
 
 def _ms(stats: dict[str, float | None]) -> str:
-    return "  ".join(f"{k} {v * 1e3:9.2f}" if v is not None else f"{k}       n/a" for k, v in stats.items())
+    return "  ".join(f"{k} {v * 1e3:9.2f}" if v is not None else f"{k}       n/a" for k, v in stats.items()
+                     if k in ("mean", "p50", "p90", "p99", "std"))
+
+
+def _rate(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.1f} {unit}"
 
 
 def format_summary(result: Result) -> str:
     s = result.summary
-    par = s["parallel"]
+    par, meta = s["parallel"], result.meta
+    scenario = s["scenario"]
     fractions = "  ".join(f"{k} {v:6.1%}" for k, v in s["gpu_time_fraction"].items())
     lines = [
-        f"{result.scenario_name}: {result.meta.get('model')} on {result.meta.get('cluster')}, "
-        f"TP{par['tp']} × PP{par['pp']} × DP{par['dp']} ({result.meta.get('granularity')} granularity)",
-        f"  requests        {s['num_requests']} in {s['sim_time_s']:.3f} s simulated "
-        f"({s['requests_per_s']:.3f} req/s)",
-        f"  throughput      {s['throughput_tokens_per_s']:.1f} output tokens/s",
+        f"{result.scenario_name}: {meta.get('model')} on {meta.get('cluster')}, "
+        f"TP{par['tp']} × PP{par['pp']} × DP{par['dp']} ({meta.get('granularity')} granularity)",
+        f"  KV cache        {s['kv_cache_tokens_per_replica']} tokens/replica; maximum concurrency for "
+        f"{meta.get('longest_request_tokens')} tokens per request: {meta.get('max_concurrency', 0):.2f}x",
+        f"  requests        {s['num_requests']} in {s['duration_s']:.3f} s from first arrival to last finish "
+        f"({_rate(s['requests_per_s'], 'req/s')})",
+        f"  throughput      output {_rate(s['throughput_tokens_per_s'], 'tok/s')}, "
+        f"input {_rate(s['input_throughput_tokens_per_s'], 'tok/s')}, "
+        f"total {_rate(s['total_throughput_tokens_per_s'], 'tok/s')}",
+    ]
+    steady = s.get("steady_state")
+    if steady is not None:
+        lines.append(f"  steady state    {steady['start_s']:.1f}–{steady['end_s']:.1f} s: "
+                     f"{steady['requests_per_s']:.3f} req/s, {steady['output_throughput_tokens_per_s']:.1f} output "
+                     "tok/s")
+    else:
+        lines.append("  steady state    none: the run never settled between ramp-up and drain")
+    lines += [
         f"  TTFT (ms)       {_ms(s['ttft_s'])}",
         f"  TPOT (ms)       {_ms(s['tpot_s'])}",
+        f"  ITL  (ms)       {_ms(s['itl_s'])}",
         f"  E2E  (ms)       {_ms(s['e2e_s'])}",
-        f"  GPU time        {fractions}",
-        f"  memory          weights {s['weights_bytes_per_gpu'] / GIB:.1f} GiB/GPU, "
-        f"KV cache {s['kv_cache_tokens_per_replica']} tokens/replica",
     ]
+    if "goodput_requests_per_s" in s:
+        slo = s["slo"]
+        checks = "".join(f"; {key} {'met' if c['met'] else 'MISSED'}" for key, c in slo["percentiles"].items())
+        lines.append(f"  goodput         {_rate(s['goodput_requests_per_s'], 'req/s')} "
+                     f"({slo['requests_meeting_thresholds']} of {s['num_requests']} requests meet "
+                     f"{', '.join(f'{k}={v:g}' for k, v in slo['given'].items() if '_p' not in k) or 'no threshold'})"
+                     f"{checks}")
+    lines += [
+        f"  GPU time        {fractions}",
+        f"  memory          weights {s['weights_bytes_per_gpu'] / GIB:.1f} GiB/GPU; "
+        f"peak running sequences {', '.join(map(str, s['peak_running_seqs']))} (per replica)",
+    ]
+    if s["preemptions"]:
+        lines.append(f"  note            KV memory ran out: {s['preemptions']} preemptions recomputed "
+                     f"{meta.get('recomputed_tokens')} tokens")
+    elif meta.get("kv_blocked_batches"):
+        lines.append(f"  note            KV memory limited admission: the queue's head waited for blocks in "
+                     f"{meta['kv_blocked_batches']} batches ({scenario['memory']['kv_allocation']} allocation)")
+    overlong = {k: v for k, v in scenario["workload"].items() if k in ("truncated", "skipped") and v}
+    if overlong:
+        lines.append("  note            " + ", ".join(f"{k} {v} over-long requests" for k, v in overlong.items()))
     return "\n".join(lines)

@@ -6,15 +6,17 @@ Every failure becomes one `ScenarioError` line naming the field, the value and w
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from splitsim.errors import ScenarioError
 from splitsim.models.precision import KvDtype, WeightDtype
-from splitsim.sim.workload import Lengths, max_length
+from splitsim.sim.slo import Slo
+from splitsim.sim.workload import Lengths
 
 
 class _Strict(BaseModel):
@@ -36,11 +38,58 @@ class Parallel(_Strict):
         return self.tp * self.pp * self.dp
 
 
+LOAD_KINDS = ("rate", "concurrency", "trace")
+_COMPANIONS = {"rate": ("burstiness",), "concurrency": (), "trace": ("time_scale",)}
+
+
 class Workload(_Strict):
-    num_requests: int = Field(ge=1)
-    rate: float = Field(ge=0, allow_inf_nan=False, description="Poisson arrivals per second; 0 = all at t=0")
-    prompt_tokens: Lengths
-    output_tokens: Lengths
+    """Which requests arrive when: exactly one load kind (`rate`, `concurrency` or `trace`)."""
+
+    num_requests: int | None = Field(None, ge=1, description="requests to serve (trace: the first N rows)")
+    rate: float | None = Field(None, description="requests/s, gamma-distributed gaps; inf (or 0): all at t=0")
+    burstiness: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                     description="gamma shape of the gaps with `rate` (1 = Poisson)")
+    concurrency: StrictInt | None = Field(None, ge=1, description="closed loop: clients each sending the next request "
+                                                            "when the previous one finishes")
+    trace: str | None = Field(None, description="CSV of arrival, prompt and output tokens per request")
+    time_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="multiplies trace arrivals")
+    overlong: Literal["refuse", "truncate", "skip"] = Field(
+        "refuse", description="a request longer than the model's context: an error, shortened, or left out")
+    prompt_tokens: Lengths | None = None
+    output_tokens: Lengths | None = None
+
+    @field_validator("rate")
+    @classmethod
+    def _rate(cls, rate: float | None) -> float | None:
+        if rate is None:
+            return None
+        if math.isnan(rate) or rate < 0:
+            raise ValueError("need requests/s > 0, or inf for everything at t=0")
+        return math.inf if rate == 0 else rate
+
+    @model_validator(mode="after")
+    def _one_load_kind(self) -> Workload:
+        given = [kind for kind in LOAD_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            named = " and ".join(f"workload.{kind}" for kind in given) + " are both given; " if given else ""
+            raise ValueError(f"workload: {named}give exactly one load kind: rate, concurrency or trace")
+        kind = given[0]
+        for other, companions in _COMPANIONS.items():
+            for companion in companions:
+                if other != kind and getattr(self, companion) is not None:
+                    raise ValueError(f"workload.{companion}: only with workload.{other}, not with workload.{kind}")
+        if kind != "trace":
+            missing = [key for key in ("num_requests", "prompt_tokens", "output_tokens") if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"workload.{missing[0]}: required with workload.{kind}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """burst (rate inf), rate, concurrency or trace."""
+        if self.rate is not None:
+            return "burst" if math.isinf(self.rate) else "rate"
+        return "concurrency" if self.concurrency is not None else "trace"
 
 
 class Precision(_Strict):
@@ -49,14 +98,37 @@ class Precision(_Strict):
 
 
 class Scheduler(_Strict):
-    max_num_seqs: int = Field(256, ge=1, description="sequences in one batch (vLLM's default: 256)")
-    max_batched_tokens: int = Field(8192, ge=1, description="tokens in one batch")
-    chunked_prefill: bool = Field(False, description="split prompts into chunks that ride with decodes")
+    """Unset knobs are the serving engine's to decide (`sim.defaults`); summary.json shows them resolved."""
+
+    policy: Literal["chunked", "prefill_first"] | None = Field(
+        None, description="chunked: vLLM V1 chunked prefill (default); prefill_first: vLLM V0 without chunking")
+    chunked_prefill: bool | None = Field(None, description="deprecated alias: true = chunked, false = prefill_first")
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences in one batch")
+    max_batched_tokens: int | None = Field(None, ge=1, description="tokens in one batch")
+
+    @model_validator(mode="after")
+    def _alias_agrees(self) -> Scheduler:
+        if self.chunked_prefill is None:
+            return self
+        implied = "chunked" if self.chunked_prefill else "prefill_first"
+        if self.policy is not None and self.policy != implied:
+            raise ValueError(f"scheduler.chunked_prefill = {str(self.chunked_prefill).lower()} contradicts "
+                             f"scheduler.policy = {self.policy} (give policy alone: chunked or prefill_first)")
+        return self
+
+    @property
+    def chosen_policy(self) -> Literal["chunked", "prefill_first"] | None:
+        if self.policy is not None or self.chunked_prefill is None:
+            return self.policy
+        return "chunked" if self.chunked_prefill else "prefill_first"
 
 
 class Memory(_Strict):
-    gpu_utilization: float = Field(0.9, gt=0, le=1, description="fraction of GPU memory used (vLLM: 0.9)")
-    block_size: int = Field(16, ge=1, description="KV-cache block, in tokens (vLLM: 16)")
+    gpu_utilization: float | None = Field(None, gt=0, le=1, description="fraction of GPU memory used (vLLM: 0.9)")
+    block_size: int | None = Field(None, ge=1, description="KV-cache block, in tokens (vLLM: 16)")
+    kv_allocation: Literal["on_demand", "reserve"] | None = Field(
+        None, description="on_demand: blocks as tokens come, preemption by recompute (vLLM); "
+                          "reserve: prompt + output at admission (TRT-LLM guaranteed-no-evict)")
 
 
 class SimOptions(_Strict):
@@ -75,18 +147,7 @@ class Scenario(_Strict):
     memory: Memory = Memory()
     sim: SimOptions = SimOptions()
     hardware_profile: str | None = Field(None, description="path to a calibrated profile YAML")
-
-    @model_validator(mode="after")
-    def _prompt_fits_a_batch(self) -> Scenario:
-        longest = max_length(self.workload.prompt_tokens)
-        budget = self.scheduler.max_batched_tokens
-        if not self.scheduler.chunked_prefill and longest > budget:
-            raise ValueError(
-                f"workload.prompt_tokens: prompts of up to {longest} tokens exceed "
-                f"scheduler.max_batched_tokens={budget} with chunked_prefill off "
-                f"(raise max_batched_tokens to at least {longest} or turn chunked_prefill on)"
-            )
-        return self
+    slo: Slo | None = Field(None, description="service-level objectives, e.g. {ttft: 0.5, tpot: 0.05, ttft_p99: 2}")
 
 
 _UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal")
@@ -124,8 +185,8 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
     if first["type"] == "missing":
         return f"{where}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
-    if not loc:  # a cross-field check: its message names its fields
-        return message
+    if not loc or message.startswith(f"{loc[0]}.") or message.startswith(f"{loc[0]}:"):
+        return message  # a cross-field check: its message names its fields
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
     return f"{where}{shown}: {message}"
@@ -149,6 +210,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ScenarioError(f"--set {key}: {part} = {child!r} is not a mapping")
             node = child
+        if len(parts) == 2 and parts[0] == "workload" and parts[1] in LOAD_KINDS:
+            for kind, companions in _COMPANIONS.items():  # a load kind given replaces the file's
+                if kind != parts[1]:
+                    for dropped in (kind, *companions):
+                        node.pop(dropped, None)
         node[parts[-1]] = value
     return data
 
@@ -182,7 +248,11 @@ def load_scenario(path: str | Path, overrides: list[str] | str | None = None) ->
     if isinstance(overrides, str):
         overrides = [overrides]
     path = Path(path)
-    data = apply_overrides(read_yaml(path), overrides or [])
+    data = read_yaml(path)
+    workload = data.get("workload")
+    if isinstance(workload, dict) and isinstance(workload.get("trace"), str):
+        workload["trace"] = str(path.parent / workload["trace"])  # the file's trace: next to it (--set's: cwd)
+    data = apply_overrides(data, overrides or [])
     data.setdefault("name", path.stem)
     # Files a scenario names are found next to it, as a reader of the file would expect.
     for key in ("model", "cluster", "hardware_profile"):

@@ -62,9 +62,11 @@ CASES = [
     ("tp not dividing heads", {}, ["parallel.tp=3"], ["parallel.tp = 3", "64 attention heads", "valid: 1, 2, 4, 8"]),
     ("too many GPUs", {}, ["parallel.dp=2"], ["16 GPUs", "8 GPUs"]),
     ("model does not fit", {"model": "llama-3.1-405b"}, [], ["memory", "GiB", "usable"]),
-    ("negative rate", {}, ["workload.rate=-1"], ["workload.rate", "-1", "greater than or equal to 0"]),
-    ("prompt above the token budget", {}, ["scheduler.chunked_prefill=false"],
-     ["workload.prompt_tokens", "4096", "max_batched_tokens=2048", "chunked_prefill"]),
+    ("negative rate", {}, ["workload.rate=-1"], ["workload.rate = -1", "requests/s > 0", "inf"]),
+    ("chunked_prefill contradicting policy", {}, ["scheduler.chunked_prefill=false"],
+     ["scheduler.chunked_prefill = false", "scheduler.policy = chunked"]),
+    ("prompt above the token budget", {}, ["scheduler.policy=prefill_first"],
+     ["workload", "4096", "max_batched_tokens = 2048", "prefill_first", "policy chunked"]),
     ("unknown model", {"model": "gpt-9"}, [], ["model", "gpt-9", "llama-3-70b"]),
     ("unknown cluster", {"cluster": "dgx-z"}, [], ["cluster", "dgx-z", "h100-nvlink-node"]),
     ("bad granularity", {}, ["sim.granularity=token"], ["sim.granularity", "token", "stage", "layer"]),
@@ -73,7 +75,7 @@ CASES = [
      ["workload.prompt_tokens", "high=2 must be at least low=5"]),
     ("an unknown distribution", {}, ["workload.output_tokens={dist: zipf}"], ["zipf", "uniform", "lognormal"]),
     ("a boolean TP", {}, ["parallel.tp=true"], ["parallel.tp", "valid integer"]),
-    ("an infinite rate", {}, ["workload.rate=.inf"], ["workload.rate", "finite"]),
+    ("a NaN rate", {}, ["workload.rate=.nan"], ["workload.rate", "requests/s > 0"]),
 ]
 
 

@@ -44,16 +44,24 @@ def test_summary_is_what_the_rows_give(small_run):
     summary = json.loads((small_run[0] / "summary.json").read_text())
     rows = pd.read_csv(small_run[0] / "requests.csv")
     assert list(rows.columns) == ["request_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens",
-                                  "output_tokens", "ttft_s", "tpot_s", "e2e_s"]
+                                  "output_tokens", "ttft_s", "tpot_s", "e2e_s", "replica", "queue_s", "preemptions",
+                                  "itl_max_s"]
     assert summary["num_requests"] == len(rows)
     assert summary["sim_time_s"] == rows["finish_s"].max()
-    assert summary["throughput_tokens_per_s"] == pytest.approx(rows["output_tokens"].sum() / rows["finish_s"].max(),
-                                                               rel=1e-15)
+    duration = rows["finish_s"].max() - rows["arrival_s"].min()  # first arrival to last finish
+    assert summary["duration_s"] == pytest.approx(duration, rel=1e-15)
+    assert summary["throughput_tokens_per_s"] == pytest.approx(rows["output_tokens"].sum() / duration, rel=1e-14)
+    assert summary["input_throughput_tokens_per_s"] == pytest.approx(rows["prompt_tokens"].sum() / duration,
+                                                                     rel=1e-14)
+    assert summary["total_throughput_tokens_per_s"] == pytest.approx(
+        (rows["prompt_tokens"].sum() + rows["output_tokens"].sum()) / duration, rel=1e-14)
     for metric in ("ttft_s", "tpot_s", "e2e_s"):
         values = rows[metric].dropna().to_numpy()
-        expected = [values.mean(), *np.percentile(values, [50, 90, 99])]
-        got = [summary[metric][k] for k in ("mean", "p50", "p90", "p99")]
+        expected = [values.mean(), *np.percentile(values, [50, 90, 99]), np.sqrt(((values - values.mean())**2).mean())]
+        got = [summary[metric][k] for k in ("mean", "p50", "p90", "p99", "std")]
         assert got == pytest.approx(expected, rel=1e-12)
+    assert ((rows["queue_s"] >= 0) & (rows["queue_s"] <= rows["ttft_s"])).all()
+    assert set(rows["replica"]) == {0, 1}
     np.testing.assert_allclose(rows["e2e_s"], rows["finish_s"] - rows["arrival_s"], rtol=1e-12)
     assert summary["parallel"] == {"tp": 2, "pp": 2, "dp": 2}
 
@@ -84,7 +92,7 @@ def test_trace_is_chrome_complete_events(small_run):
 
 def test_trace_window_keeps_long_runs_small(tmp_path):
     scenario = tmp_path / "s.yaml"
-    scenario.write_text(yaml.safe_dump(scenario_dict(workload={"num_requests": 50, "rate": 5.0,
+    scenario.write_text(yaml.safe_dump(scenario_dict(workload={"num_requests": 50, "rate": 50.0,
                                                                "prompt_tokens": 100, "output_tokens": 50})))
     assert main(["run", str(scenario), "--out", str(tmp_path / "o"), "--trace-window", "0.5", "-q",
                  "--no-plot"]) == 0
