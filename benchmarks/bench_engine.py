@@ -51,7 +51,7 @@ def reference_scenario(num_requests: int, granularity: str = "stage") -> dict:
         "cluster": "h100-nvlink-node",
         "parallel": {"tp": 4, "pp": 1, "dp": 1},
         "workload": {"num_requests": num_requests, "rate": 2.0, "prompt_tokens": 1024, "output_tokens": 212},
-        "scheduler": {"max_num_seqs": 128, "max_batched_tokens": 512, "chunked_prefill": True},
+        "scheduler": {"max_num_seqs": 128, "max_batched_tokens": 512, "policy": "chunked"},
         "sim": {"granularity": granularity, "seed": 0},
     }
 

@@ -48,7 +48,7 @@ def scenario_dict(**overrides: Any) -> dict[str, Any]:
         "cluster": "h100-nvlink-node",
         "parallel": {"tp": 1, "pp": 1, "dp": 1},
         "workload": {"num_requests": 2, "rate": 0, "prompt_tokens": 64, "output_tokens": 4},
-        "scheduler": {"max_num_seqs": 64, "max_batched_tokens": 4096, "chunked_prefill": False},
+        "scheduler": {"max_num_seqs": 64, "max_batched_tokens": 4096, "policy": "prefill_first"},
         "sim": {"granularity": "stage", "seed": 0},
     }
     for key, value in overrides.items():

@@ -67,7 +67,7 @@ def test_every_request_finishes_once_with_the_tokens_it_asked_for(run):
                  workload={"num_requests": 120, "rate": 20.0,
                            "prompt_tokens": {"dist": "lognormal", "median": 300, "sigma": 0.7, "max": 2000},
                            "output_tokens": {"dist": "uniform", "low": 1, "high": 40}},
-                 scheduler={"chunked_prefill": True, "max_batched_tokens": 512})
+                 scheduler={"policy": "chunked", "max_batched_tokens": 512})
     rows = result.requests
     assert sorted(rows["request_id"]) == list(range(120))
     assert (rows["arrival_s"] <= rows["first_token_s"]).all()
@@ -167,9 +167,9 @@ def test_chunked_prefill_lowers_tpot_p99_on_a_mixed_load(run):
     workload = {"num_requests": 200, "rate": 10.0,
                 "prompt_tokens": {"dist": "uniform", "low": 500, "high": 4000}, "output_tokens": 64}
     whole = run(cluster="h100-nvlink-node", workload=workload,
-                scheduler={"chunked_prefill": False, "max_batched_tokens": 4096})
+                scheduler={"policy": "prefill_first", "max_batched_tokens": 4096})
     chunked = run(cluster="h100-nvlink-node", workload=workload,
-                  scheduler={"chunked_prefill": True, "max_batched_tokens": 512})
+                  scheduler={"policy": "chunked", "max_batched_tokens": 512})
     assert chunked.summary["tpot_s"]["p99"] < 0.8 * whole.summary["tpot_s"]["p99"]
 
 
@@ -202,7 +202,7 @@ def test_the_engine_hands_out_exactly_the_tokens_asked_and_accounts_for_every_gp
         parallel={"tp": 2, "pp": 2, "dp": 2},
         workload={"num_requests": 80, "rate": 25.0, "prompt_tokens": {"dist": "uniform", "low": 10, "high": 900},
                   "output_tokens": {"dist": "uniform", "low": 1, "high": 50}},
-        scheduler={"chunked_prefill": True, "max_batched_tokens": 256}))
+        scheduler={"policy": "chunked", "max_batched_tokens": 256}))
     plan = build_plan(scenario)
     stream = make_requests(scenario, plan)
     finished = []

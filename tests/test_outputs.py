@@ -21,7 +21,7 @@ def small_run(tmp_path_factory):
         name="small", parallel={"tp": 2, "pp": 2, "dp": 2},
         workload={"num_requests": 40, "rate": 30.0, "prompt_tokens": {"dist": "uniform", "low": 16, "high": 600},
                   "output_tokens": {"dist": "uniform", "low": 1, "high": 30}},
-        scheduler={"chunked_prefill": True, "max_batched_tokens": 256})))
+        scheduler={"policy": "chunked", "max_batched_tokens": 256})))
     outs = []
     for name in ("a", "b"):
         assert main(["run", str(scenario), "--out", str(folder / name), "--trace-window", "1000", "-q"]) == 0

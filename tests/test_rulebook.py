@@ -10,7 +10,7 @@ from splitsim.scenario import scenario_from_dict
 
 LOAD = {"num_requests": 160, "rate": 0, "prompt_tokens": {"dist": "uniform", "low": 200, "high": 1500},
         "output_tokens": {"dist": "uniform", "low": 16, "high": 200}}
-SCHED = {"chunked_prefill": True, "max_batched_tokens": 2048, "max_num_seqs": 128}
+SCHED = {"policy": "chunked", "max_batched_tokens": 2048, "max_num_seqs": 128}
 
 
 def _run(model, cluster, tp, pp, workload=LOAD):

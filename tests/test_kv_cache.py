@@ -1,0 +1,136 @@
+"""vLLM's paged KV cache against reservation: blocks as tokens come, preemption by recompute, and a run
+traced by hand through one preemption."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import ideal_cluster
+from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
+
+TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
+        "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
+        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    path = tmp_path / "tiny" / "config.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def _cluster_holding(model: str, kv_tokens: float, scheduler: dict) -> dict:
+    """The ideal cluster with just enough memory for the weights, activations and `kv_tokens` tokens of KV."""
+    from helpers import scenario_dict
+    from splitsim.scenario import scenario_from_dict
+    from splitsim.sim.plan import build_plan
+
+    probe = build_plan(scenario_from_dict(scenario_dict(model=model, cluster=ideal_cluster(), scheduler=scheduler,
+                                                        memory={"gpu_utilization": 1.0})))
+    cluster = ideal_cluster()
+    stage = probe.stages[0]
+    cluster["gpu"]["memory_bytes"] = (stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
+                                      + kv_tokens * stage.kv_bytes_per_token_per_gpu)
+    return cluster
+
+
+def _step_s(model, batch: BatchShape, num_logits: int) -> float:
+    """One TP1 PP1 step on the ideal GPU: Σ max(FLOPs/F, bytes/M) over the op list (models/, not sim.costs)."""
+    from helpers import IDEAL_F, IDEAL_M
+
+    sharding = Sharding(1, "bf16", "bf16", "bf16")
+    ops = [embedding(model, batch.num_tokens, sharding), *layer_ops(model, batch, sharding) * model.num_layers,
+           lm_head(model, num_logits, sharding)]
+    return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
+
+
+def test_one_preemption_traced_by_hand(run, tiny_model):
+    """Five 16-token blocks, two requests of 16 + 40 tokens at t=0. Both prefill (1 block each) and decode in
+    lockstep, taking a second block at 17 tokens. At 33 tokens each needs a third: A (admitted first) takes
+    the fifth block, B finds none and, being the most recently admitted, is preempted with 17 tokens
+    generated. It waits until A finishes (readmitting it needs 3 blocks for 16 + 17 = 33 tokens), then
+    recomputes those 33 tokens, samples its 18th and decodes to 40."""
+    from splitsim.models.spec import load_model
+
+    from helpers import scenario_dict
+    from splitsim import simulate
+    from splitsim.scenario import scenario_from_dict
+
+    model = load_model(tiny_model)
+    scheduler = {"policy": "chunked", "max_batched_tokens": 4096, "max_num_seqs": 8}
+    rows = pd.DataFrame({"arrival_s": [0.0, 0.0], "prompt_tokens": [16, 16], "output_tokens": [40, 40]})
+    scenario = scenario_from_dict(scenario_dict(
+        model=tiny_model, cluster=_cluster_holding(tiny_model, 5.5 * 16, scheduler), scheduler=scheduler,
+        memory={"gpu_utilization": 1.0, "kv_allocation": "on_demand"}))
+    result = simulate(scenario, requests=rows)
+    assert result.summary["kv_cache_tokens_per_replica"] == 80  # the set-up: five blocks
+
+    t = _step_s(model, BatchShape(prefill=((16, 0), (16, 0))), 2)
+    first_token = t
+    for g in range(1, 17):  # both decode; a decode's context is prompt + tokens generated so far
+        t += _step_s(model, BatchShape(num_decode=2, decode_context=2 * (16 + g)), 2)
+    preempted_at = t
+    for g in range(17, 40):  # A alone
+        t += _step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
+    a_finish = t
+    t += _step_s(model, BatchShape(prefill=((33, 0),)), 1)  # B recomputes prompt + 17 generated tokens
+    for g in range(18, 40):
+        t += _step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
+    b_finish = t
+
+    table = result.requests
+    assert table["preemptions"].tolist() == [0, 1]
+    assert result.summary["preemptions"] == 1
+    assert result.meta["recomputed_tokens"] == 16 + 17
+    assert table["output_tokens"].tolist() == [40, 40]
+    assert table["first_token_s"].tolist() == pytest.approx([first_token] * 2, rel=1e-12)
+    assert table["finish_s"].tolist() == pytest.approx([a_finish, b_finish], rel=1e-12)
+    # B's longest gap: from its 17th token to the one its recompute samples.
+    b_gap = a_finish + _step_s(model, BatchShape(prefill=((33, 0),)), 1) - preempted_at
+    assert table["itl_max_s"].iloc[1] == pytest.approx(b_gap, rel=1e-12)
+    assert table["queue_s"].tolist() == [0.0, 0.0]  # re-queueing after a preemption is not queueing
+
+
+TIGHT = {"policy": "chunked", "max_batched_tokens": 2048, "max_num_seqs": 256}
+
+
+def _tight(run, kv_allocation: str):
+    return run(cluster=_cluster_holding("llama-3-8b", 6000, TIGHT), scheduler=TIGHT,
+               memory={"gpu_utilization": 1.0, "kv_allocation": kv_allocation},
+               workload={"num_requests": 120, "rate": 0, "prompt_tokens": 100, "output_tokens": 400})
+
+
+def test_on_demand_blocks_run_more_sequences_and_finish_sooner_than_reservation(run):
+    """6,000 tokens of KV: reserving 500 tokens a request runs 11 at once; paging admits on the prompt's
+    blocks and runs as many as the cache holds, preempting when growth runs out of blocks."""
+    reserve = _tight(run, "reserve")
+    paged = _tight(run, "on_demand")
+    assert reserve.summary["preemptions"] == 0
+    assert reserve.summary["kv_cache_tokens_per_replica"] == 6000 // 16 * 16  # the set-up: 375 blocks
+    assert max(reserve.summary["peak_running_seqs"]) == 375 // 32  # 500 tokens reserve 32 blocks
+    assert max(paged.summary["peak_running_seqs"]) >= 1.5 * max(reserve.summary["peak_running_seqs"])
+    assert paged.summary["sim_time_s"] < reserve.summary["sim_time_s"]
+    assert paged.summary["preemptions"] > 0
+    assert paged.summary["preemptions"] == paged.requests["preemptions"].sum()
+    for result in (reserve, paged):  # every request finishes once, with what it asked for
+        table = result.requests
+        assert table["request_id"].tolist() == list(range(120))
+        assert (table["output_tokens"] == 400).all()
+        assert np.isfinite(table["finish_s"]).all()
+
+
+def test_with_ample_memory_both_allocations_give_identical_requests(run):
+    workload = {"num_requests": 200, "rate": 30.0,
+                "prompt_tokens": {"dist": "lognormal", "median": 400, "sigma": 0.8, "max": 3000},
+                "output_tokens": {"dist": "uniform", "low": 1, "high": 300}}
+    tables = [run(workload=workload, memory={"kv_allocation": allocation},
+                  scheduler={"policy": "chunked", "max_batched_tokens": 1024}).requests
+              for allocation in ("reserve", "on_demand")]
+    assert tables[1]["preemptions"].sum() == 0
+    pd.testing.assert_frame_equal(tables[0], tables[1])
