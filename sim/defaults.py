@@ -39,5 +39,5 @@ def resolve_memory(memory: Memory) -> MemoryConfig:
     return MemoryConfig(
         0.9 if memory.gpu_utilization is None else memory.gpu_utilization,
         16 if memory.block_size is None else memory.block_size,
-        "reserve" if memory.kv_allocation is None else memory.kv_allocation,
+        "on_demand" if memory.kv_allocation is None else memory.kv_allocation,
     )

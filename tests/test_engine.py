@@ -174,14 +174,15 @@ def test_chunked_prefill_lowers_tpot_p99_on_a_mixed_load(run):
 
 
 def test_a_full_kv_cache_makes_requests_wait(run):
-    """A GPU with memory for the weights and the KV of 2.5 requests: the rest queue and TTFT grows."""
+    """A GPU with memory for the weights and the KV of 2.5 requests, reserved at admission: the rest queue
+    and TTFT grows."""
     cluster = ideal_cluster()
     cluster["gpu"]["memory_bytes"] = (8.03e9 * 2 + 1.0e9) / 0.9  # weights + ~1 GB (activations, KV)
     capacity = run(cluster=cluster).summary["kv_cache_tokens_per_replica"]
     half = capacity // 80 * 16  # prompt = output = half: each request reserves 2·half ≈ capacity / 2.5
     assert 2 * (2 * half) <= capacity < 3 * (2 * half)
-    result = run(cluster=cluster, workload={"num_requests": 6, "rate": 0, "prompt_tokens": half,
-                                            "output_tokens": half})
+    result = run(cluster=cluster, memory={"kv_allocation": "reserve"},
+                 workload={"num_requests": 6, "rate": 0, "prompt_tokens": half, "output_tokens": half})
     rows = result.requests.sort_values("first_token_s")
     # Requests 3-6 start only after earlier ones finish and free their KV blocks.
     finishes = sorted(rows["finish_s"])
