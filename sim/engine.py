@@ -86,9 +86,8 @@ class Engine:
         self.recomputed_tokens = 0
         # The steady-state window's ends (see docs/metrics.md): moments captured as the run goes.
         self.num_waiting = 0
-        self.admitted = 0
-        self.first_wave = 0  # requests admitted before the first finish
-        self.wave_replaced: Moment | None = None  # when as many requests have finished as the first wave held
+        self.first_wave: set[int] | None = None  # ids admitted before the first finish, until all have finished
+        self.steady_from: Moment | None = None  # the first admission after the first wave has finished
         self.queue_drained: Moment | None = None  # the last moment the waiting queues emptied
         self.last_arrival: Moment | None = None
 
@@ -110,7 +109,7 @@ class Engine:
             peak_running_seqs=tuple(replica.peak_running for replica in self.replicas),
             kv_blocked_batches=sum(slot.kv_blocked for replica in self.replicas for slot in replica.slots),
             itl=self.itl.flush(), output_tokens=self.tokens_out,
-            steady_start=self.wave_replaced, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
+            steady_start=self.steady_from, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
 
     def _moment(self) -> Moment:
         return Moment(self.env.now, self.tokens_out, self.finished)
@@ -155,7 +154,9 @@ class Engine:
             if slot.preempted:
                 self._preempted(replica, slot.preempted)
             if len(slot.waiting) != waiting:
-                self.admitted += waiting + len(slot.preempted) - len(slot.waiting)
+                if self.first_wave == set() and self.steady_from is None \
+                        and waiting + len(slot.preempted) > len(slot.waiting):
+                    self.steady_from = self._moment()  # the first admission after the first wave
                 self.num_waiting += len(slot.waiting) - waiting
                 if not self.num_waiting:
                     self.queue_drained = self._moment()
@@ -311,8 +312,11 @@ class Engine:
         self.tokens_out += batch.num_logits
         if not finished:
             return
-        if not self.finished:
-            self.first_wave = self.admitted
+        if self.first_wave is None:
+            self.first_wave = {r.id for replica_ in self.replicas for slot_ in replica_.slots
+                               for r in (*slot_.running, *slot_.waiting) if r.first_scheduled_s >= 0}
+        if self.first_wave:
+            self.first_wave.difference_update(r.id for r in finished)
         for request in finished:
             replica.kv.release(request)
             replica.outstanding -= 1
@@ -321,8 +325,6 @@ class Engine:
                 self.on_finish(request)
         self.finished += len(finished)
         self.last_finish_s = now
-        if self.wave_replaced is None and self.finished >= self.first_wave:
-            self.wave_replaced = self._moment()
         slot.running = [request for request in slot.running if request.generated < request.output]
         if self.stream.arrival_s is None:  # closed loop: each finished client sends its next request
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):

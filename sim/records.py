@@ -82,5 +82,5 @@ class RunRecords:
     kv_blocked_batches: int  # batches formed while the queue's head waited for KV blocks
     itl: LogHistogram  # every gap between consecutive output tokens
     output_tokens: int
-    steady_start: Moment | None  # as many requests have finished as the first wave admitted
+    steady_start: Moment | None  # the first admission after every request of the first wave finished
     steady_end: Moment | None  # the later of the last arrival and the last moment the queues emptied

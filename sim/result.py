@@ -82,11 +82,11 @@ class Result:
 
 def steady_state(requests: pd.DataFrame, start: Moment | None, end: Moment | None) -> dict[str, Any] | None:
     """Rates between the steady-state window's ends (docs/metrics.md) and the latencies of the requests
-    that finished inside it; None when the run never settled (the window is empty)."""
+    that finished inside it, (start, end] as the rates count them; None when the run never settled."""
     if start is None or end is None or end.time_s <= start.time_s:
         return None
     span = end.time_s - start.time_s
-    inside = requests[(requests["finish_s"] >= start.time_s) & (requests["finish_s"] <= end.time_s)]
+    inside = requests[(requests["finish_s"] > start.time_s) & (requests["finish_s"] <= end.time_s)]
     return {
         "start_s": start.time_s, "end_s": end.time_s,
         "requests_per_s": (end.finished - start.finished) / span,

@@ -56,10 +56,9 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     the fifth block, B finds none and, being the most recently admitted, is preempted with 17 tokens
     generated. It waits until A finishes (readmitting it needs 3 blocks for 16 + 17 = 33 tokens), then
     recomputes those 33 tokens, samples its 18th and decodes to 40."""
-    from splitsim.models.spec import load_model
-
     from helpers import scenario_dict
     from splitsim import simulate
+    from splitsim.models.spec import load_model
     from splitsim.scenario import scenario_from_dict
 
     model = load_model(tiny_model)
