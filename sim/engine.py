@@ -30,7 +30,7 @@ from splitsim.sim.metrics import HistogramBuffer, LogHistogram
 from splitsim.sim.plan import Plan
 from splitsim.sim.recorder import Recorder
 from splitsim.sim.records import Moment, RequestLog, RequestSink, RunRecords
-from splitsim.sim.scheduler import Batch, KvPool, Request, Scheduler
+from splitsim.sim.scheduler import Batch, KvPool, Occupancy, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
@@ -49,14 +49,14 @@ class _Slot(Scheduler):
 
 
 class _Replica:
-    def __init__(self, env: simpy.Environment, plan: Plan, index: int) -> None:
+    def __init__(self, env: simpy.Environment, plan: Plan, index: int, itl: HistogramBuffer) -> None:
         self.index = index
         self.kv = KvPool(plan.kv_cache_tokens // plan.block_size, plan.block_size)
-        self.slots = [_Slot(plan.scheduler, self.kv) for _ in range(plan.pp)]
+        self.occupancy = Occupancy()
+        self.slots = [_Slot(plan.scheduler, self.kv, self.occupancy, itl) for _ in range(plan.pp)]
         self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]
         self.costs = [StageCosts(plan, index, stage) for stage in range(plan.pp)]
         self.outstanding = 0
-        self.peak_running = 0
 
     def wake_idle_slots(self) -> None:
         for slot in self.slots:
@@ -71,13 +71,13 @@ class Engine:
         self.plan = plan
         self.stream = stream
         self.env = simpy.Environment()
-        self.replicas = [_Replica(self.env, plan, r) for r in range(plan.dp)]
+        self.itl = HistogramBuffer(LogHistogram())
+        self.replicas = [_Replica(self.env, plan, r, self.itl) for r in range(plan.dp)]
         self.recorder = Recorder(plan.dp, plan.pp, window)
         self.on_finish = on_finish
         self.sink: RequestSink = sink if sink is not None else RequestLog()
         self.layer_mode = plan.granularity == "layer"
         self.links: dict[str, simpy.Resource] = {}
-        self.itl = HistogramBuffer(LogHistogram())
         self.routed = 0
         self.finished = 0
         self.last_finish_s = 0.0
@@ -85,7 +85,7 @@ class Engine:
         self.preemptions = 0
         self.recomputed_tokens = 0
         # The steady-state window's ends (see docs/metrics.md): moments captured as the run goes.
-        self.num_waiting = 0
+        self.wave_over = False  # every first-wave request has finished and nothing was admitted since
         self.first_wave: set[int] | None = None  # ids admitted before the first finish, until all have finished
         self.steady_from: Moment | None = None  # the first admission after the first wave has finished
         self.queue_drained: Moment | None = None  # the last moment the waiting queues emptied
@@ -106,7 +106,7 @@ class Engine:
             sim_time_s=self.last_finish_s, recorder=self.recorder,
             events=next(self.env._eid),  # type: ignore[attr-defined]  # SimPy numbers events from a counter
             preemptions=self.preemptions, recomputed_tokens=self.recomputed_tokens,
-            peak_running_seqs=tuple(replica.peak_running for replica in self.replicas),
+            peak_running_seqs=tuple(replica.occupancy.peak for replica in self.replicas),
             kv_blocked_batches=sum(slot.kv_blocked for replica in self.replicas for slot in replica.slots),
             itl=self.itl.flush(), output_tokens=self.tokens_out,
             steady_start=self.steady_from, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
@@ -136,7 +136,6 @@ class Engine:
         replica.outstanding += 1
         slot = min(replica.slots, key=lambda s: s.unfinished)  # fewest unfinished, lowest index
         slot.waiting.append(request)
-        self.num_waiting += 1
         self.routed += 1
         if self.routed == self.stream.num_requests:
             self.last_arrival = self._moment()
@@ -146,33 +145,29 @@ class Engine:
 
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
-        env, recorder = self.env, self.recorder
-        single = self.plan.pp == 1
+        env, recorder, index = self.env, self.recorder, replica.index
+        one_delay = self.plan.pp == 1 and not self.layer_mode  # the hot path of most runs
+        queue = slot.waiting
         while True:
-            waiting = len(slot.waiting)
+            waiting = len(queue)
             batch = slot.next_batch(env.now)
             if slot.preempted:
                 self._preempted(replica, slot.preempted)
-            if len(slot.waiting) != waiting:
-                if self.first_wave == set() and self.steady_from is None \
-                        and waiting + len(slot.preempted) > len(slot.waiting):
-                    self.steady_from = self._moment()  # the first admission after the first wave
-                self.num_waiting += len(slot.waiting) - waiting
-                if not self.num_waiting:
-                    self.queue_drained = self._moment()
+            if waiting and not queue and not any(s.waiting for r in self.replicas for s in r.slots):
+                self.queue_drained = self._moment()
+            if self.wave_over and waiting + len(slot.preempted) > len(queue):
+                self.steady_from = self._moment()  # the first admission after the first wave
+                self.wave_over = False
             if batch is None:
                 slot.wake = env.event()
                 yield slot.wake
                 continue
-            running = len(slot.running) if single else sum(len(s.running) for s in replica.slots)
-            if running > replica.peak_running:
-                replica.peak_running = running
-            recorder.batch_started(replica.index, env.now)
-            if single and not self.layer_mode:  # the hot path of most runs: the walk is one delay
+            recorder.batch_started(index, env.now)
+            if one_delay:
                 yield env.timeout(self._stage_seconds(replica, 0, batch))
             else:
                 yield from self._pipeline(replica, batch)
-            recorder.batch_finished(replica.index, env.now)
+            recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)
 
     def _preempted(self, replica: _Replica, requests: list[Request]) -> None:
@@ -283,49 +278,25 @@ class Engine:
     # -- a batch is done: tokens out, requests finish ------------------------------------------------
     def _complete(self, replica: _Replica, slot: _Slot, batch: Batch) -> None:
         now = self.env.now
-        finished = []
-        for request, tokens in batch.prefill:
-            request.computed += tokens
-            if request.computed == request.prompt + request.generated:
-                request.generated += 1
-                request.decoding = True
-                if request.first_token_s < 0:
-                    request.first_token_s = now
-                else:  # the token after a recompute
-                    gap = now - request.last_token_s
-                    self.itl.append(gap)
-                    if not gap <= request.max_itl_s:
-                        request.max_itl_s = gap
-                request.last_token_s = now
-                if request.generated == request.output:
-                    finished.append(request)
-        append_itl = self.itl.append
-        for request in batch.decode:
-            request.generated += 1
-            gap = now - request.last_token_s
-            append_itl(gap)
-            if not gap <= request.max_itl_s:  # NaN-safe: the first gap always sets it
-                request.max_itl_s = gap
-            request.last_token_s = now
-            if request.generated == request.output:
-                finished.append(request)
+        finished = slot.complete(batch, now)
+        self.itl.flush_if_full()
         self.tokens_out += batch.num_logits
         if not finished:
             return
-        if self.first_wave is None:
+        if self.first_wave is None:  # the first finish: the first wave is what was admitted and is not done
             self.first_wave = {r.id for replica_ in self.replicas for slot_ in replica_.slots
                                for r in (*slot_.running, *slot_.waiting) if r.first_scheduled_s >= 0}
-        if self.first_wave:
+            self.wave_over = not self.first_wave
+        elif self.first_wave:
             self.first_wave.difference_update(r.id for r in finished)
+            self.wave_over = not self.first_wave
         for request in finished:
-            replica.kv.release(request)
             replica.outstanding -= 1
             self.sink.add(request, now)
             if self.on_finish is not None:
                 self.on_finish(request)
         self.finished += len(finished)
         self.last_finish_s = now
-        slot.running = [request for request in slot.running if request.generated < request.output]
         if self.stream.arrival_s is None:  # closed loop: each finished client sends its next request
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
                 self._route(self._request(now))

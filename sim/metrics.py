@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -131,28 +132,29 @@ class LogHistogram:
 
 
 class HistogramBuffer:
-    """Feeds a `LogHistogram` one value at a time: `append` stores into an `array('d')` (hoist it, e.g.
-    `append = buffer.append`, in a hot loop) and adds the buffer to the histogram every `FLUSH_EVERY`
-    values, so memory stays bounded (512 KiB) and numpy's per-call cost is paid once per 65536 values.
-    Call `flush()` at the end of a run before reading the histogram."""
+    """Feeds a `LogHistogram` from a hot loop: `append` is the bare `array('d').append` (hoist it into a local);
+    the caller calls `flush_if_full()` now and then (the engine: once a batch), which adds the values to the
+    histogram once `FLUSH_EVERY` have gathered, so memory stays bounded (~512 KiB plus one batch) and numpy's
+    per-call cost is paid once per 65,536 values. Call `flush()` at the end of a run before reading."""
 
     FLUSH_EVERY = 1 << 16
 
     def __init__(self, histogram: LogHistogram) -> None:
         self.histogram = histogram
         self._values = array("d")
-        store, values, limit, flush = self._values.append, self._values, self.FLUSH_EVERY, self.flush
-
-        def append(value: float) -> None:
-            store(value)
-            if len(values) >= limit:
-                flush()
-
-        self.append = append
+        self.append = self._values.append
 
     def __len__(self) -> int:
         """Values waiting to be flushed."""
         return len(self._values)
+
+    def append_many(self, value: float, count: int) -> None:
+        """`count` equal values (a batch of decodes sharing one gap), at C speed."""
+        self._values.extend(repeat(value, count))
+
+    def flush_if_full(self) -> None:
+        if len(self._values) >= self.FLUSH_EVERY:
+            self.flush()
 
     def flush(self) -> LogHistogram:
         if self._values:
@@ -165,5 +167,4 @@ class HistogramBuffer:
     def extend(self, values: Any) -> None:
         """Append many values (any iterable of floats)."""
         self._values.extend(values)
-        if len(self._values) >= self.FLUSH_EVERY:
-            self.flush()
+        self.flush_if_full()

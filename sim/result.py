@@ -37,7 +37,7 @@ def requests_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
         "finish_s": columns["finish_s"], "prompt_tokens": columns["prompt_tokens"], "output_tokens": output,
         "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "replica": columns["replica"],
         "queue_s": columns["first_scheduled_s"] - arrival, "preemptions": columns["preemptions"],
-        "itl_max_s": columns["max_itl_s"],
+        "itl_max_s": np.where(output > 1, columns["max_itl_s"], np.nan),
     })
 
 

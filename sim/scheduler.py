@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from splitsim.models.ops import BatchShape
+from splitsim.sim.metrics import HistogramBuffer
 
 Policy = Literal["chunked", "prefill_first"]
 KvAllocation = Literal["on_demand", "reserve"]
@@ -39,7 +40,7 @@ KvAllocation = Literal["on_demand", "reserve"]
 class Request:
     """One request's lengths and progress, owned by the engine while the request is in the system."""
 
-    __slots__ = ("id", "arrival_s", "prompt", "output", "computed", "generated", "decoding", "kv_blocks",
+    __slots__ = ("id", "arrival_s", "prompt", "output", "computed", "generated", "decoding", "kv_blocks", "room",
                  "replica", "preemptions", "first_scheduled_s", "first_token_s", "last_token_s", "max_itl_s")
 
     def __init__(self, request_id: int, arrival_s: float, prompt: int, output: int) -> None:
@@ -51,12 +52,13 @@ class Request:
         self.generated = 0  # output tokens sampled so far
         self.decoding = False  # the next step computes one token: the last one sampled
         self.kv_blocks = 0
+        self.room = 0  # output tokens its blocks hold (kv_blocks·block − prompt): one more needs a block
         self.replica = -1
         self.preemptions = 0
         self.first_scheduled_s = -1.0
         self.first_token_s = -1.0
         self.last_token_s = -1.0
-        self.max_itl_s = float("nan")
+        self.max_itl_s = 0.0  # the longest gap between two of its output tokens (none yet: 0)
 
 
 @dataclass(slots=True)
@@ -65,6 +67,7 @@ class Batch:
     decode: list[Request]
     shape: BatchShape
     num_logits: int  # sequences that sample a token at the end of this batch
+    every_decode: bool  # every decoding request of the slot is in `decode`
 
 
 class KvPool:
@@ -84,11 +87,23 @@ class KvPool:
         if need > 0:
             self.free -= need
             request.kv_blocks += need
+            request.room = request.kv_blocks * self.block - request.prompt
         return True
 
     def release(self, request: Request) -> None:
         self.free += request.kv_blocks
         request.kv_blocks = 0
+        request.room = 0
+
+
+class Occupancy:
+    """Requests admitted and unfinished in one replica (all its slots), and the most there ever were."""
+
+    __slots__ = ("running", "peak")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.peak = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,25 +117,108 @@ class SchedulerConfig:
 
 
 class Scheduler:
-    """One slot's queues: `waiting` (FCFS; preempted requests at the front) and `running` (admission order)."""
+    """One slot's queues and its requests' progress: `waiting` (FCFS; preempted requests at the front) and
+    `running` (admission order). `next_batch` forms a batch; `complete` hands out its tokens.
 
-    __slots__ = ("config", "kv", "waiting", "running", "on_demand", "preempted", "kv_blocked")
+    Decoding requests cost one short pass a token in `complete`; everything else is kept per batch:
+    `context` is Σ (prompt + generated) over the decoding requests (a batch's decode attention),
+    `needs_block` the decodes whose next token starts a new KV block (1 in `block_size`), and while every
+    decode runs in every batch (`in_step`) their inter-token gaps are one gap, the time since `last_end`,
+    so their `last_token_s` is left stale until the lockstep breaks."""
 
-    def __init__(self, config: SchedulerConfig, kv: KvPool) -> None:
+    __slots__ = ("config", "kv", "occupancy", "waiting", "running", "on_demand", "preempted", "kv_blocked",
+                 "needs_block", "context", "itl", "in_step", "last_end")
+
+    def __init__(self, config: SchedulerConfig, kv: KvPool, occupancy: Occupancy, itl: HistogramBuffer) -> None:
         self.config = config
         self.kv = kv
+        self.occupancy = occupancy
+        self.itl = itl  # receives every gap between two output tokens of a request
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.on_demand = config.kv_allocation == "on_demand"
         self.preempted: list[Request] = []  # preempted while forming the last batch
         self.kv_blocked = 0  # batches formed while the head of the queue waited for KV blocks
+        self.needs_block: list[Request] = []  # in admission order
+        self.context = 0
+        self.in_step = False  # every decoding request got its last token at `last_end`
+        self.last_end = 0.0  # when this slot's previous batch ended
 
     def next_batch(self, now: float) -> Batch | None:
         """The next batch, admitting waiting requests into `running`; None if there is nothing to do."""
-        self.preempted = []
+        if self.preempted:
+            self.preempted = []
         if self.config.policy == "chunked":
             return self._chunked(now)
         return self._prefill_first(now)
+
+    def complete(self, batch: Batch, now: float) -> list[Request]:
+        """The batch ran until `now`: prefill chunks are computed, every request that caught up samples a
+        token. Returns the requests that finished (their blocks freed, out of `running`)."""
+        in_step = batch.every_decode and self.in_step
+        if not in_step:
+            self._write_last_tokens()
+        finished = []
+        needs_block = self.needs_block
+        for request, tokens in batch.prefill:
+            request.computed += tokens
+            if request.computed == request.prompt + request.generated:
+                request.generated += 1
+                if request.first_token_s < 0:
+                    request.first_token_s = now
+                else:  # the token after a recompute
+                    self._gap(request, now - request.last_token_s)
+                request.last_token_s = now
+                request.decoding = True
+                self.context += request.prompt + request.generated
+                if request.generated == request.output:
+                    finished.append(request)
+                elif request.generated > request.room:
+                    needs_block.append(request)
+        decode = batch.decode
+        if in_step:  # the hot loop: one gap for all, once a token
+            gap = now - self.last_end
+            self.itl.append_many(gap, len(decode))
+            for request in decode:
+                if gap > request.max_itl_s:
+                    request.max_itl_s = gap
+                generated = request.generated = request.generated + 1
+                if generated == request.output:
+                    finished.append(request)
+                elif generated > request.room:
+                    needs_block.append(request)
+        else:
+            for request in decode:
+                self._gap(request, now - request.last_token_s)
+                request.last_token_s = now
+                generated = request.generated = request.generated + 1
+                if generated == request.output:
+                    finished.append(request)
+                elif generated > request.room:
+                    needs_block.append(request)
+        self.in_step = batch.every_decode  # every decoding request's last token is now
+        self.last_end = now
+        self.context += len(decode)
+        if finished:
+            self.occupancy.running -= len(finished)
+            for request in finished:
+                self.context -= request.prompt + request.output
+                self.kv.release(request)
+            self.running = [request for request in self.running if request.kv_blocks]
+        return finished
+
+    def _gap(self, request: Request, gap: float) -> None:
+        self.itl.append(gap)
+        if gap > request.max_itl_s:
+            request.max_itl_s = gap
+
+    def _write_last_tokens(self) -> None:
+        """Leaving lockstep: every decoding request's last token came at `last_end`."""
+        if self.in_step:
+            for request in self.running:
+                if request.decoding:
+                    request.last_token_s = self.last_end
+            self.in_step = False
 
     # -- KV blocks ----------------------------------------------------------------------------------
     def _admit(self, tokens: int, now: float) -> Request | None:
@@ -133,6 +231,10 @@ class Scheduler:
             return None
         self.waiting.popleft()
         self.running.append(request)
+        occupancy = self.occupancy
+        occupancy.running += 1
+        if occupancy.running > occupancy.peak:
+            occupancy.peak = occupancy.running
         if request.first_scheduled_s < 0:
             request.first_scheduled_s = now
         return request
@@ -144,7 +246,12 @@ class Scheduler:
             return True
         while not self.kv.hold(request, tokens):
             victim = self.running.pop()
+            self.occupancy.running -= 1
             self.kv.release(victim)
+            if victim.decoding:
+                self.context -= victim.prompt + victim.generated
+                if self.in_step:
+                    victim.last_token_s = self.last_end
             victim.computed = 0
             victim.decoding = False
             victim.preemptions += 1
@@ -154,34 +261,47 @@ class Scheduler:
                 return False
         return True
 
+    def _grow_decodes(self) -> None:
+        """Give each decode that needs one its next block, preempting from the newest when none is left."""
+        for request in self.needs_block:
+            if request.decoding and not self._room_for(request, request.prompt + request.generated):
+                break  # it was preempted, and every newer request before it
+        self.needs_block = []
+
     # -- policies -----------------------------------------------------------------------------------
     def _chunked(self, now: float) -> Batch | None:
         budget = self.config.max_batched_tokens
         running = self.running
-        # Decodes take one token each, in admission order; they come first in `running` as a rule (a
-        # prompt still being chunked is the newest request), so this equals vLLM's single walk.
-        decode = [request for request in running if request.decoding]
-        if len(decode) > budget:
+        # Decodes take one token each, in admission order. Requests still prefilling (a prompt being chunked,
+        # a recompute) are always the newest: a request is admitted only when the budget outlasts every
+        # earlier prompt, and preemption takes the newest. So `running` is decodes then prefills, and vLLM's
+        # single walk in admission order is: the decodes, then the prefills, then new prompts.
+        if self.needs_block:
+            self._grow_decodes()
+        split = len(running)
+        while split and not running[split - 1].decoding:
+            split -= 1
+        decode = running[:split]
+        context = self.context
+        every_decode = split <= budget
+        if not every_decode:  # more decodes than tokens: the newest wait
             del decode[budget:]
-        if self.on_demand:
-            block = self.kv.block
-            for request in decode:  # a decode needs a new block every `block` tokens
-                tokens = request.prompt + request.generated
-                if request.decoding and tokens > request.kv_blocks * block and not self._room_for(request, tokens):
-                    break
+            context = sum(request.prompt + request.generated for request in decode)
         budget -= len(decode)
         prefill: list[tuple[Request, int]] = []
-        for request in running:
+        for request in running[split:]:  # a copy: making room below may preempt from the tail
             if budget <= 0:
                 break
-            if not request.decoding:
-                tokens = min(request.prompt + request.generated - request.computed, budget)
-                if not self._room_for(request, request.computed + tokens):
-                    break
-                prefill.append((request, tokens))
-                budget -= tokens
-        if self.preempted:
+            if not request.kv_blocks:  # preempted while making room for an earlier one
+                continue
+            tokens = min(request.prompt + request.generated - request.computed, budget)
+            if not self._room_for(request, request.computed + tokens):
+                break
+            prefill.append((request, tokens))
+            budget -= tokens
+        if self.preempted and decode and not decode[-1].decoding:  # room for a prompt took decodes
             decode = [request for request in decode if request.decoding]
+            context = sum(request.prompt + request.generated for request in decode)
         while budget > 0 and not self.preempted and self.waiting:
             head = self.waiting[0]
             tokens = min(head.prompt + head.generated, budget)
@@ -191,7 +311,7 @@ class Scheduler:
             budget -= tokens
         if not decode and not prefill:
             return None
-        return _batch(decode, prefill)
+        return _batch(decode, context, prefill, every_decode)
 
     def _prefill_first(self, now: float) -> Batch | None:
         prefill: list[tuple[Request, int]] = []
@@ -204,22 +324,20 @@ class Scheduler:
             prefill.append((head, tokens))
             total += tokens
         if prefill:
-            return _batch([], prefill)
-        decode = []
-        index = 0
-        while index < len(self.running):
-            request = self.running[index]
-            if not self._room_for(request, request.prompt + request.generated):
-                break
-            decode.append(request)
-            index += 1
-        return _batch(decode, []) if decode else None
+            return _batch([], 0, prefill, self.context == 0)  # the decodes wait
+        if self.needs_block:
+            self._grow_decodes()
+        return _batch(list(self.running), self.context, [], True) if self.running else None
 
 
-def _batch(decode: list[Request], prefill: list[tuple[Request, int]]) -> Batch:
-    context = 0
-    for request in decode:
-        context += request.prompt + request.generated
-    chunks = tuple((tokens, request.computed) for request, tokens in prefill)
-    sampling = sum(1 for request, tokens in prefill if request.computed + tokens == request.prompt + request.generated)
-    return Batch(prefill, decode, BatchShape(chunks, len(decode), context), len(decode) + sampling)
+def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int]], every_decode: bool) -> Batch:
+    """`context`: Σ (prompt + generated) over `decode`, the positions their new tokens attend to;
+    `every_decode`: no decoding request of the slot is left out."""
+    if not prefill:
+        return Batch(prefill, decode, BatchShape((), len(decode), context), len(decode), every_decode)
+    sampling = 0
+    for request, tokens in prefill:
+        if request.computed + tokens == request.prompt + request.generated:
+            sampling += 1
+    chunks = tuple([(tokens, request.computed) for request, tokens in prefill])
+    return Batch(prefill, decode, BatchShape(chunks, len(decode), context), len(decode) + sampling, every_decode)

@@ -75,7 +75,9 @@ def max_length(spec: Lengths) -> int:
 def arrival_times(rate: float, burstiness: float | None, n: int, rng: np.random.Generator) -> np.ndarray:
     """Arrivals at `rate` requests/s with gamma-distributed gaps of shape k = `burstiness` and mean 1/rate
     (k = 1: Poisson; coefficient of variation 1/√k), as `vllm bench serve --burstiness` draws them; the first
-    request arrives after its own gap. An infinite rate puts everything at t=0."""
+    request arrives after its own gap. vLLM (since v0.10.1) then rescales the sum so the last request leaves
+    at exactly N/rate; we keep the raw draws, whose rate is `rate` in expectation, so that arrivals can be
+    drawn in pieces as a run goes (the rescale needs every gap first). An infinite rate puts all at t=0."""
     if math.isinf(rate):
         return np.zeros(n)
     k = 1.0 if burstiness is None else burstiness

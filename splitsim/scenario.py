@@ -71,7 +71,7 @@ class Workload(_Strict):
     def _one_load_kind(self) -> Workload:
         given = [kind for kind in LOAD_KINDS if getattr(self, kind) is not None]
         if len(given) != 1:
-            named = " and ".join(f"workload.{kind}" for kind in given) + " are both given; " if given else ""
+            named = " and ".join(f"workload.{kind}" for kind in given) + " are given together; " if given else ""
             raise ValueError(f"workload: {named}give exactly one load kind: rate, concurrency or trace")
         kind = given[0]
         for other, companions in _COMPANIONS.items():

@@ -133,3 +133,33 @@ def test_with_ample_memory_both_allocations_give_identical_requests(run):
               for allocation in ("reserve", "on_demand")]
     assert tables[1]["preemptions"].sum() == 0
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def _gaps_add_up(result) -> None:
+    """A request's inter-token gaps telescope to e2e − TTFT, so the ITL mean (exact running sums) is
+    Σ (e2e − TTFT) / Σ (output − 1), and each request's longest gap lies between its TPOT and e2e − TTFT."""
+    table = result.requests
+    many = table[table["output_tokens"] > 1]
+    expected = (many["e2e_s"] - many["ttft_s"]).sum() / (many["output_tokens"] - 1).sum()
+    assert result.summary["itl_s"]["mean"] == pytest.approx(expected, rel=1e-9)
+    assert (many["itl_max_s"] >= many["tpot_s"] * (1 - 1e-12)).all()
+    assert (many["itl_max_s"] <= (many["e2e_s"] - many["ttft_s"]) * (1 + 1e-12)).all()
+
+
+@pytest.mark.parametrize("case", ["prefill_first", "more decodes than tokens", "pipeline", "preemptions"])
+def test_inter_token_gaps_add_up_in_lockstep_and_out_of_it(run, case):
+    """Batches where every decode runs share one gap; prefill batches that hold decodes back, budgets
+    smaller than the decodes, PP slots and preemptions break the lockstep: the sums must hold in all."""
+    workload = {"num_requests": 150, "rate": 40.0, "prompt_tokens": {"dist": "uniform", "low": 20, "high": 600},
+                "output_tokens": {"dist": "uniform", "low": 1, "high": 80}}
+    match case:
+        case "prefill_first":
+            result = run(workload=workload, scheduler={"policy": "prefill_first"})
+        case "more decodes than tokens":
+            result = run(workload=workload, scheduler={"policy": "chunked", "max_batched_tokens": 24})
+        case "pipeline":
+            result = run(workload=workload, parallel={"tp": 2, "pp": 4}, scheduler={"policy": "chunked"})
+        case _:
+            result = _tight(run, "on_demand")
+            assert result.summary["preemptions"] > 0
+    _gaps_add_up(result)

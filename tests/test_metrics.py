@@ -124,13 +124,19 @@ def test_merge_refuses_different_bins():
         LogHistogram().merge(LogHistogram(bins_per_decade=100))
 
 
-def test_buffer_flushes_itself_so_memory_stays_bounded():
+def test_buffer_flushes_when_full_so_memory_stays_bounded():
+    """The engine appends a batch's gaps, then calls flush_if_full: the buffer never holds much more than
+    FLUSH_EVERY values, and every value reaches the histogram exactly once."""
     buffer = HistogramBuffer(LogHistogram())
     append = buffer.append
-    for _ in range(HistogramBuffer.FLUSH_EVERY + 5):
+    for _ in range(HistogramBuffer.FLUSH_EVERY - 1):
         append(0.01)
-    assert len(buffer) == 5 and buffer.histogram.count == HistogramBuffer.FLUSH_EVERY
-    assert buffer.flush().count == HistogramBuffer.FLUSH_EVERY + 5 and len(buffer) == 0
+    buffer.flush_if_full()
+    assert len(buffer) == HistogramBuffer.FLUSH_EVERY - 1 and buffer.histogram.count == 0
+    buffer.append_many(0.02, 6)
+    buffer.flush_if_full()
+    assert len(buffer) == 0 and buffer.histogram.count == HistogramBuffer.FLUSH_EVERY + 5
+    assert buffer.histogram.sum == pytest.approx(0.01 * (HistogramBuffer.FLUSH_EVERY - 1) + 0.12, rel=1e-12)
 
 
 def test_distribution_stats_by_hand():
