@@ -12,7 +12,8 @@ A second run, 200 requests of the same scenario at layer granularity (one event 
 cost per event of the detailed mode.
 
     python benchmarks/bench_engine.py                  # both runs, one table
-    python benchmarks/bench_engine.py --requests 2000  # a shorter reference run
+    python benchmarks/bench_engine.py --requests 2000  # a shorter run
+    python benchmarks/bench_engine.py --requests 1000000 --layer-requests 1  # the million-request figures
     python benchmarks/bench_engine.py --profile        # cProfile of the stage-mode run (simulate + write)
     python benchmarks/bench_engine.py --tracemalloc    # adds the Python-heap peak (slow)
 
@@ -135,10 +136,13 @@ def main() -> int:
         results.append(timed)
     print_table(results)
     ref = results[0]
-    total = ref["simulate_s"] * 10_000 / args.requests + ref["write_s"]  # simulate scales, writing barely
-    print(f"\nreference (10,000 requests{'' if args.requests == 10_000 else ', extrapolated'}): "
-          f"{total:.2f} s total; target < {TARGET_WALL_S} s (Vidur ~{VIDUR_WALL_S:.0f} s) -- "
-          + ("MET" if total < TARGET_WALL_S else "NOT MET"))
+    if args.requests == 10_000:
+        total = ref["total_s"]
+        print(f"\nreference (10,000 requests): {total:.2f} s total; target < {TARGET_WALL_S} s "
+              f"(Vidur ~{VIDUR_WALL_S:.0f} s) -- " + ("MET" if total < TARGET_WALL_S else "NOT MET"))
+    else:
+        print(f"\n{args.requests:,} requests: {ref['simulate_s'] * 10_000 / args.requests:.2f} s of simulation per "
+              f"10,000 requests; peak RSS {ref['rss_mib']:.0f} MiB (the reference target applies to 10,000)")
     return 0
 
 
