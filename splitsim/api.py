@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from splitsim import __version__
@@ -36,8 +38,10 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
                 workload |= {"rate": wl.rate, "burstiness": wl.burstiness or 1.0}
             case "concurrency":
                 workload["concurrency"] = wl.concurrency
-            case "trace":
-                workload |= {"trace": wl.trace, "time_scale": wl.time_scale or 1.0}
+            case "trace":  # the file by name and content: summary.json holds no machine's paths
+                assert wl.trace is not None
+                workload |= {"trace": Path(wl.trace).name, "trace_sha256": _sha256(wl.trace),
+                             "time_scale": wl.time_scale or 1.0}
         if wl.kind != "trace":
             workload |= {"prompt_tokens": _lengths(wl.prompt_tokens), "output_tokens": _lengths(wl.output_tokens)}
     if wl.kind == "trace" or given_rows:
@@ -57,8 +61,12 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
         "memory": {"gpu_utilization": plan.gpu_utilization, "block_size": plan.block_size,
                    "kv_allocation": sched.kv_allocation},
         "granularity": plan.granularity, "seed": scenario.sim.seed,
-        "hardware_profile": scenario.hardware_profile,
+        "hardware_profile": Path(scenario.hardware_profile).name if scenario.hardware_profile else None,
     }
+
+
+def _sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _lengths(spec: Any) -> Any:

@@ -20,7 +20,7 @@ def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     path = out_dir / "summary.json"
-    path.write_text(json.dumps(result.summary, indent=2) + "\n")
+    path.write_text(json.dumps(result.summary, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN/Infinity
     written.append(path)
     path = out_dir / "requests.csv"
     result.requests.to_csv(path, index=False, float_format="%.17g")

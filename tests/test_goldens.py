@@ -25,3 +25,4 @@ def test_shipped_scenario_summary_is_the_golden_one(path):
     if os.environ.get("SPLITSIM_UPDATE_GOLDENS"):
         golden.write_text(summary)
     assert summary == golden.read_text()
+    json.loads(summary, parse_constant=lambda name: pytest.fail(f"summary.json holds {name}: not strict JSON"))
