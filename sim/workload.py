@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from splitsim.errors import ScenarioError
 from splitsim.sim.trace import TraceRows, apply_overlong, read_trace
 
-if TYPE_CHECKING:
-    from splitsim.scenario import Workload
+Overlong = Literal["refuse", "truncate", "skip"]
 
 
 class _Dist(BaseModel):
@@ -105,25 +104,26 @@ def _generators(seed: int) -> tuple[np.random.Generator, ...]:
     return tuple(np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3))
 
 
-def build_stream(workload: Workload, seed: int, max_tokens: int) -> RequestStream:
-    """The requests `workload` describes; `max_tokens` (the model's context) bounds replayed requests."""
-    if workload.trace is not None:
-        rows = read_trace(Path(workload.trace), num_requests=workload.num_requests,
-                          time_scale=workload.time_scale or 1.0)
-        return _replayed(rows, max_tokens, workload.overlong)
-    assert workload.num_requests is not None and workload.prompt_tokens is not None
-    assert workload.output_tokens is not None  # the schema requires them without a trace
-    n = workload.num_requests
+def synthetic_stream(prompt_tokens: Lengths, output_tokens: Lengths, num_requests: int, seed: int, *,
+                     rate: float | None = None, burstiness: float | None = None,
+                     concurrency: int | None = None) -> RequestStream:
+    """Drawn requests: arrivals at `rate` (open loop) or `concurrency` clients (closed loop)."""
     arrivals_rng, prompts_rng, outputs_rng = _generators(seed)
-    prompts = draw_lengths(workload.prompt_tokens, prompts_rng, n)
-    outputs = draw_lengths(workload.output_tokens, outputs_rng, n)
-    if workload.concurrency is not None:
-        return RequestStream(prompts, outputs, concurrency=workload.concurrency)
-    assert workload.rate is not None
-    return RequestStream(prompts, outputs, arrival_times(workload.rate, workload.burstiness, n, arrivals_rng))
+    prompts = draw_lengths(prompt_tokens, prompts_rng, num_requests)
+    outputs = draw_lengths(output_tokens, outputs_rng, num_requests)
+    if concurrency is not None:
+        return RequestStream(prompts, outputs, concurrency=concurrency)
+    assert rate is not None, "an open loop needs a rate"
+    return RequestStream(prompts, outputs, arrival_times(rate, burstiness, num_requests, arrivals_rng))
 
 
-def _replayed(rows: TraceRows, max_tokens: int, overlong: Literal["refuse", "truncate", "skip"]) -> RequestStream:
+def trace_stream(path: Path, num_requests: int | None, time_scale: float, max_tokens: int,
+                 overlong: Overlong) -> RequestStream:
+    """A replayed trace file; `max_tokens` (the model's context) bounds its requests."""
+    return _replayed(read_trace(path, num_requests=num_requests, time_scale=time_scale), max_tokens, overlong)
+
+
+def _replayed(rows: TraceRows, max_tokens: int, overlong: Overlong) -> RequestStream:
     rows, counts = apply_overlong(rows, max_tokens, overlong)
     return RequestStream(rows.prompt_tokens, rows.output_tokens, rows.arrival_s, overlong=counts)
 
@@ -131,14 +131,14 @@ def _replayed(rows: TraceRows, max_tokens: int, overlong: Literal["refuse", "tru
 ROW_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
 
 
-def stream_from_rows(requests: Any, max_tokens: int, overlong: Literal["refuse", "truncate", "skip"]) -> RequestStream:
+def stream_from_rows(requests: Any, max_tokens: int, overlong: Overlong) -> RequestStream:
     """Requests a caller passes in (a DataFrame, or rows of arrival_s, prompt_tokens, output_tokens)."""
     if isinstance(requests, pd.DataFrame):
         frame = requests
     else:
-        rows = list(requests)
-        named = bool(rows) and isinstance(rows[0], dict)
-        frame = pd.DataFrame(rows) if named else pd.DataFrame(rows, columns=list(ROW_COLUMNS))
+        given = list(requests)
+        named = bool(given) and isinstance(given[0], dict)
+        frame = pd.DataFrame(given) if named else pd.DataFrame(given, columns=list(ROW_COLUMNS))
     missing = [c for c in ROW_COLUMNS if c not in frame.columns]
     if missing:
         raise ScenarioError(f"requests: missing column {missing[0]} (need {', '.join(ROW_COLUMNS)})")

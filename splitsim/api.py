@@ -15,17 +15,21 @@ from splitsim.sim.records import RequestLog
 from splitsim.sim.result import Result, gpu_time_totals, requests_frame, summarize
 from splitsim.sim.scheduler import Request
 from splitsim.sim.timeline import gpu_intervals, trace_events
-from splitsim.sim.workload import RequestStream, build_stream, stream_from_rows
+from splitsim.sim.workload import RequestStream, stream_from_rows, synthetic_stream, trace_stream
 
 DEFAULT_TRACE_WINDOW_S = 2.0
 
 
 def make_requests(scenario: Scenario, plan: Plan, requests: Any = None) -> RequestStream:
     """The run's requests: `requests` rows if given, else what `scenario.workload` describes."""
-    context = plan.model.max_position_embeddings
+    wl, context = scenario.workload, plan.model.max_position_embeddings
     if requests is not None:
-        return stream_from_rows(requests, context, scenario.workload.overlong)
-    return build_stream(scenario.workload, scenario.sim.seed, context)
+        return stream_from_rows(requests, context, wl.overlong)
+    if wl.trace is not None:
+        return trace_stream(Path(wl.trace), wl.num_requests, wl.time_scale or 1.0, context, wl.overlong)
+    assert wl.num_requests and wl.prompt_tokens and wl.output_tokens  # the schema requires them without a trace
+    return synthetic_stream(wl.prompt_tokens, wl.output_tokens, wl.num_requests, scenario.sim.seed,
+                            rate=wl.rate, burstiness=wl.burstiness, concurrency=wl.concurrency)
 
 
 def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: bool) -> dict[str, Any]:

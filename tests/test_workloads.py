@@ -20,7 +20,7 @@ from splitsim.errors import ScenarioError
 from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
 from splitsim.report import write_outputs
 from splitsim.scenario import Workload, load_scenario, scenario_from_dict
-from splitsim.sim.workload import arrival_times, build_stream
+from splitsim.sim.workload import arrival_times, synthetic_stream
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "traces"
 TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
@@ -236,7 +236,8 @@ def test_an_infinite_or_zero_rate_is_a_burst_at_time_zero(rate):
     workload = Workload.model_validate({"num_requests": 100, "rate": rate, "burstiness": 0.5, "prompt_tokens": 8,
                                         "output_tokens": 2})
     assert workload.kind == "burst"
-    assert build_stream(workload, 0, max_tokens=4096).arrival_s.tolist() == [0.0] * 100
+    stream = synthetic_stream(8, 2, 100, 0, rate=workload.rate, burstiness=workload.burstiness)
+    assert stream.arrival_s.tolist() == [0.0] * 100
 
 
 def test_the_first_arrival_comes_after_its_own_gap():
@@ -251,7 +252,8 @@ def _stream(n: int, output_tokens: dict, seed: int = 7):
     workload = Workload.model_validate({
         "num_requests": n, "rate": 3.0, "burstiness": 0.5, "prompt_tokens": {"dist": "uniform", "low": 1, "high": 999},
         "output_tokens": output_tokens})
-    return build_stream(workload, seed, max_tokens=10**6)
+    return synthetic_stream(workload.prompt_tokens, workload.output_tokens, n, seed, rate=workload.rate,
+                            burstiness=workload.burstiness)
 
 
 LOGNORMAL = {"dist": "lognormal", "median": 100, "sigma": 1.0, "max": 5000}
