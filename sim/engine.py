@@ -1,10 +1,10 @@
 """The SimPy engine: requests arrive, a router spreads them over DP replicas, each replica batches
 continuously and runs its batches through PP stages, whose work is timed by `sim.costs`.
 
-A replica has PP slots (vLLM's virtual engines): each slot is a `Scheduler` owning a disjoint set of
+A replica has PP slots (vLLM V0's virtual engines): each slot is a `Scheduler` owning a disjoint set of
 requests, handed to it on arrival when it has the fewest unfinished (as vLLM assigns them), and keeps at
-most one batch in flight, so up to PP batches fill the pipeline and no request is in two. The slots
-share the replica's KV cache.
+most one batch in flight, so up to PP batches fill the pipeline and no request is in two. Each slot has
+its own 1/PP of the replica's KV blocks, as vLLM V0 splits them, so a slot preempts only its own requests.
 A stage is a `simpy.Resource` held while it works on a batch. A hand-off needs the receiving stage:
 the sender holds its stage until the receiver takes the batch (blocked time shows as bubble), then
 both spend the send in `pp_comm`; the receiver all-gathers the TP-sharded activations.
@@ -51,9 +51,9 @@ class _Slot(Scheduler):
 class _Replica:
     def __init__(self, env: simpy.Environment, plan: Plan, index: int, itl: HistogramBuffer) -> None:
         self.index = index
-        self.kv = KvPool(plan.kv_cache_tokens // plan.block_size, plan.block_size)
         self.occupancy = Occupancy()
-        self.slots = [_Slot(plan.scheduler, self.kv, self.occupancy, itl) for _ in range(plan.pp)]
+        self.slots = [_Slot(plan.scheduler, KvPool(plan.kv_blocks_per_slot, plan.block_size), self.occupancy, itl)
+                      for _ in range(plan.pp)]
         self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]
         self.costs = [StageCosts(plan, index, stage) for stage in range(plan.pp)]
         self.outstanding = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from array import array
 from itertools import repeat
-from typing import Any
 
 import numpy as np
 
@@ -163,8 +162,3 @@ class HistogramBuffer:
             del self._values[:]
             self.histogram.add(batch)
         return self.histogram
-
-    def extend(self, values: Any) -> None:
-        """Append many values (any iterable of floats)."""
-        self._values.extend(values)
-        self.flush_if_full()

@@ -24,6 +24,7 @@ from splitsim.sim.defaults import resolve_memory, resolve_scheduler
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
+MAX_ARRIVAL_S = 1e9  # beyond it, float64 seconds resolve no better than ~0.1 µs: kernel times would blur
 
 
 def pp_layer_counts(num_layers: int, pp: int) -> list[int]:
@@ -130,10 +131,16 @@ class Plan:
         tokens = min(int(f // s.kv_bytes_per_token_per_gpu) for f, s in zip(free, self.stages))
         return max(0, tokens // block * block)
 
+    @property
+    def kv_blocks_per_slot(self) -> int:
+        """KV blocks of one PP slot: vLLM V0 gives each of its PP virtual engines its own scheduler and
+        `num_gpu_blocks // pipeline_parallel_size` blocks (`core/scheduler.py`); with PP = 1, the whole cache."""
+        return self.kv_cache_tokens // self.block_size // self.pp
+
     def max_concurrency(self, tokens_per_request: int) -> float:
         """Requests of `tokens_per_request` tokens one replica's KV cache holds at once, as vLLM logs it at
-        start-up (`kv_cache_utils.py`: blocks / ceil(tokens / block_size))."""
-        return self.kv_cache_tokens // self.block_size / -(-tokens_per_request // self.block_size)
+        start-up (`kv_cache_utils.py`: blocks / ceil(tokens / block_size)), over all PP slots."""
+        return self.pp * self.kv_blocks_per_slot / -(-tokens_per_request // self.block_size)
 
     # -- checks ----------------------------------------------------------------------------------
     def check_layout(self) -> None:
@@ -173,6 +180,11 @@ class Plan:
     def check_requests(self, stream: RequestStream) -> None:
         """The longest request must fit the model's context and one replica's KV cache; without chunking,
         a whole prompt (after a preemption: prompt and output so far) must fit one batch."""
+        if stream.arrival_s is not None and not stream.arrival_s[-1] <= MAX_ARRIVAL_S:
+            raise ScenarioError(
+                f"workload: the last request would arrive at {stream.arrival_s[-1]:.3g} s, beyond "
+                f"{MAX_ARRIVAL_S:.0e} s (about 30 years), where simulated time loses its precision "
+                "(raise workload.rate or lower workload.time_scale)")
         total = stream.prompt_tokens + stream.output_tokens
         longest = int(total.max())
         if longest > self.model.max_position_embeddings:
@@ -181,9 +193,12 @@ class Plan:
                 f"workload: request {i} has {longest} tokens (prompt {stream.prompt_tokens[i]} + output "
                 f"{stream.output_tokens[i]}), beyond {self.model.name}'s max_position_embeddings = "
                 f"{self.model.max_position_embeddings} (workload.overlong: refuse | truncate | skip)")
-        if self.kv_cache_tokens < longest:
+        slot_tokens = self.kv_blocks_per_slot * self.block_size
+        if slot_tokens < longest:
+            split = f" ({slot_tokens} per pipeline slot: vLLM splits it between its {self.pp} PP virtual engines)" \
+                if self.pp > 1 else ""
             raise ScenarioError(
-                f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights, "
+                f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights{split}, "
                 f"but one request needs up to {longest} (prompt + output); raise tp×pp or shorten requests"
             )
         sched = self.scheduler

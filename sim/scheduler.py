@@ -160,6 +160,7 @@ class Scheduler:
             self._write_last_tokens()
         finished = []
         needs_block = self.needs_block
+        caught_up = []  # newer than every decode: they need blocks after the decodes, in admission order
         for request, tokens in batch.prefill:
             request.computed += tokens
             if request.computed == request.prompt + request.generated:
@@ -174,7 +175,7 @@ class Scheduler:
                 if request.generated == request.output:
                     finished.append(request)
                 elif request.generated > request.room:
-                    needs_block.append(request)
+                    caught_up.append(request)
         decode = batch.decode
         if in_step:  # the hot loop: one gap for all, once a token
             gap = now - self.last_end
@@ -196,6 +197,8 @@ class Scheduler:
                     finished.append(request)
                 elif generated > request.room:
                     needs_block.append(request)
+        if caught_up:
+            needs_block += caught_up
         self.in_step = batch.every_decode  # every decoding request's last token is now
         self.last_end = now
         self.context += len(decode)
@@ -272,10 +275,11 @@ class Scheduler:
     def _chunked(self, now: float) -> Batch | None:
         budget = self.config.max_batched_tokens
         running = self.running
-        # Decodes take one token each, in admission order. Requests still prefilling (a prompt being chunked,
-        # a recompute) are always the newest: a request is admitted only when the budget outlasts every
-        # earlier prompt, and preemption takes the newest. So `running` is decodes then prefills, and vLLM's
-        # single walk in admission order is: the decodes, then the prefills, then new prompts.
+        # Decodes take one token each, in admission order. At most one request is still prefilling (a prompt
+        # being chunked, a recompute), and it is the newest: a request is admitted only when the budget
+        # outlasts every earlier prompt, only the last one admitted can be cut short, and preemption takes the
+        # newest. So `running` is decodes then that prompt, and vLLM's single walk in admission order is: the
+        # decodes, then the prompt, then new prompts.
         if self.needs_block:
             self._grow_decodes()
         split = len(running)
@@ -289,19 +293,12 @@ class Scheduler:
             context = sum(request.prompt + request.generated for request in decode)
         budget -= len(decode)
         prefill: list[tuple[Request, int]] = []
-        for request in running[split:]:  # a copy: making room below may preempt from the tail
-            if budget <= 0:
-                break
-            if not request.kv_blocks:  # preempted while making room for an earlier one
-                continue
+        if split < len(running) and budget > 0:  # the one prompt still prefilling: only the newest can be
+            request = running[split]
             tokens = min(request.prompt + request.generated - request.computed, budget)
-            if not self._room_for(request, request.computed + tokens):
-                break
-            prefill.append((request, tokens))
-            budget -= tokens
-        if self.preempted and decode and not decode[-1].decoding:  # room for a prompt took decodes
-            decode = [request for request in decode if request.decoding]
-            context = sum(request.prompt + request.generated for request in decode)
+            if self._room_for(request, request.computed + tokens):  # else it was the one preempted
+                prefill.append((request, tokens))
+                budget -= tokens
         while budget > 0 and not self.preempted and self.waiting:
             head = self.waiting[0]
             tokens = min(head.prompt + head.generated, budget)

@@ -38,9 +38,9 @@ def read_trace(path: Path, *, num_requests: int | None, time_scale: float = 1.0)
     """The first `num_requests` rows (all if None), arrivals multiplied by `time_scale`."""
     source = str(path)
     if not (math.isfinite(time_scale) and time_scale > 0):
-        raise ScenarioError(f"time_scale = {time_scale!r}: need a finite number > 0")
+        raise ScenarioError(f"workload.time_scale = {time_scale!r}: need a finite number > 0")
     if num_requests is not None and num_requests < 1:
-        raise ScenarioError(f"num_requests = {num_requests!r}: need a whole number ≥ 1")
+        raise ScenarioError(f"workload.num_requests = {num_requests!r}: need a whole number ≥ 1")
     frame = _read_csv(path, source, num_requests)
     cols = next((f for f in FORMATS if set(f) <= set(frame.columns)), None)
     if cols is None:
@@ -52,7 +52,8 @@ def read_trace(path: Path, *, num_requests: int | None, time_scale: float = 1.0)
     if n == 0:
         raise ScenarioError(f"{source}: no requests after the header line (need at least one row)")
     if num_requests is not None and n < num_requests:
-        raise ScenarioError(f"num_requests = {num_requests}: {source} has only {n} requests")
+        raise ScenarioError(f"workload.num_requests = {num_requests}: {source} has only {n} requests "
+                            "(leave num_requests out to replay them all)")
 
     # Row i is line i + 2: the header is line 1, and blank lines were kept as rows so the count stays true.
     arrival, prompt, output = (pd.to_numeric(frame[c].iloc[:n], errors="coerce").to_numpy(np.float64, na_value=np.nan)

@@ -65,12 +65,6 @@ def draw_lengths(spec: Lengths, rng: np.random.Generator, n: int) -> np.ndarray:
     return spec.draw(rng, n).astype(np.int64)
 
 
-def max_length(spec: Lengths) -> int:
-    if isinstance(spec, int):
-        return spec
-    return spec.high if isinstance(spec, Uniform) else spec.max
-
-
 def arrival_times(rate: float, burstiness: float | None, n: int, rng: np.random.Generator) -> np.ndarray:
     """Arrivals at `rate` requests/s with gamma-distributed gaps of shape k = `burstiness` and mean 1/rate
     (k = 1: Poisson; coefficient of variation 1/√k), as `vllm bench serve --burstiness` draws them; the first

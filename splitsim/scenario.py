@@ -58,6 +58,13 @@ class Workload(_Strict):
     prompt_tokens: Lengths | None = None
     output_tokens: Lengths | None = None
 
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _rate_is_a_number(cls, rate: Any) -> Any:
+        if isinstance(rate, bool):
+            raise ValueError("need requests/s > 0, or inf for everything at t=0 (not a boolean)")
+        return rate
+
     @field_validator("rate")
     @classmethod
     def _rate(cls, rate: float | None) -> float | None:
@@ -185,7 +192,7 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
     if first["type"] == "missing":
         return f"{where}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
-    if not loc or message.startswith(f"{loc[0]}.") or message.startswith(f"{loc[0]}:"):
+    if not loc or message.startswith((f"{loc[0]}.", f"{loc[0]}:", f"{loc[0]} = ")):
         return message  # a cross-field check: its message names its fields
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" = {value!r}"
@@ -195,6 +202,7 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`key.path=value` pairs applied to a scenario mapping; values parse as YAML scalars."""
     data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps the caller's mapping intact
+    given: set[str] = set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -215,7 +223,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 if kind != parts[1]:
                     for dropped in (kind, *companions):
                         node.pop(dropped, None)
+            if parts[1] == "trace" and "workload.num_requests" not in given:
+                node.pop("num_requests", None)  # the file's count was for its own load: replay the whole trace
         node[parts[-1]] = value
+        given.add(key)
     return data
 
 

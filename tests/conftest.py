@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from helpers import scenario_dict
+from helpers import scenario_dict, tiny_model_path
 
 
 @pytest.fixture
@@ -16,3 +16,9 @@ def run():
         return simulate(scenario_from_dict(scenario_dict(**overrides)), trace_window_s=trace_window_s)
 
     return _run
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """Path to a small Llama config.json (helpers.TINY_CONFIG)."""
+    return tiny_model_path(tmp_path)

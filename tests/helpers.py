@@ -4,6 +4,7 @@ that read the shipped YAML directly (so expectations do not go through the code 
 from __future__ import annotations
 
 import copy
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,31 @@ IDEAL_GPU: dict[str, Any] = {
     "efficiency": {"compute": 1.0, "tile_m": 1, "tile_n": 1, "wave_exponent": 0.0, "m_half": 0.0,
                    "memory": 1.0, "launch_s": 0.0, "attention": 1.0, "source": "test"},
 }
+
+
+# A small Llama: runs in milliseconds; `tiny_model_path` writes it as an HF config.json.
+TINY_CONFIG: dict[str, Any] = {
+    "architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 2,
+    "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 4096,
+    "torch_dtype": "bfloat16"}
+
+
+def tiny_model_path(folder: Path, **changes: Any) -> str:
+    path = folder / "tiny" / "config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(TINY_CONFIG | changes))
+    return str(path)
+
+
+def ideal_step_s(model: Any, batch: Any, num_logits: int) -> float:
+    """One TP1 PP1 step on the ideal GPU: Σ max(FLOPs/F, bytes/M) over models/' op list, summed here (never
+    through sim.costs)."""
+    from splitsim.models.ops import Sharding, embedding, layer_ops, lm_head
+
+    sharding = Sharding(1, "bf16", "bf16", "bf16")
+    ops = [embedding(model, batch.num_tokens, sharding), *layer_ops(model, batch, sharding) * model.num_layers,
+           lm_head(model, num_logits, sharding)]
+    return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
 
 
 def catalog_yaml(kind: str, name: str) -> dict[str, Any]:

@@ -3,35 +3,11 @@ link contention, bubbles and event counts."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
-from helpers import IDEAL_F, IDEAL_M, ideal_cluster
-from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
-from splitsim.models.spec import ModelSpec
-
-TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
-        "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
-        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
-
-
-@pytest.fixture
-def tiny_model(tmp_path):
-    path = tmp_path / "tiny" / "config.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps(TINY))
-    return str(path)
-
-
-def ideal_step_s(model: ModelSpec, batch: BatchShape, num_logits: int) -> float:
-    """One TP1 PP1 step on the ideal GPU: Σ max(FLOPs/F, bytes/M) over the op list, summed here."""
-    sharding = Sharding(1, "bf16", "bf16", "bf16")
-    ops = [embedding(model, batch.num_tokens, sharding)]
-    ops += layer_ops(model, batch, sharding) * model.num_layers
-    ops.append(lm_head(model, num_logits, sharding))
-    return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
+from helpers import ideal_cluster, ideal_step_s
+from splitsim.models.ops import BatchShape
 
 
 def test_two_requests_follow_the_hand_computed_timeline(run, tiny_model):
@@ -214,7 +190,7 @@ def test_the_engine_hands_out_exactly_the_tokens_asked_and_accounts_for_every_gp
     assert records.output_tokens == stream.output_tokens.sum()  # tokens counted as batches sampled them
     assert [r.prompt for r in sorted(finished, key=lambda r: r.id)] == stream.prompt_tokens.tolist()
     assert all(r.kv_blocks == 0 for r in finished)  # every KV block handed back
-    assert all(replica.kv.free == plan.kv_cache_tokens // plan.block_size for replica in engine.replicas)
+    assert all(slot.kv.free == plan.kv_blocks_per_slot for replica in engine.replicas for slot in replica.slots)
     assert {r.replica for r in finished} == {0, 1}
     totals = gpu_time_totals(records.recorder, plan.tp, records.sim_time_s)
     assert sum(totals.values()) == pytest.approx(plan.num_gpus * records.sim_time_s, rel=1e-9)

@@ -78,6 +78,11 @@ CASES = [
     ("an unknown distribution", {}, ["workload.output_tokens={dist: zipf}"], ["zipf", "uniform", "lognormal"]),
     ("a boolean TP", {}, ["parallel.tp=true"], ["parallel.tp", "valid integer"]),
     ("a NaN rate", {}, ["workload.rate=.nan"], ["workload.rate", "requests/s > 0"]),
+    ("a boolean rate", {}, ["workload.rate=true"], ["workload.rate = True", "not a boolean"]),
+    ("a rate that never arrives", {}, ["workload.rate=1e-300"], ["workload", "arrive at", "workload.rate"]),
+    ("two load kinds in the file", {"workload.concurrency": 8}, [], ["workload.rate and workload.concurrency"]),
+    ("an slo that is not a mapping", {}, ["slo=5"], ["slo = 5: expected a mapping"]),
+    ("an unknown slo key", {}, ["slo.ttfx=1"], ["slo.ttfx: unknown key", "ttft_p99"]),
 ]
 
 
@@ -100,6 +105,8 @@ def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, capsys, case, ch
     err = _error_line(capsys, argv)
     for fragment in expected:
         assert fragment in err
+    head = err.removeprefix("splitsim: error: ").split(":")[0]
+    assert err.count(f"{head}:") == 1  # the field is named once, not by a wrapper and again by its check
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

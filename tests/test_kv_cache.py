@@ -3,51 +3,27 @@ traced by hand through one preemption."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ideal_cluster
-from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
-
-TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
-        "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
-        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+from helpers import ideal_cluster, ideal_step_s
+from splitsim.models.ops import BatchShape
 
 
-@pytest.fixture
-def tiny_model(tmp_path):
-    path = tmp_path / "tiny" / "config.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps(TINY))
-    return str(path)
-
-
-def _cluster_holding(model: str, kv_tokens: float, scheduler: dict) -> dict:
-    """The ideal cluster with just enough memory for the weights, activations and `kv_tokens` tokens of KV."""
+def _cluster_holding(model: str, kv_tokens: float, scheduler: dict, parallel: dict | None = None) -> dict:
+    """The ideal cluster with just enough memory for the weights, activations and `kv_tokens` tokens of KV
+    (on the tightest stage)."""
     from helpers import scenario_dict
     from splitsim.scenario import scenario_from_dict
     from splitsim.sim.plan import build_plan
 
     probe = build_plan(scenario_from_dict(scenario_dict(model=model, cluster=ideal_cluster(), scheduler=scheduler,
-                                                        memory={"gpu_utilization": 1.0})))
+                                                        parallel=parallel or {}, memory={"gpu_utilization": 1.0})))
     cluster = ideal_cluster()
-    stage = probe.stages[0]
-    cluster["gpu"]["memory_bytes"] = (stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
-                                      + kv_tokens * stage.kv_bytes_per_token_per_gpu)
+    cluster["gpu"]["memory_bytes"] = max(stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
+                                         + kv_tokens * stage.kv_bytes_per_token_per_gpu for stage in probe.stages)
     return cluster
-
-
-def _step_s(model, batch: BatchShape, num_logits: int) -> float:
-    """One TP1 PP1 step on the ideal GPU: Σ max(FLOPs/F, bytes/M) over the op list (models/, not sim.costs)."""
-    from helpers import IDEAL_F, IDEAL_M
-
-    sharding = Sharding(1, "bf16", "bf16", "bf16")
-    ops = [embedding(model, batch.num_tokens, sharding), *layer_ops(model, batch, sharding) * model.num_layers,
-           lm_head(model, num_logits, sharding)]
-    return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
 
 
 def test_one_preemption_traced_by_hand(run, tiny_model):
@@ -70,17 +46,17 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     result = simulate(scenario, requests=rows)
     assert result.summary["kv_cache_tokens_per_replica"] == 80  # the set-up: five blocks
 
-    t = _step_s(model, BatchShape(prefill=((16, 0), (16, 0))), 2)
+    t = ideal_step_s(model, BatchShape(prefill=((16, 0), (16, 0))), 2)
     first_token = t
     for g in range(1, 17):  # both decode; a decode's context is prompt + tokens generated so far
-        t += _step_s(model, BatchShape(num_decode=2, decode_context=2 * (16 + g)), 2)
+        t += ideal_step_s(model, BatchShape(num_decode=2, decode_context=2 * (16 + g)), 2)
     preempted_at = t
     for g in range(17, 40):  # A alone
-        t += _step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
+        t += ideal_step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
     a_finish = t
-    t += _step_s(model, BatchShape(prefill=((33, 0),)), 1)  # B recomputes prompt + 17 generated tokens
+    t += ideal_step_s(model, BatchShape(prefill=((33, 0),)), 1)  # B recomputes prompt + 17 generated tokens
     for g in range(18, 40):
-        t += _step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
+        t += ideal_step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
     b_finish = t
 
     table = result.requests
@@ -91,7 +67,7 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     assert table["first_token_s"].tolist() == pytest.approx([first_token] * 2, rel=1e-12)
     assert table["finish_s"].tolist() == pytest.approx([a_finish, b_finish], rel=1e-12)
     # B's longest gap: from its 17th token to the one its recompute samples.
-    b_gap = a_finish + _step_s(model, BatchShape(prefill=((33, 0),)), 1) - preempted_at
+    b_gap = a_finish + ideal_step_s(model, BatchShape(prefill=((33, 0),)), 1) - preempted_at
     assert table["itl_max_s"].iloc[1] == pytest.approx(b_gap, rel=1e-12)
     assert table["queue_s"].tolist() == [0.0, 0.0]  # re-queueing after a preemption is not queueing
 
@@ -163,3 +139,32 @@ def test_inter_token_gaps_add_up_in_lockstep_and_out_of_it(run, case):
             result = _tight(run, "on_demand")
             assert result.summary["preemptions"] > 0
     _gaps_add_up(result)
+
+
+def test_pipeline_slots_page_their_own_share_of_the_cache(run, tmp_path):
+    """vLLM V0 gives each PP virtual engine 1/PP of the blocks: a slot pages and preempts within its share,
+    so a tight cache under PP4 thrashes no slot into another's blocks (a shared pool let four slots free and
+    retake each other's blocks for ever). Capacity for 4 × 11 blocks: every request (≤ 173 tokens) fits one
+    slot's 11 blocks (176 tokens), the run preempts and still finishes; a share below the longest request is
+    an error."""
+    from helpers import tiny_model_path
+    from splitsim.errors import ScenarioError
+
+    tiny_model = tiny_model_path(tmp_path, num_hidden_layers=4)
+    scheduler = {"policy": "chunked", "max_num_seqs": 8, "max_batched_tokens": 64}
+    workload = {"num_requests": 31, "rate": 0, "prompt_tokens": {"dist": "uniform", "low": 3, "high": 99},
+                "output_tokens": {"dist": "uniform", "low": 30, "high": 74}}
+
+    def tight(blocks_per_slot: int):
+        cluster = _cluster_holding(tiny_model, 4 * blocks_per_slot * 16 + 8, scheduler, parallel={"pp": 4})
+        return run(model=tiny_model, cluster=cluster, parallel={"pp": 4}, scheduler=scheduler, workload=workload,
+                   memory={"gpu_utilization": 1.0, "kv_allocation": "on_demand"})
+
+    result = tight(11)
+    assert result.summary["kv_cache_tokens_per_replica"] == 4 * 11 * 16
+    assert result.summary["preemptions"] > 0
+    assert result.requests["request_id"].tolist() == list(range(31))
+    _gaps_add_up(result)
+    longest = int((result.requests["prompt_tokens"] + result.requests["output_tokens"]).max())
+    with pytest.raises(ScenarioError, match=r"per pipeline slot"):
+        tight((longest - 1) // 16)  # a slot's blocks hold fewer tokens than the longest request

@@ -107,7 +107,10 @@ def test_mean_and_std_match_numpy_across_flushes_and_merges(offset):
         cut = len(part) // 3
         for value in part[:cut].tolist():
             buffer.append(value)
-        buffer.extend(part[cut:].tolist())
+            buffer.flush_if_full()
+        buffer.append_many(float(part[cut]), 1)
+        for value in part[cut + 1:].tolist():
+            buffer.append(value)
         histograms.append(buffer.flush())
     while len(histograms) > 1:
         histograms[0].merge(histograms.pop())

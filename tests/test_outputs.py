@@ -114,3 +114,22 @@ def test_the_trace_window_can_start_later(tmp_path):
     trace = json.loads((tmp_path / "o" / "trace.json").read_text())["traceEvents"]
     complete = [e for e in trace if e["ph"] == "X"]
     assert all(e["ts"] + e["dur"] > 3e6 and e["ts"] < 4e6 for e in complete)
+
+
+def test_console_says_what_vllm_says_at_start_up_and_notes_go_to_stdout(tmp_path, capsys):
+    """The KV cache's maximum concurrency at the workload's longest request, as vLLM logs it (blocks over
+    ceil(tokens / block_size)); a deprecation note on stdout, stderr left empty."""
+    from splitsim.sim.plan import build_plan
+
+    data = scenario_dict(workload={"num_requests": 5, "rate": 0, "prompt_tokens": 100, "output_tokens": 21})
+    data["scheduler"] = {"chunked_prefill": True, "max_batched_tokens": 256}  # the alias, alone
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(data))
+    assert main(["run", str(scenario), "--out", str(tmp_path / "o"), "-q", "--no-plot"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "note: scheduler.chunked_prefill is deprecated: use scheduler.policy: chunked" in out
+    from splitsim.scenario import load_scenario
+
+    blocks = build_plan(load_scenario(scenario)).kv_cache_tokens // 16
+    assert f"maximum concurrency for 121 tokens per request: {blocks / 8:.2f}x" in out  # 121 tokens: 8 blocks

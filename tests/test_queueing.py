@@ -77,7 +77,7 @@ def test_mean_wait_is_pollaczek_khinchine_for_deterministic_service(run, rho):
 
 
 CHUNKED_MIX = {
-    "scheduler": {"policy": "chunked", "chunked_prefill": None, "max_num_seqs": 64, "max_batched_tokens": 512},
+    "scheduler": {"policy": "chunked", "max_num_seqs": 64, "max_batched_tokens": 512},
     "workload": {"num_requests": 400, "rate": 2.0, "prompt_tokens": {"dist": "uniform", "low": 500, "high": 4000},
                  "output_tokens": {"dist": "uniform", "low": 16, "high": 112}},
 }

@@ -92,7 +92,7 @@ def test_time_scale_multiplies_arrivals_only(tmp_path):
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("inf"), float("nan")])
 def test_time_scale_must_be_positive_and_finite(tmp_path, scale):
     message = _error(_write(tmp_path, OURS + "0,1,1\n"), time_scale=scale)
-    assert message.startswith("time_scale = ") and "finite number > 0" in message
+    assert message.startswith("workload.time_scale = ") and "finite number > 0" in message
 
 
 def test_num_requests_takes_the_first_rows_and_reads_no_further(tmp_path):
@@ -105,8 +105,9 @@ def test_num_requests_takes_the_first_rows_and_reads_no_further(tmp_path):
 def test_num_requests_larger_than_the_file_says_how_many_it_has(tmp_path):
     path = _write(tmp_path, OURS + "0,10,2\n1,20,3\n2,30,4\n\n")
     message = _error(path, num_requests=4)
-    assert message == f"num_requests = 4: {path} has only 3 requests"
-    assert "num_requests = 0" in _error(path, num_requests=0)
+    assert message == (f"workload.num_requests = 4: {path} has only 3 requests "
+                       "(leave num_requests out to replay them all)")
+    assert "workload.num_requests = 0" in _error(path, num_requests=0)
 
 
 # --- bad rows: the line (header = line 1), the column, the value, what is valid --------------------------------

@@ -13,27 +13,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import IDEAL_F, IDEAL_M, ideal_cluster, scenario_dict
+from helpers import ideal_cluster, ideal_step_s, scenario_dict, tiny_model_path
 from splitsim import simulate
 from splitsim.cli import main
 from splitsim.errors import ScenarioError
-from splitsim.models.ops import BatchShape, Sharding, embedding, layer_ops, lm_head
+from splitsim.models.ops import BatchShape
 from splitsim.report import write_outputs
 from splitsim.scenario import Workload, load_scenario, scenario_from_dict
 from splitsim.sim.workload import arrival_times, synthetic_stream
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "traces"
-TINY = {"architectures": ["LlamaForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
-        "num_hidden_layers": 2, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
-        "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
 HEADER = "arrival_s,prompt_tokens,output_tokens\n"
-
-
-def _tiny(folder: Path, **changes) -> str:
-    path = folder / "tiny" / "config.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(TINY | changes))
-    return str(path)
 
 
 def _scenario(**replace) -> dict:
@@ -71,7 +61,7 @@ def test_closed_loop_holds_c_requests_and_refills_at_finishes(tmp_path):
     at the instant its previous one finishes): never more than C in the system, exactly C at t=0, and every
     request after the first C arrives at the finish of an earlier one: the first N−C finishes, one each."""
     c, n = 4, 40
-    rows = _run(model=_tiny(tmp_path), cluster=ideal_cluster(), workload={
+    rows = _run(model=tiny_model_path(tmp_path), cluster=ideal_cluster(), workload={
         "num_requests": n, "concurrency": c, "prompt_tokens": {"dist": "uniform", "low": 16, "high": 256},
         "output_tokens": {"dist": "uniform", "low": 1, "high": 20}}).requests.sort_values("request_id")
     arrival, finish = rows["arrival_s"].tolist(), rows["finish_s"].tolist()
@@ -91,20 +81,15 @@ def test_closed_loop_of_one_has_ttft_equal_to_its_own_prefill(tmp_path):
     Σ max(FLOPs/F, bytes/M) over the op list summed here (rel 1e-12: float summation order only)."""
     from splitsim.models.spec import load_model
 
-    tiny = _tiny(tmp_path)
-    model, sharding = load_model(tiny), Sharding(1, "bf16", "bf16", "bf16")
+    tiny = tiny_model_path(tmp_path)
+    model = load_model(tiny)
     rows = _run(model=tiny, cluster=ideal_cluster(), workload={
         "num_requests": 12, "concurrency": 1, "prompt_tokens": {"dist": "uniform", "low": 8, "high": 512},
         "output_tokens": 3}).requests
 
-    def prefill_s(prompt: int) -> float:
-        batch = BatchShape(prefill=((prompt, 0),))
-        ops = [embedding(model, prompt, sharding), *layer_ops(model, batch, sharding) * model.num_layers,
-               lm_head(model, 1, sharding)]
-        return sum(max(op.flops / IDEAL_F, op.nbytes / IDEAL_M) for op in ops)
-
     assert rows["prompt_tokens"].nunique() > 1  # the prompts differ, so TTFT must follow each one
-    assert rows["ttft_s"].tolist() == pytest.approx([prefill_s(p) for p in rows["prompt_tokens"]], rel=1e-12)
+    assert rows["ttft_s"].tolist() == pytest.approx(
+        [ideal_step_s(model, BatchShape(prefill=((p, 0),)), 1) for p in rows["prompt_tokens"]], rel=1e-12)
     assert (rows["queue_s"] == 0).all()
 
 
@@ -145,7 +130,7 @@ def test_a_relative_trace_path_is_found_from_where_it_was_written(tmp_path, monk
     (elsewhere / "t.csv").write_text(HEADER + "0,21,2\n0.5,22,2\n")
     workload = {"trace": "t.csv"} if given == "file" else {"num_requests": 2, "rate": 1.0, "prompt_tokens": 5,
                                                              "output_tokens": 2}
-    path = _scenario_file(study / "s.yaml", model=_tiny(tmp_path), cluster=ideal_cluster(), workload=workload)
+    path = _scenario_file(study / "s.yaml", model=tiny_model_path(tmp_path), cluster=ideal_cluster(), workload=workload)
     monkeypatch.chdir(elsewhere)
     scenario = load_scenario(path, ["workload.trace=t.csv"] if given == "set" else [])
     prompts = simulate(scenario).requests["prompt_tokens"].tolist()
@@ -161,7 +146,7 @@ def test_two_load_kinds_in_a_file_are_one_line_naming_both(tmp_path, capsys):
 
 def test_set_concurrency_replaces_the_files_rate_and_burstiness(tmp_path):
     """The file's rate 5/s with burstiness 0.5 would be a schema error beside concurrency; --set drops both."""
-    path = _scenario_file(tmp_path / "s.yaml", model=_tiny(tmp_path), cluster=ideal_cluster(),
+    path = _scenario_file(tmp_path / "s.yaml", model=tiny_model_path(tmp_path), cluster=ideal_cluster(),
                           workload={"num_requests": 20, "rate": 5.0, "burstiness": 0.5, "prompt_tokens": 64,
                                     "output_tokens": 4})
     out = tmp_path / "out"
@@ -174,13 +159,13 @@ def test_set_concurrency_replaces_the_files_rate_and_burstiness(tmp_path):
 
 @pytest.mark.parametrize(("text", "sets", "expected"), [
     (HEADER + "0,10,2\n0.5,20,3\n1.0,abc,4\n", [], ["line 4", "column prompt_tokens", "'abc'"]),
-    (HEADER + "0,10,2\n0.5,20,3\n1.0,30,4\n", ["workload.num_requests=5"], ["num_requests = 5", "only 3"]),
+    (HEADER + "0,10,2\n0.5,20,3\n1.0,30,4\n", ["workload.num_requests=5"], ["workload.num_requests = 5", "only 3"]),
 ], ids=["bad row", "too few rows"])
 def test_trace_errors_are_exit_2_naming_the_file(tmp_path, capsys, text, sets, expected):
     """A bad cell: its file, line (header = line 1) and column; too few rows: how many the file has."""
     trace = tmp_path / "t.csv"
     trace.write_text(text)
-    path = _scenario_file(tmp_path / "s.yaml", model=_tiny(tmp_path), cluster=ideal_cluster(),
+    path = _scenario_file(tmp_path / "s.yaml", model=tiny_model_path(tmp_path), cluster=ideal_cluster(),
                           workload={"trace": str(trace)})
     argv = ["run", str(path), "--out", str(tmp_path / "out"), "-q"] + [a for s in sets for a in ("--set", s)]
     err = _error_line(capsys, argv)
@@ -192,7 +177,8 @@ def test_time_scale_doubles_the_trace_arrivals(tmp_path):
     """Doubling a binary fraction is exact, so the arrivals compare with ==."""
     trace = tmp_path / "t.csv"
     trace.write_text(HEADER + "0,10,2\n0.25,20,3\n1.5,30,4\n3.125,40,5\n")
-    rows = _run(model=_tiny(tmp_path), cluster=ideal_cluster(), workload={"trace": str(trace), "time_scale": 2})
+    rows = _run(model=tiny_model_path(tmp_path), cluster=ideal_cluster(),
+                workload={"trace": str(trace), "time_scale": 2})
     assert rows.requests["arrival_s"].tolist() == [0.0, 0.5, 3.0, 6.25]
 
 
@@ -205,7 +191,7 @@ def test_overlong_requests_are_cut_or_left_out_and_counted(tmp_path, policy, cou
     """Rows checked by hand against a 64-token context; the summary counts what was changed."""
     trace = tmp_path / "t.csv"
     trace.write_text(HEADER + "0,10,5\n0.5,60,10\n1,64,1\n1.5,63,1\n")
-    result = _run(model=_tiny(tmp_path, max_position_embeddings=64), cluster=ideal_cluster(),
+    result = _run(model=tiny_model_path(tmp_path, max_position_embeddings=64), cluster=ideal_cluster(),
                  workload={"trace": str(trace), "overlong": policy})
     rows = result.requests
     assert (rows["arrival_s"].tolist(), rows["prompt_tokens"].tolist(), rows["output_tokens"].tolist()) == (
@@ -281,7 +267,8 @@ def test_simulate_serves_exactly_the_rows_it_is_given(tmp_path):
     """requests.csv, read back with the csv module, holds the DataFrame's rows in order (exact binary fractions)."""
     given = pd.DataFrame({"arrival_s": [0.0, 0.125, 0.125, 2.5], "prompt_tokens": [32, 100, 7, 250],
                           "output_tokens": [4, 1, 9, 2]})
-    result = simulate(scenario_from_dict(_scenario(model=_tiny(tmp_path), cluster=ideal_cluster())), requests=given)
+    scenario = scenario_from_dict(_scenario(model=tiny_model_path(tmp_path), cluster=ideal_cluster()))
+    result = simulate(scenario, requests=given)
     write_outputs(result, tmp_path / "out", timeline=False)
     got = _csv(tmp_path / "out" / "requests.csv")
     assert [(float(r["arrival_s"]), int(r["prompt_tokens"]), int(r["output_tokens"])) for r in got] == [
@@ -296,7 +283,18 @@ def test_simulate_serves_exactly_the_rows_it_is_given(tmp_path):
 ], ids=["decreasing arrival", "zero output"])
 def test_a_bad_row_is_a_scenario_error_naming_row_and_column(tmp_path, rows, expected):
     with pytest.raises(ScenarioError) as info:
-        simulate(scenario_from_dict(_scenario(model=_tiny(tmp_path), cluster=ideal_cluster())),
+        simulate(scenario_from_dict(_scenario(model=tiny_model_path(tmp_path), cluster=ideal_cluster())),
                  requests=pd.DataFrame(rows))
     for fragment in expected:
         assert fragment in str(info.value)
+
+
+def test_a_trace_given_with_set_replays_every_row_whatever_the_files_num_requests(tmp_path):
+    """The shipped scenarios say num_requests: 500 for their own load; switching to a trace with --set drops
+    that count (a --set num_requests still applies)."""
+    trace = tmp_path / "t.csv"
+    trace.write_text(HEADER + "0,10,2\n0.5,20,3\n1.0,30,4\n")
+    path = _scenario_file(tmp_path / "s.yaml", model=tiny_model_path(tmp_path), cluster=ideal_cluster(),
+                          workload={"num_requests": 500, "rate": 4.0, "prompt_tokens": 10, "output_tokens": 2})
+    assert load_scenario(path, [f"workload.trace={trace}"]).workload.num_requests is None
+    assert load_scenario(path, ["workload.num_requests=2", f"workload.trace={trace}"]).workload.num_requests == 2
