@@ -188,7 +188,7 @@ class Scheduler:
                     finished.append(request)
                 elif generated > request.room:
                     needs_block.append(request)
-        else:
+        else:  # the same pass with each request's own gap (kept apart: the loop above is the hot path)
             for request in decode:
                 self._gap(request, now - request.last_token_s)
                 request.last_token_s = now
