@@ -143,8 +143,22 @@ class SimOptions(_Strict):
     seed: int = Field(0, ge=0)
 
 
+_NAME_LIMIT = 100
+
+
+def _check_name(name: str) -> str:
+    """A scenario's name becomes runs/<name>: it must stay one folder inside runs/."""
+    if not name.strip():
+        raise ValueError("empty (give a file name such as h100-tp8)")
+    if len(name) > _NAME_LIMIT:
+        raise ValueError(f"{len(name)} characters (at most {_NAME_LIMIT})")
+    if any(c in name for c in "/\\\0") or name.startswith("."):
+        raise ValueError("must be one plain file name: no '/', '\\' or NUL, not starting with '.'")
+    return name
+
+
 class Scenario(_Strict):
-    name: str = "scenario"
+    name: str = Field("scenario", description="names the output folder runs/<name>: one plain file name")
     model: str = Field(description="catalog name, config.json path, or a folder holding one")
     cluster: str | dict[str, Any] = Field(description="preset name, YAML path, or an inline spec")
     parallel: Parallel = Parallel()
@@ -155,6 +169,11 @@ class Scenario(_Strict):
     sim: SimOptions = SimOptions()
     hardware_profile: str | None = Field(None, description="path to a calibrated profile YAML")
     slo: Slo | None = Field(None, description="service-level objectives, e.g. {ttft: 0.5, tpot: 0.05, ttft_p99: 2}")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        return _check_name(name)
 
 
 _UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal")

@@ -83,6 +83,9 @@ CASES = [
     ("two load kinds in the file", {"workload.concurrency": 8}, [], ["workload.rate and workload.concurrency"]),
     ("an slo that is not a mapping", {}, ["slo=5"], ["slo = 5: expected a mapping"]),
     ("an unknown slo key", {}, ["slo.ttfx=1"], ["slo.ttfx: unknown key", "ttft_p99"]),
+    ("a name leaving runs/", {}, ["name=../../etc"], ["name = '../../etc'", "one plain file name"]),
+    ("an absolute name", {}, ["name=/tmp/x"], ["name = '/tmp/x'", "one plain file name"]),
+    ("an empty name", {}, ["name=''"], ["name = ''", "empty"]),
 ]
 
 
