@@ -1,12 +1,17 @@
 """Writing a Result to a folder and printing its summary.
 
 `summary.json` and `requests.csv` depend on the scenario and seed alone (no wall-clock times, paths or
-dates), so two runs give identical bytes; wall time and versions go to `run.json`.
+dates), so two runs give identical bytes; wall time and versions go to `run.json`. A result folder is
+replaced whole (see `write_outputs`), so no file of an earlier run survives beside a new one.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +20,67 @@ from splitsim.sim.result import Result
 GIB = 2.0**30
 
 
-def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None = None,
-                  timeline: bool = True) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    path = out_dir / "summary.json"
-    path.write_text(json.dumps(result.summary, indent=2, allow_nan=False) + "\n")  # strict JSON: no NaN/Infinity
-    written.append(path)
-    path = out_dir / "requests.csv"
-    result.requests.to_csv(path, index=False, float_format="%.17g")
-    written.append(path)
-    path = out_dir / "gpus.csv"
-    result.gpu_intervals.to_csv(path, index=False, float_format="%.17g")
-    written.append(path)
-    path = out_dir / "trace.json"
-    path.write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
-    written.append(path)
+def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None = None, timeline: bool = True,
+                  on_step: Callable[[str], None] | None = None) -> list[Path]:
+    """Write the run's files so that `out_dir` is always the old result, the new one, or absent — never a mix:
+    everything goes into a fresh sibling `<out>.tmp-<pid>`, the old folder moves aside to `<out>.old-<pid>`,
+    the new one takes its name, the old one is removed. Leftovers of an interrupted run are removed first.
+    `on_step(label)` is called after every file and every rename (tests interrupt the writer there)."""
+    step = on_step or (lambda label: None)
+    out_dir = Path(out_dir)
+    remove_leftovers(out_dir)
+    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
+    staging.mkdir(parents=True)
+    try:
+        names = _write_files(result, staging, run_info, timeline, step)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+        step("old result moved aside")
+    staging.rename(out_dir)
+    step("new result in place")
+    shutil.rmtree(old, ignore_errors=True)
+    return [out_dir / name for name in names]
+
+
+def remove_leftovers(out_dir: Path) -> None:
+    """Folders an interrupted writer left beside `out_dir` (`<out>.tmp-*`, `<out>.old-*`)."""
+    parent = out_dir.parent
+    if parent.is_dir():
+        for pattern in (f"{glob.escape(out_dir.name)}.tmp-*", f"{glob.escape(out_dir.name)}.old-*"):
+            for leftover in parent.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_files(result: Result, folder: Path, run_info: dict[str, Any] | None, timeline: bool,
+                 step: Callable[[str], None]) -> list[str]:
+    names = []
+
+    def done(name: str) -> None:
+        names.append(name)
+        step(name)
+
+    summary = json.dumps(result.summary, indent=2, allow_nan=False)  # strict JSON: no NaN/Infinity
+    (folder / "summary.json").write_text(summary + "\n")
+    done("summary.json")
+    result.requests.to_csv(folder / "requests.csv", index=False, float_format="%.17g")
+    done("requests.csv")
+    result.gpu_intervals.to_csv(folder / "gpus.csv", index=False, float_format="%.17g")
+    done("gpus.csv")
+    (folder / "trace.json").write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
+    done("trace.json")
     if timeline and result.window[1] > result.window[0]:
         from splitsim.plots import save_timeline
 
-        path = out_dir / "timeline.png"
-        save_timeline(result, path)
-        written.append(path)
+        save_timeline(result, folder / "timeline.png")
+        done("timeline.png")
     if run_info is not None:
-        path = out_dir / "run.json"
-        path.write_text(json.dumps(run_info, indent=2) + "\n")
-        written.append(path)
-    return written
+        (folder / "run.json").write_text(json.dumps(run_info, indent=2) + "\n")
+        done("run.json")
+    return names
 
 
 def _ms(stats: dict[str, float | None]) -> str:

@@ -172,3 +172,13 @@ def test_files_a_scenario_names_are_found_next_to_it(tmp_path):
     data["model"] = "tiny"  # relative to the scenario file, not to the working directory
     (folder / "s.yaml").write_text(yaml.safe_dump(data))
     assert load_scenario(folder / "s.yaml").model == str(folder / "tiny")
+
+
+@pytest.mark.parametrize("case", ["parent is a file", "name too long"])
+def test_an_out_folder_that_cannot_be_made_is_one_line_before_simulating(tmp_path, capsys, case):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    out = blocker / "sub" if case == "parent is a file" else tmp_path / ("x" * 300)
+    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--out", str(out), "-q"])
+    assert err.startswith("splitsim: error: --out ")
+    assert ("is a file" in err) if case == "parent is a file" else ("300 bytes" in err and "x" * 81 not in err)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,63 @@ def test_console_says_what_vllm_says_at_start_up_and_notes_go_to_stdout(tmp_path
 
     blocks = build_plan(load_scenario(scenario)).kv_cache_tokens // 16
     assert f"maximum concurrency for 121 tokens per request: {blocks / 8:.2f}x" in out  # 121 tokens: 8 blocks
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_write_leaves_the_old_result_the_new_one_or_nothing(tmp_path):
+    """The writer is stopped after each of its steps in turn (a hook, not a timed kill): the folder is then
+    exactly the old result, exactly the new one, or absent; the next run clears what the stopped one left."""
+    from splitsim import simulate
+    from splitsim.report import write_outputs
+    from splitsim.scenario import scenario_from_dict
+
+    result = simulate(scenario_from_dict(scenario_dict()), trace_window_s=1.0)
+    out = tmp_path / "runs" / "r"
+    steps: list[str] = []
+    write_outputs(result, out, {"run": "new"}, on_step=steps.append)
+    new_files = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "old result moved aside" not in steps and steps[-1] == "new result in place"
+
+    def old_result() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        (out / "summary.json").write_text("old")
+        (out / "timeline.png").write_text("old")  # a file the new run writes too
+        (out / "stale.txt").write_text("old")  # and one it does not
+
+    seen = set()
+    all_steps = [*steps[:-1], "old result moved aside", steps[-1]]
+    for stop_at in all_steps:
+        old_result()
+
+        def hook(label: str, stop_at: str = stop_at) -> None:
+            if label == stop_at:
+                raise _Interrupted
+
+        with pytest.raises(_Interrupted):
+            write_outputs(result, out, {"run": "new"}, on_step=hook)
+        if not out.exists():
+            seen.add("absent")
+        elif (out / "stale.txt").exists():
+            assert {p.name for p in out.iterdir()} == {"summary.json", "timeline.png", "stale.txt"}
+            seen.add("old")
+        else:
+            assert {p.name: p.read_bytes() for p in out.iterdir()} == new_files
+            seen.add("new")
+        write_outputs(result, out, {"run": "new"})  # the next run: complete, and no leftovers beside it
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == new_files
+        assert [p.name for p in out.parent.iterdir()] == ["r"]
+    assert seen == {"old", "absent", "new"}  # every state reached, and only these
+
+
+def test_a_run_into_an_existing_folder_keeps_no_file_of_the_previous_run(tmp_path):
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_dict()))
+    out = tmp_path / "o"
+    assert main(["run", str(scenario), "--out", str(out), "-q"]) == 0
+    assert (out / "timeline.png").exists()
+    assert main(["run", str(scenario), "--out", str(out), "-q", "--no-plot"]) == 0
+    assert not (out / "timeline.png").exists()  # a stale picture of the first run would mislead
