@@ -67,10 +67,10 @@ NAME_MAX_BYTES = 255  # the longest file name Linux, macOS and Windows file syst
 def _check_out_dir(out_dir: Path) -> None:
     """Before simulating: the output folder can be created (or replaced) where it is asked for."""
     where = f"--out {str(out_dir)[:80]}{'…' if len(str(out_dir)) > 80 else ''}"
-    for part in out_dir.parts:
-        if len(part.encode()) > NAME_MAX_BYTES:
-            raise ScenarioError(f"{where}: a name of {len(part.encode())} bytes (file names hold at most "
-                                f"{NAME_MAX_BYTES})")
+    for i, part in enumerate(out_dir.parts):
+        limit = NAME_MAX_BYTES - (20 if i == len(out_dir.parts) - 1 else 0)  # room for ".tmp-<pid>"
+        if len(part.encode()) > limit:
+            raise ScenarioError(f"{where}: a name of {len(part.encode())} bytes (at most {limit} here)")
     if out_dir.exists() and not out_dir.is_dir():
         raise ScenarioError(f"{where}: is a file, not a folder")
     parent = out_dir.absolute().parent
