@@ -24,6 +24,7 @@ from splitsim.sim.defaults import resolve_memory, resolve_scheduler
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
+MAX_REQUESTS = 10_000_000  # measured: 10^6 requests take ~140 s and 430 MiB (benchmarks/bench_engine.py)
 MAX_ARRIVAL_S = 1e9  # beyond it, float64 seconds resolve no better than ~0.1 µs: kernel times would blur
 
 
@@ -168,6 +169,13 @@ class Plan:
         gpu = self.cluster.gpu
         for stage in self.stages:
             need = stage.weight_bytes_per_gpu + self.activation_bytes_per_gpu
+            if need > usable and stage.weight_bytes_per_gpu <= usable:  # the batch's activations, not the model
+                sched = self.scheduler
+                raise ScenarioError(
+                    f"memory: activations for scheduler.max_batched_tokens = {sched.max_batched_tokens} and "
+                    f"max_num_seqs = {sched.max_num_seqs} take {self.activation_bytes_per_gpu / GIB:.1f} GiB per "
+                    f"GPU; with {stage.weight_bytes_per_gpu / GIB:.1f} GiB of weights that exceeds the "
+                    f"{usable / GIB:.1f} GiB usable on {gpu.name}: lower max_batched_tokens or max_num_seqs")
             if need > usable:
                 raise ScenarioError(
                     f"memory: {self.model.name} needs {need / GIB:.1f} GiB per GPU on stage {stage.index} "
@@ -180,6 +188,9 @@ class Plan:
     def check_requests(self, stream: RequestStream) -> None:
         """The longest request must fit the model's context and one replica's KV cache; without chunking,
         a whole prompt (after a preemption: prompt and output so far) must fit one batch."""
+        if stream.num_requests > MAX_REQUESTS:
+            raise ScenarioError(f"workload: {stream.num_requests} requests, more than the {MAX_REQUESTS:,} one run "
+                                f"holds (about 4 GB and an hour here); split the workload")
         if stream.arrival_s is not None and not stream.arrival_s[-1] <= MAX_ARRIVAL_S:
             raise ScenarioError(
                 f"workload: the last request would arrive at {stream.arrival_s[-1]:.3g} s, beyond "
@@ -194,6 +205,10 @@ class Plan:
                 f"{stream.output_tokens[i]}), beyond {self.model.name}'s max_position_embeddings = "
                 f"{self.model.max_position_embeddings} (workload.overlong: refuse | truncate | skip)")
         slot_tokens = self.kv_blocks_per_slot * self.block_size
+        if slot_tokens < longest and self.block_size > longest:
+            raise ScenarioError(
+                f"memory.block_size = {self.block_size}: a block is larger than the longest request ({longest} "
+                f"tokens) and leaves {slot_tokens} tokens of KV cache per slot (vLLM on CUDA uses 16)")
         if slot_tokens < longest:
             split = f" ({slot_tokens} per pipeline slot: vLLM splits it between its {self.pp} PP virtual engines)" \
                 if self.pp > 1 else ""

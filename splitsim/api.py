@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from splitsim import __version__
+from splitsim.errors import ScenarioError
 from splitsim.scenario import Scenario
 from splitsim.sim.engine import Engine
 from splitsim.sim.plan import Plan, build_plan
@@ -73,6 +77,34 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def check_result(requests: Any, summary: dict[str, Any]) -> None:
+    """The last line of defence: figures that cannot be real mean an input that is out of range somewhere.
+    Every latency must be positive and every summary figure finite; the error names the first that is not."""
+    for column in ("ttft_s", "e2e_s"):
+        values = requests[column].to_numpy()
+        bad = ~(values > 0) | ~np.isfinite(values)
+        if bad.any():
+            i = int(np.argmax(bad))
+            request_id, value = int(requests["request_id"].iloc[i]), float(values[i])
+            raise ScenarioError(f"result: request {request_id} has {column} = {value!r} (a latency must be "
+                                "positive and finite: some cost in the inputs is out of range)")
+    for key, value in _leaves(summary):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ScenarioError(f"result: summary {key} = {value!r} is not finite (some figure in the inputs is "
+                                "out of range)")
+
+
+def _leaves(tree: Any, prefix: str = "") -> Any:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}{key}.")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _leaves(value, f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), tree
+
+
 def _lengths(spec: Any) -> Any:
     return spec if isinstance(spec, int) else spec.model_dump()
 
@@ -98,6 +130,7 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
              "kv_cache_tokens_per_replica": plan.kv_cache_tokens, "version": __version__}
     summary = summarize(frame, records, totals, scenario.slo, describe(scenario, plan, stream, requests is not None),
                         extra)
+    check_result(frame, summary)
     start = min(trace_start_s, sim_time)
     end = min(trace_start_s + trace_window_s, sim_time)
     return Result(

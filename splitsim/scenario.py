@@ -45,7 +45,8 @@ _COMPANIONS = {"rate": ("burstiness",), "concurrency": (), "trace": ("time_scale
 class Workload(_Strict):
     """Which requests arrive when: exactly one load kind (`rate`, `concurrency` or `trace`)."""
 
-    num_requests: int | None = Field(None, ge=1, description="requests to serve (trace: the first N rows)")
+    num_requests: int | None = Field(None, ge=1, le=10_000_000,
+                                     description="requests to serve (trace: the first N rows); at most 10^7")
     rate: float | None = Field(None, description="requests/s, gamma-distributed gaps; inf (or 0): all at t=0")
     burstiness: float | None = Field(None, gt=0, allow_inf_nan=False,
                                      description="gamma shape of the gaps with `rate` (1 = Poisson)")

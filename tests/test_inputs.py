@@ -84,6 +84,11 @@ CASES = [
     ("an slo that is not a mapping", {}, ["slo=5"], ["slo = 5: expected a mapping"]),
     ("an unknown slo key", {}, ["slo.ttfx=1"], ["slo.ttfx: unknown key", "ttft_p99"]),
     ("a name leaving runs/", {}, ["name=../../etc"], ["name = '../../etc'", "one plain file name"]),
+    ("a trillion requests", {}, ["workload.num_requests=1000000000000"], ["workload.num_requests", "10000000"]),
+    ("a token budget no GPU holds", {}, ["scheduler.max_batched_tokens=100000000"],
+     ["scheduler.max_batched_tokens = 100000000", "activations", "lower max_batched_tokens"]),
+    ("a batch no GPU holds", {}, ["scheduler.max_num_seqs=10000000"], ["max_num_seqs = 10000000", "lower"]),
+    ("a block larger than the cache", {}, ["memory.block_size=2000000"], ["memory.block_size = 2000000", "block"]),
     ("an absolute name", {}, ["name=/tmp/x"], ["name = '/tmp/x'", "one plain file name"]),
     ("an empty name", {}, ["name=''"], ["name = ''", "empty"]),
 ]
@@ -182,3 +187,18 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_simulating(tmp_pat
     err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--out", str(out), "-q"])
     assert err.startswith("splitsim: error: --out ")
     assert ("is a file" in err) if case == "parent is a file" else ("300 bytes" in err and "x" * 81 not in err)
+
+
+def test_a_result_that_cannot_be_real_is_an_error_naming_the_figure():
+    """The last line of defence, fed figures no valid input should produce."""
+    import pandas as pd
+
+    from splitsim.api import check_result
+    from splitsim.errors import ScenarioError
+
+    good = pd.DataFrame({"request_id": [0, 1], "ttft_s": [0.1, 0.2], "e2e_s": [1.0, 2.0]})
+    check_result(good, {"a": {"b": 1.0, "c": None}, "d": [1.0, 2]})
+    with pytest.raises(ScenarioError, match=r"request 1 has ttft_s = 0\.0"):
+        check_result(good.assign(ttft_s=[0.1, 0.0]), {})
+    with pytest.raises(ScenarioError, match=r"summary itl_s\.p99 = inf is not finite"):
+        check_result(good, {"itl_s": {"p50": 1.0, "p99": float("inf")}})
