@@ -13,6 +13,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "scenarios"
+# Real measurements and traces live beside the repository, not in it (a user's checkout has none): tests that
+# read them skip when the folder is absent.
+REFERENCE_DATA = REPO.parent / "shared" / "reference-data"
 
 # An ideal GPU: every efficiency 1, no launch cost, no wave quantisation (γ = 0), no few-row penalty.
 # Its op times are exactly max(FLOPs / F, bytes / M).

@@ -330,11 +330,10 @@ def test_vidur_options_on_a_runner_folder(runner_folder, tmp_path, capsys):
 # ----------------------------------------------------------------------------- the real reference data
 
 def _reference() -> Path | None:
-    for base in (Path(__file__).resolve().parents[2] / "shared", Path("/work/shared")):
-        folder = base / "reference-data" / "vidur-profiling"
-        if folder.is_dir():
-            return folder
-    return None
+    from helpers import REFERENCE_DATA
+
+    folder = REFERENCE_DATA / "vidur-profiling"
+    return folder if folder.is_dir() else None
 
 
 @pytest.mark.skipif(_reference() is None, reason="no ../shared/reference-data (not part of a checkout)")

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import REFERENCE_DATA
 from splitsim.errors import ScenarioError
 from splitsim.sim.trace import TraceRows, apply_overlong, read_trace
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "traces"
+TRACES = REFERENCE_DATA / "traces"
 OURS = "arrival_s,prompt_tokens,output_tokens\n"
 AZURE = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import ideal_cluster, ideal_step_s, scenario_dict, tiny_model_path
+from helpers import REFERENCE_DATA, ideal_cluster, ideal_step_s, scenario_dict, tiny_model_path
 from splitsim import simulate
 from splitsim.cli import main
 from splitsim.errors import ScenarioError
@@ -22,7 +22,7 @@ from splitsim.report import write_outputs
 from splitsim.scenario import Workload, load_scenario, scenario_from_dict
 from splitsim.sim.workload import arrival_times, synthetic_stream
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "reference-data" / "traces"
+TRACES = REFERENCE_DATA / "traces"
 HEADER = "arrival_s,prompt_tokens,output_tokens\n"
 
 
