@@ -34,6 +34,7 @@ from splitsim.sim.scheduler import Batch, KvPool, Occupancy, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
+TICK_BATCHES = 4096  # a long request shows progress too, at a cost of one countdown a batch
 
 
 class _Slot(Scheduler):
@@ -67,7 +68,8 @@ class _Replica:
 
 class Engine:
     def __init__(self, plan: Plan, stream: RequestStream, window: tuple[float, float],
-                 on_finish: Callable[[Request], None] | None = None, sink: RequestSink | None = None) -> None:
+                 on_finish: Callable[[Request], None] | None = None, sink: RequestSink | None = None,
+                 on_tick: Callable[[float], None] | None = None) -> None:
         self.plan = plan
         self.stream = stream
         self.env = simpy.Environment()
@@ -75,6 +77,8 @@ class Engine:
         self.replicas = [_Replica(self.env, plan, r, self.itl) for r in range(plan.dp)]
         self.recorder = Recorder(plan.dp, plan.pp, window)
         self.on_finish = on_finish
+        self.on_tick = on_tick  # called with the simulated time every TICK_BATCHES batches (progress bars)
+        self.batches_to_tick = TICK_BATCHES
         self.sink: RequestSink = sink if sink is not None else RequestLog()
         self.layer_mode = plan.granularity == "layer"
         self.links: dict[str, simpy.Resource] = {}
@@ -169,6 +173,11 @@ class Engine:
                 yield from self._pipeline(replica, batch)
             recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)
+            self.batches_to_tick -= 1
+            if not self.batches_to_tick:
+                self.batches_to_tick = TICK_BATCHES
+                if self.on_tick is not None:
+                    self.on_tick(env.now)
 
     def _preempted(self, replica: _Replica, requests: list[Request]) -> None:
         self.preemptions += len(requests)

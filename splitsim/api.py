@@ -110,17 +110,21 @@ def _lengths(spec: Any) -> Any:
 
 
 def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float = DEFAULT_TRACE_WINDOW_S,
-             trace_start_s: float = 0.0, on_finish: Callable[[Request], None] | None = None) -> Result:
+             trace_start_s: float = 0.0, on_finish: Callable[[Request], None] | None = None,
+             on_tick: Callable[[float], None] | None = None) -> Result:
     """Run `scenario` and return its tables and summary; raises `ScenarioError` on bad input.
 
     `requests` (a DataFrame or rows with arrival_s, prompt_tokens, output_tokens) replaces the scenario's
-    workload. Intervals and trace events are kept for the window [trace_start_s, trace_start_s + trace_window_s).
+    workload. `on_finish(request)` follows finished requests, `on_tick(simulated_s)` the clock every few
+    thousand batches (a progress bar moves during one long request too). Intervals and trace events are
+    kept for the window [trace_start_s, trace_start_s + trace_window_s).
     """
     plan = build_plan(scenario)
     stream = make_requests(scenario, plan, requests)
     plan.check_requests(stream)
     log = RequestLog()
-    engine = Engine(plan, stream, (trace_start_s, trace_start_s + trace_window_s), on_finish=on_finish, sink=log)
+    engine = Engine(plan, stream, (trace_start_s, trace_start_s + trace_window_s), on_finish=on_finish, sink=log,
+                    on_tick=on_tick)
     records = engine.run()
     sim_time = records.sim_time_s
     frame = requests_frame(log.columns())

@@ -44,7 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     with tqdm(total=scenario.workload.num_requests, unit="req", desc="simulating", leave=False,
               disable=args.quiet or None, file=sys.stderr) as bar:
         result = simulate(scenario, trace_window_s=args.trace_window, trace_start_s=args.trace_start,
-                          on_finish=lambda _: bar.update())
+                          on_finish=lambda _: bar.update(),
+                          on_tick=lambda now: bar.set_postfix_str(f"{now:,.1f} s simulated"))
     sim_wall = time.perf_counter() - started
     run_info = {
         "scenario": str(args.scenario), "overrides": args.set, "wall_time_s": sim_wall,

@@ -194,3 +194,20 @@ def test_the_engine_hands_out_exactly_the_tokens_asked_and_accounts_for_every_gp
     assert {r.replica for r in finished} == {0, 1}
     totals = gpu_time_totals(records.recorder, plan.tp, records.sim_time_s)
     assert sum(totals.values()) == pytest.approx(plan.num_gpus * records.sim_time_s, rel=1e-9)
+
+
+def test_the_clock_ticks_during_one_long_request(tmp_path):
+    """A progress bar that only moves on finishes stands still through one long request: the engine also
+    reports the simulated clock every few thousand batches, forward in time."""
+    from helpers import scenario_dict, tiny_model_path
+    from splitsim import simulate
+    from splitsim.scenario import scenario_from_dict
+    from splitsim.sim.engine import TICK_BATCHES
+
+    ticks: list[float] = []
+    model = tiny_model_path(tmp_path, max_position_embeddings=4 * TICK_BATCHES)
+    scenario = scenario_from_dict(scenario_dict(model=model, workload={
+        "num_requests": 1, "rate": 0, "prompt_tokens": 16, "output_tokens": 3 * TICK_BATCHES}))
+    result = simulate(scenario, on_tick=ticks.append)
+    assert len(ticks) == 3  # 1 prefill + 3·TICK_BATCHES − 1 decodes: three full countdowns
+    assert ticks == sorted(ticks) and 0 < ticks[0] < result.summary["sim_time_s"]
