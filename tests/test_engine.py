@@ -206,7 +206,7 @@ def test_the_clock_ticks_during_one_long_request(tmp_path):
 
     ticks: list[float] = []
     model = tiny_model_path(tmp_path, max_position_embeddings=4 * TICK_BATCHES)
-    scenario = scenario_from_dict(scenario_dict(model=model, workload={
+    scenario = scenario_from_dict(scenario_dict(model=model, scheduler={"policy": "chunked"}, workload={
         "num_requests": 1, "rate": 0, "prompt_tokens": 16, "output_tokens": 3 * TICK_BATCHES}))
     result = simulate(scenario, on_tick=ticks.append)
     assert len(ticks) == 3  # 1 prefill + 3·TICK_BATCHES − 1 decodes: three full countdowns
