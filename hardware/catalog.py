@@ -6,13 +6,14 @@ also be given as a path to a YAML file of the user's.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from splitsim.errors import ScenarioError
+from splitsim.files import cut, read_yaml_file
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.gpu import GpuSpec
 
@@ -28,18 +29,20 @@ def preset_names(kind: str) -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in _catalog_dir(kind).glob("*.yaml")))
 
 
+_WHAT = {"gpus": ("GPU", "name, memory_bytes, bf16_flops_per_s, efficiency…"),
+         "fabrics": ("fabric", "kind, name, latency_s, bw_efficiency…"),
+         "clusters": ("cluster", "name, gpu, gpus_per_node, intra_node…")}
+
+
 def _load(kind: str, ref: str) -> dict[str, Any]:
-    """The raw mapping of a preset name or a YAML path."""
-    path = Path(ref)
+    """The raw mapping of a preset name or a YAML path (one with a '/' or a .yaml/.yml suffix)."""
+    what, fields = _WHAT[kind]
     if ref in preset_names(kind):
-        path = _catalog_dir(kind) / f"{ref}.yaml"
-    elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        valid = ", ".join(preset_names(kind))
-        raise ValueError(f"unknown {kind[:-1]} {ref!r} (valid: {valid}, or a path to a .yaml file)")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of {kind[:-1]} fields")
-    return data
+        return read_yaml_file(_catalog_dir(kind) / f"{ref}.yaml", what, fields)
+    if "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml")):
+        return read_yaml_file(ref, what, fields)
+    valid = ", ".join(preset_names(kind))
+    raise ScenarioError(f"unknown {what} {cut(repr(ref))} (valid: {valid}, or a path to a .yaml file)")
 
 
 def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from splitsim.errors import ScenarioError
+from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.fabric import PcieFabric
 from splitsim.hardware.gpu import Efficiency
@@ -63,13 +65,13 @@ class HardwareProfile(_Strict):
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"hardware_profile: {path} is not a file")
-    data = yaml.safe_load(path.read_text())
-    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else None
-        raise ValueError(f"hardware_profile: {path} has schema {found!r}, expected {PROFILE_SCHEMA!r}")
+    try:
+        data = read_yaml_file(path, "hardware profile", "schema, name, gpu, efficiency…")
+    except ScenarioError as err:
+        raise ScenarioError(f"hardware_profile: {err}") from None
+    if data.get("schema") != PROFILE_SCHEMA:
+        raise ScenarioError(f"hardware_profile: {shown(path)} has schema {cut(repr(data.get('schema')))}, "
+                            f"expected {PROFILE_SCHEMA!r}")
     return HardwareProfile.model_validate(data)
 
 

@@ -5,13 +5,14 @@ Derived sizes (head_dim, parameter count, KV bytes per token) are properties, ne
 
 from __future__ import annotations
 
-import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from splitsim.files import cut, read_json_file, shown
 from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, WeightDtype
 
 _CATALOG = "catalog"
@@ -108,37 +109,66 @@ class ModelSpec(BaseModel):
         return 2 * layers * self.kv_heads_per_rank(tp) * self.head_dim * BYTES_PER_ELEMENT[dtype]
 
     @classmethod
-    def from_hf_config(cls, config: dict[str, Any], name: str) -> ModelSpec:
-        """Read the fields of an HF `config.json` mapping; refuses architectures we do not model."""
+    def from_hf_config(cls, config: dict[str, Any], name: str, source: str | None = None) -> ModelSpec:
+        """Read the fields of an HF `config.json` mapping; refuses architectures we do not model.
+
+        Errors name the config's own fields (`num_attention_heads`, not `num_heads`), headed by `source`.
+        """
+        where = source or f"model {name!r}"
         architectures = config.get("architectures") or []
+        if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
+            raise ValueError(f"{where}: architectures = {cut(repr(architectures))}: need a list of class names "
+                             f"such as [\"LlamaForCausalLM\"]")
         if "num_local_experts" in config or "n_routed_experts" in config:
-            raise ValueError(f"model {name!r}: mixture-of-experts configs are not supported yet")
+            raise ValueError(f"{where}: mixture-of-experts configs are not supported yet")
         if architectures and not set(architectures) & set(_SUPPORTED_ARCHITECTURES):
-            raise ValueError(
-                f"model {name!r}: architecture {architectures[0]} is not supported "
-                f"(valid: {', '.join(_SUPPORTED_ARCHITECTURES)})"
-            )
-        required = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-        missing = [key for key in required if key not in config]
+            raise ValueError(f"{where}: architecture {cut(architectures[0])} is not supported "
+                             f"(valid: {', '.join(_SUPPORTED_ARCHITECTURES)})")
+        missing = [key for key in _HF_REQUIRED if key not in config]
         if missing:
-            raise ValueError(f"model {name!r}: config.json lacks {', '.join(missing)}")
+            raise ValueError(f"{where}: config.json lacks {', '.join(missing)}")
+        sizes = {key: _hf_count(config[key], key, where) for key in _HF_REQUIRED}
+        given = {key: None if config.get(key) is None else _hf_count(config[key], key, where) for key in _HF_OPTIONAL}
         dtype = config.get("torch_dtype", "bfloat16")
-        if dtype not in HF_DTYPES:
-            raise ValueError(f"model {name!r}: torch_dtype {dtype!r} (valid: {', '.join(HF_DTYPES)})")
-        return cls(
-            name=name,
-            architecture=architectures[0] if architectures else "LlamaForCausalLM",
-            hidden_size=config["hidden_size"],
-            intermediate_size=config["intermediate_size"],
-            num_layers=config["num_hidden_layers"],
-            num_heads=config["num_attention_heads"],
-            num_kv_heads=config.get("num_key_value_heads", config["num_attention_heads"]),
-            head_dim_override=config.get("head_dim"),
-            vocab_size=config["vocab_size"],
-            tie_word_embeddings=config.get("tie_word_embeddings", False),
-            max_position_embeddings=config.get("max_position_embeddings", 4096),
-            default_weight_dtype=HF_DTYPES[dtype],
-        )
+        if not isinstance(dtype, str) or dtype not in HF_DTYPES:
+            raise ValueError(f"{where}: torch_dtype = {cut(repr(dtype))} (valid: {', '.join(HF_DTYPES)})")
+        tied = config.get("tie_word_embeddings", False)
+        if not isinstance(tied, bool):
+            raise ValueError(f"{where}: tie_word_embeddings = {cut(repr(tied))}: need true or false")
+        heads = sizes["num_attention_heads"]
+        if given["head_dim"] is None and sizes["hidden_size"] < heads:
+            raise ValueError(f"{where}: hidden_size = {sizes['hidden_size']} is smaller than num_attention_heads = "
+                             f"{heads}: heads would have no dimensions (give head_dim)")
+        try:
+            return cls(
+                name=name,
+                architecture=architectures[0] if architectures else "LlamaForCausalLM",
+                hidden_size=sizes["hidden_size"],
+                intermediate_size=sizes["intermediate_size"],
+                num_layers=sizes["num_hidden_layers"],
+                num_heads=heads,
+                num_kv_heads=given["num_key_value_heads"] or heads,
+                head_dim_override=given["head_dim"],
+                vocab_size=sizes["vocab_size"],
+                tie_word_embeddings=tied,
+                max_position_embeddings=given["max_position_embeddings"] or 4096,
+                default_weight_dtype=HF_DTYPES[dtype],
+            )
+        except ValidationError as err:  # the cross-field checks, whose messages use the HF names
+            raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+_HF_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+_HF_OPTIONAL = ("num_key_value_heads", "head_dim", "max_position_embeddings")  # null or absent: the default
+
+
+def _hf_count(value: Any, key: str, where: str) -> int:
+    """A positive whole number of config.json (4096.0 too, as some JSON writers give it)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{where}: {key} = {cut(repr(value))}: need a whole number greater than 0")
+    return value
 
 
 def catalog_names() -> tuple[str, ...]:
@@ -153,16 +183,11 @@ def load_model(ref: str) -> ModelSpec:
         name = ref
     else:
         path = Path(ref)
-        if path.is_dir():
+        if os.path.isdir(path):
             path = path / "config.json"
-        if not path.is_file():
-            raise ValueError(
-                f"model {ref!r}: not a catalog name ({', '.join(catalog_names())}) "
-                "nor a config.json file or a folder holding one"
-            )
+        elif not ("/" in ref or os.sep in ref or ref.endswith(".json") or os.path.exists(path)):
+            raise ValueError(f"model {cut(repr(ref))}: not a catalog name ({', '.join(catalog_names())}) "
+                             "nor a config.json file or a folder holding one")
         name = path.parent.name
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"model {ref!r}: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
-    return ModelSpec.from_hf_config(config, name)
+    config = read_json_file(path, "model config", "hidden_size, num_hidden_layers, num_attention_heads…")
+    return ModelSpec.from_hf_config(config, name, shown(path))

@@ -6,14 +6,15 @@ Every failure becomes one `ScenarioError` line naming the field, the value and w
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from splitsim.errors import ScenarioError
+from splitsim.files import cut, parse_yaml_text, read_yaml_file
 from splitsim.models.precision import KvDtype, WeightDtype
 from splitsim.sim.slo import Slo
 from splitsim.sim.workload import Lengths
@@ -221,22 +222,19 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`key.path=value` pairs applied to a scenario mapping; values parse as YAML scalars."""
-    data = yaml.safe_load(yaml.safe_dump(data))  # a deep copy that keeps the caller's mapping intact
+    data = copy.deepcopy(data)  # keeps the caller's mapping intact
     given: set[str] = set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ScenarioError(f"--set {item!r}: expected key.path=value")
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ScenarioError(f"--set {item!r}: the value is not a YAML scalar") from None
+            raise ScenarioError(f"--set {cut(repr(item))}: expected key.path=value")
+        value = parse_yaml_text(raw, f"--set {cut(repr(item))}")  # as strict as a file: no alias bombs
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ScenarioError(f"--set {key}: {part} = {child!r} is not a mapping")
+                raise ScenarioError(f"--set {cut(key)}: {cut(part)} = {cut(repr(child))} is not a mapping")
             node = child
         if len(parts) == 2 and parts[0] == "workload" and parts[1] in LOAD_KINDS:
             for kind, companions in _COMPANIONS.items():  # a load kind given replaces the file's
@@ -251,20 +249,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ScenarioError(f"{path}: cannot read the scenario ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ScenarioError(f"{path}:{line}: malformed YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(f"{path}: a scenario is a YAML mapping (model, cluster, parallel, workload…)")
-    return data
+    return read_yaml_file(path, "scenario", "model, cluster, parallel, workload…")
 
 
 def scenario_from_dict(data: dict[str, Any]) -> Scenario:

@@ -25,6 +25,9 @@ from typing import Any
 
 import pandas as pd
 
+from splitsim.errors import ScenarioError
+from splitsim.files import cut, read_json_file
+
 SCHEMA = "splitsim.measurements/1"
 COLUMNS = ["kind", "op", "phase", "layer", "stage", "rank", "tp", "pp", "batch", "prompt", "context",
            "tokens", "m", "n", "k", "nbytes", "group_size", "seconds", "repeats"]
@@ -55,12 +58,11 @@ def read(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     if not config_path.is_file():
         raise MeasurementsError(f"{folder}: no {CONFIG} (a folder written by `splitsim validate run --out`)")
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise MeasurementsError(f"{config_path}: not valid JSON (line {err.lineno})") from None
-    if not isinstance(config, dict) or config.get("schema") != SCHEMA:
-        found = config.get("schema") if isinstance(config, dict) else None
-        raise MeasurementsError(f"{config_path}: schema {found!r}, expected {SCHEMA!r}")
+        config = read_json_file(config_path, "measurements config", "schema, model, device…")
+    except ScenarioError as err:
+        raise MeasurementsError(str(err)) from None
+    if config.get("schema") != SCHEMA:
+        raise MeasurementsError(f"{config_path}: schema {cut(repr(config.get('schema')))}, expected {SCHEMA!r}")
     if not table.is_file():
         raise MeasurementsError(f"{folder}: no {TABLE}")
     rows = pd.read_csv(table)
