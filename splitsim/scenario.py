@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -216,7 +217,7 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
     if not loc or message.startswith((f"{loc[0]}.", f"{loc[0]}:", f"{loc[0]} = ")):
         return message  # a cross-field check: its message names its fields
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    shown = "" if isinstance(value, dict) else f" = {cut(repr(value))}"
     return f"{where}{shown}: {message}"
 
 
@@ -273,6 +274,6 @@ def load_scenario(path: str | Path, overrides: list[str] | str | None = None) ->
     # Files a scenario names are found next to it, as a reader of the file would expect.
     for key in ("model", "cluster", "hardware_profile"):
         value = data.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute() and (path.parent / value).exists():
+        if isinstance(value, str) and not Path(value).is_absolute() and os.path.exists(path.parent / value):
             data[key] = str(path.parent / value)
     return scenario_from_dict(data)

@@ -91,6 +91,8 @@ CASES = [
     ("a block larger than the cache", {}, ["memory.block_size=2000000"], ["memory.block_size = 2000000", "block"]),
     ("an absolute name", {}, ["name=/tmp/x"], ["name = '/tmp/x'", "one plain file name"]),
     ("an empty name", {}, ["name=''"], ["name = ''", "empty"]),
+    ("an over-long relative model path", {}, ["model=" + "x" * 400], ["model", "x" * 40 + "…"]),
+    ("a huge wrong value", {}, ["parallel.order=" + "y" * 400], ["parallel.order = 'yyyy", "…", "tp-pp-dp"]),
 ]
 
 
