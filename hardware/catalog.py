@@ -62,3 +62,22 @@ def load_cluster(spec: str | dict[str, Any]) -> ClusterSpec:
 
 def load_gpu(spec: str | dict[str, Any]) -> GpuSpec:
     return GpuSpec.model_validate(_load("gpus", spec) if isinstance(spec, str) else spec)
+
+
+def cluster_files(spec: str | dict[str, Any]) -> dict[str, str]:
+    """The file each part of a cluster was read from ("" for the cluster itself, "gpu", "intra_node",
+    "inter_node"), so that an error in a part can name its file."""
+    files: dict[str, str] = {}
+    data = spec
+    if isinstance(spec, str):
+        files[""] = str(_path("clusters", spec))
+        data = _load("clusters", spec)
+    if isinstance(data, dict):
+        for key, kind in (("gpu", "gpus"), ("intra_node", "fabrics"), ("inter_node", "fabrics")):
+            if isinstance(data.get(key), str):
+                files[key] = str(_path(kind, data[key]))
+    return files
+
+
+def _path(kind: str, ref: str) -> Path:
+    return _catalog_dir(kind) / f"{ref}.yaml" if ref in preset_names(kind) else Path(ref)

@@ -13,7 +13,8 @@ from functools import cached_property
 from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
-from splitsim.hardware.catalog import load_cluster
+from splitsim.files import shown
+from splitsim.hardware.catalog import cluster_files, load_cluster
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.profile import HardwareProfile, apply_profile, load_profile
 from splitsim.models.ops import Sharding
@@ -237,7 +238,14 @@ def build_plan(scenario: Scenario) -> Plan:
     try:
         cluster = load_cluster(scenario.cluster)
     except ValidationError as err:
-        raise ScenarioError("cluster." + describe_validation_error(err, ClusterSpec)) from None
+        message = describe_validation_error(err, ClusterSpec)
+        files = cluster_files(scenario.cluster)
+        part = str(err.errors()[0]["loc"][0]) if err.errors()[0]["loc"] else ""
+        if part in files:  # a field of a GPU or fabric file: name the file, and the field inside it
+            raise ScenarioError(f"cluster: {shown(files[part])}: {message.removeprefix(part + '.')}") from None
+        if "" in files:
+            raise ScenarioError(f"cluster: {shown(files[''])}: {message}") from None
+        raise ScenarioError("cluster." + message) from None
     except ValueError as err:
         raise ScenarioError(f"cluster: {err}") from None
     if scenario.hardware_profile is not None:
