@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from splitsim.errors import ScenarioError
-from splitsim.files import cut, read_yaml_file
+from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.gpu import GpuSpec
 
@@ -48,11 +48,14 @@ def _load(kind: str, ref: str) -> dict[str, Any]:
 def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:
     """A cluster mapping with its GPU and fabrics looked up, ready for `ClusterSpec`."""
     data = dict(_load("clusters", spec) if isinstance(spec, str) else spec)
-    if isinstance(data.get("gpu"), str):
-        data["gpu"] = _load("gpus", data["gpu"])
-    for key in ("intra_node", "inter_node"):
+    for key, kind in (("gpu", "gpus"), ("intra_node", "fabrics"), ("inter_node", "fabrics")):
         if isinstance(data.get(key), str):
-            data[key] = _load("fabrics", data[key])
+            try:
+                data[key] = _load(kind, data[key])
+            except ScenarioError as err:
+                if not isinstance(spec, str):
+                    raise
+                raise ScenarioError(f"{shown(_path('clusters', spec))}: {key}: {err}") from None
     return data
 
 

@@ -252,9 +252,13 @@ def build_plan(scenario: Scenario) -> Plan:
         try:
             cluster = apply_profile(cluster, load_profile(scenario.hardware_profile))
         except ValidationError as err:
-            raise ScenarioError("hardware_profile." + describe_validation_error(err, HardwareProfile)) from None
+            message = describe_validation_error(err, HardwareProfile)
+            raise ScenarioError(f"hardware_profile: {shown(scenario.hardware_profile)}: {message}") from None
         except ValueError as err:
-            raise ScenarioError(str(err)) from None
+            message, where = str(err), shown(scenario.hardware_profile)
+            if where not in message:  # name the file the profile came from
+                message = f"hardware_profile: {where}: {message.removeprefix('hardware_profile: ')}"
+            raise ScenarioError(message) from None
     plan = Plan(scenario, model, cluster)
     plan.check_layout()
     plan.check_memory()

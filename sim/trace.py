@@ -75,7 +75,7 @@ def read_trace(path: Path, *, num_requests: int | None, time_scale: float = 1.0)
             problem = "not a number" if math.isnan(value) else "not finite" if math.isinf(value) else "negative"
             need = "a finite number ≥ 0"
         else:
-            problem = ("not an integer" if math.isnan(value) or value != math.floor(value)
+            problem = ("not an integer" if not math.isfinite(value) or value != math.floor(value)
                        else "too large" if value >= _TOO_LARGE else "less than 1")
             need = "a whole number ≥ 1"
         raise ScenarioError(f"{source} line {row + 2}, column {cols[k]} = '{_cells(path, cols[k], [row])[0]}': "

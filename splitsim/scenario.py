@@ -195,7 +195,7 @@ def _field_names(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation
-    return list(model.model_fields)
+    return [field.alias or name for name, field in model.model_fields.items()]  # as written in files
 
 
 def describe_validation_error(err: ValidationError, model: type[BaseModel] = Scenario) -> str:

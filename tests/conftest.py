@@ -1,10 +1,18 @@
-"""Fixtures shared by the tests."""
+"""Fixtures shared by the tests, and the Hypothesis profile the fuzz suite runs under."""
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from helpers import scenario_dict, tiny_model_path
+
+# CI: the same examples every run (derandomised, no example database), no deadline (2 shared cores), a fixed
+# count per test. HYPOTHESIS_PROFILE=deep explores further by hand.
+settings.register_profile("ci", derandomize=True, deadline=None, database=None, max_examples=100, print_blob=True)
+settings.register_profile("deep", deadline=None, max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -1,0 +1,232 @@
+"""Property-based fuzzing of every input a run reads, as a careless or hostile user would write it.
+
+For each kind of input — the scenario at every level, each file a scenario names (cluster, GPU and fabric
+YAML, hardware profile, model config.json, request trace) and the command-line flags — a valid base is
+broken one way at a time (a field replaced by an absurd value, an unknown key, the text cut, bytes that are
+not UTF-8, a line repeated, garbage appended) and `splitsim run` is called in-process. Whatever the input,
+the run either succeeds (the change happened to be valid) or ends with exit code 2 and one line on stderr
+naming the file or the field, no traceback and nothing written. An unexpected exception fails the test with
+its traceback: there is no blanket handler to hide it.
+
+Hypothesis runs under the `ci` profile (tests/conftest.py): derandomised, no deadline, fixed example counts.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from helpers import catalog_yaml, scenario_dict
+from splitsim.cli import main
+
+BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4})
+
+# Values no field should take silently, and a few that are valid somewhere.
+ABSURD = st.one_of(
+    st.none(), st.booleans(),
+    st.sampled_from([-1, 0, 1, 3, 10**7 + 1, 2**63, 10**30]),
+    st.sampled_from([math.nan, math.inf, -math.inf, -1.5, 0.0, 1e-308, 1e308]),
+    st.text(max_size=12), st.sampled_from(["inf", "nan", "-0", "1e999", "80 GB", "5 us", "x" * 500]),
+    st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _paths(tree: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every key path in a nested mapping, mappings themselves included."""
+    found = []
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            found.append((*prefix, key))
+            found += _paths(value, (*prefix, key))
+    return found
+
+
+def _mutated(base: dict, data: st.DataObject) -> tuple[dict, tuple]:
+    """`base` with one field replaced by an absurd value, or an unknown key added somewhere."""
+    tree = copy.deepcopy(base)
+    paths = _paths(tree)
+    path = data.draw(st.sampled_from(paths))
+    node = tree
+    for key in path[:-1]:
+        node = node[key]
+    if data.draw(st.booleans()) or not paths:
+        node[path[-1]] = data.draw(ABSURD)
+    else:
+        node[data.draw(st.sampled_from(["speed", "tpp", "fp9", "Name"]))] = 1
+        path = path[:-1] + ("(unknown)",)
+    return tree, path
+
+
+def _corrupted(text: str, data: st.DataObject) -> bytes:
+    """The file's text broken at the byte level."""
+    raw = text.encode()
+    at = data.draw(st.integers(0, len(raw)))
+    match data.draw(st.sampled_from(["cut", "bytes", "repeat line", "append", "replace"])):
+        case "cut":
+            return raw[:at]
+        case "bytes":
+            return raw[:at] + data.draw(st.binary(min_size=1, max_size=6)) + raw[at:]
+        case "repeat line":
+            lines = raw.splitlines(keepends=True) or [b""]
+            i = data.draw(st.integers(0, len(lines) - 1))
+            return b"".join(lines[:i + 1] + lines[i:])
+        case "append":
+            return raw + data.draw(st.text(max_size=20)).encode()
+        case _:
+            return data.draw(st.text(max_size=30)).encode()
+
+
+def _run(tmp_path: Path, scenario: Path, *flags: str) -> tuple[int, Path]:
+    out = tmp_path / "out"
+    try:
+        code = main(["run", str(scenario), "--out", str(out), "-q", "--no-plot", *flags])
+    except SystemExit as stop:  # argparse ends bad flags with sys.exit(2), as the installed command would
+        code = int(stop.code or 0)
+    return code, out
+
+
+def _check(capsys, code: int, out: Path, names: tuple[str, ...]) -> None:
+    """Success, or exit 2 with one line naming one of `names`, no traceback, nothing written."""
+    err = capsys.readouterr().err
+    event(f"exit {code}")  # --hypothesis-show-statistics tells how many runs were accepted and refused
+    if code == 0:
+        assert out.is_dir() and err == ""
+        return
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert any(name in err for name in names), (names, err)
+    assert not out.exists()
+
+
+def _fresh(tmp_path: Path) -> Path:
+    """A clean folder per example (pytest's tmp_path is shared by every example of one test)."""
+    folder = tmp_path / f"ex{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    return folder
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_scenario_field_is_accepted_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    tree, path = _mutated(BASE_SCENARIO, data)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(tree))
+    code, out = _run(folder, scenario)
+    _check(capsys, code, out, (str(path[0]), "s.yaml", "workload", "memory", "result"))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_broken_scenario_text_is_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    scenario = folder / "s.yaml"
+    scenario.write_bytes(_corrupted(yaml.safe_dump(BASE_SCENARIO), data))
+    code, out = _run(folder, scenario)
+    _check(capsys, code, out, ("s.yaml", "scenario", "model", "cluster", "workload", "parallel", "name",
+                               "scheduler", "sim", "precision", "memory"))
+
+
+def _profile() -> dict:
+    gpu = catalog_yaml("gpus", "h100-sxm")
+    return {"schema": "splitsim.hardware-profile/1", "name": "p", "gpu": "h100-sxm",
+            "efficiency": gpu["efficiency"], "fitted_on": ["fuzz"]}
+
+
+TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+               "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+               "max_position_embeddings": 2048, "torch_dtype": "bfloat16"}
+# kind -> (file name, the valid mapping, how the scenario names the file)
+FILES = {
+    "cluster": ("cluster.yaml", lambda: {"name": "c", "gpu": "h100-sxm", "gpus_per_node": 8,
+                                         "intra_node": "nvlink4-nvswitch"}, "cluster"),
+    "gpu": ("gpu.yaml", lambda: catalog_yaml("gpus", "h100-sxm"), "gpu"),
+    "fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "nvlink4-nvswitch"), "fabric"),
+    "profile": ("profile.yaml", _profile, "hardware_profile"),
+    "model": ("config.json", lambda: dict(TINY_CONFIG), "model"),
+}
+
+
+def _scenario_naming(folder: Path, kind: str, file: Path) -> Path:
+    data = copy.deepcopy(BASE_SCENARIO)
+    match kind:
+        case "cluster":
+            data["cluster"] = str(file)
+        case "gpu":
+            data["cluster"] = {"name": "c", "gpu": str(file), "gpus_per_node": 8, "intra_node": "nvlink4-nvswitch"}
+        case "fabric":
+            data["cluster"] = {"name": "c", "gpu": "h100-sxm", "gpus_per_node": 8, "intra_node": str(file)}
+        case "profile":
+            data["hardware_profile"] = str(file)
+        case "model":
+            data["model"] = str(file)
+    path = folder / "s.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@FUZZ
+@pytest.mark.parametrize("kind", list(FILES))
+@given(data=st.data())
+def test_any_named_file_broken_any_way_is_refused_in_one_line_naming_it(tmp_path, capsys, kind, data):
+    folder = _fresh(tmp_path)
+    name, valid, _ = FILES[kind]
+    file = folder / name
+    dump = (lambda d: json.dumps(d, allow_nan=True)) if name.endswith(".json") else yaml.safe_dump
+    if data.draw(st.booleans()):
+        tree, _ = _mutated(valid(), data)
+        file.write_text(dump(tree))
+    else:
+        file.write_bytes(_corrupted(dump(valid()), data))
+    code, out = _run(folder, _scenario_naming(folder, kind, file))
+    # A file that reads well can still describe a model or a GPU the layout cannot hold: then the check that
+    # fails names what it checked (memory, parallel, workload) rather than the file.
+    _check(capsys, code, out, (name, str(file), "memory:", "parallel", "workload:"))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_broken_trace_is_refused_in_one_line_naming_it(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    rows = "arrival_s,prompt_tokens,output_tokens\n0,32,4\n0.5,64,2\n1.5,16,8\n"
+    if data.draw(st.booleans()):  # a cell replaced by an absurd value
+        cells = [line.split(",") for line in rows.splitlines()]
+        r, c = data.draw(st.integers(0, len(cells) - 1)), data.draw(st.integers(0, 2))
+        cells[r][c] = str(data.draw(ABSURD)).replace("\n", " ")
+        raw = ("\n".join(",".join(row) for row in cells) + "\n").encode()
+    else:
+        raw = _corrupted(rows, data)
+    trace = folder / "t.csv"
+    trace.write_bytes(raw)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump({**BASE_SCENARIO, "workload": {"trace": "t.csv"}}))
+    code, out = _run(folder, scenario)
+    _check(capsys, code, out, ("t.csv", "workload"))
+
+
+FLAG_VALUES = st.one_of(st.text(max_size=10), st.sampled_from(["nan", "inf", "-1", "0", "1e999", "", "-", "--"]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_command_line_flag_is_accepted_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(BASE_SCENARIO))
+    flag = data.draw(st.sampled_from(["--trace-window", "--trace-start", "--slo", "--set"]))
+    value = data.draw(FLAG_VALUES)
+    if flag == "--set":
+        value = f"{data.draw(st.sampled_from([p for p in _paths(BASE_SCENARIO)]))[0]}={value}"
+    code, out = _run(folder, scenario, flag, value)
+    _check(capsys, code, out, (flag, flag.lstrip("-").replace("-", "_"), value.split("=")[0] or "--",
+                               "scenario", "workload", "model", "cluster", "parallel", "scheduler", "sim",
+                               "precision", "memory", "name", "s.yaml"))
