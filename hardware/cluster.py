@@ -16,8 +16,8 @@ class ClusterSpec(BaseModel):
 
     name: str
     gpu: GpuSpec
-    num_nodes: int = Field(1, gt=0)
-    gpus_per_node: int = Field(gt=0)
+    num_nodes: int = Field(1, gt=0, le=100_000, strict=True)
+    gpus_per_node: int = Field(gt=0, le=1024, strict=True, description="GPUs sharing the intra-node fabric")
     intra_node: IntraNodeFabric
     inter_node: NetworkFabric | None = None
     description: str = ""

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from splitsim.hardware.units import BytesPerSecond, Seconds
+from splitsim.hardware.units import FixedCost, Fraction, Latency, LinkBandwidth
 
 
 class _Fabric(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    latency_s: Seconds = Field(ge=0, description="α: cost of one step of a ring collective")
-    p2p_latency_s: Seconds = Field(ge=0, description="α of one send/recv")
-    bw_efficiency: float = Field(gt=0, le=1, description="achieved fraction of the link rate by ring collectives")
-    p2p_bw_efficiency: float = Field(gt=0, le=1, description="achieved fraction of the link rate by send/recv")
+    latency_s: Latency = Field(description="α: cost of one step of a ring collective")
+    p2p_latency_s: Latency = Field(description="α of one send/recv")
+    bw_efficiency: Fraction = Field(description="achieved fraction of the link rate by ring collectives")
+    p2p_bw_efficiency: Fraction = Field(description="achieved fraction of the link rate by send/recv")
     source: str
 
 
 class _NodeFabric(_Fabric):
-    collective_launch_s: Seconds = Field(0.0, ge=0, description="fixed cost of one collective call")
+    collective_launch_s: FixedCost = Field(0.0, description="fixed cost of one collective call")
 
 
 class _SwitchedFabric(_NodeFabric):
     """Every device has its own full-rate path to every other (a non-blocking switch)."""
 
-    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="rate per device, one direction")
+    link_bw_bytes_per_s: LinkBandwidth = Field(description="rate per device, one direction")
 
     @property
     def bw_bytes_per_s(self) -> float:
@@ -50,8 +50,14 @@ class NvSwitchFabric(_SwitchedFabric):
 
     kind: Literal["nvswitch"] = "nvswitch"
     nvls: bool = Field(False, description="NVLink SHARP: the switch reduces (H100/H200 NVSwitch)")
-    nvls_latency_s: Seconds = Field(0.0, ge=0, description="α of an NVLS all-reduce")
-    nvls_bw_efficiency: float = Field(1.0, gt=0, le=1, description="achieved fraction of the link rate by NVLS")
+    nvls_latency_s: Latency = Field(0.0, description="α of an NVLS all-reduce (used with nvls: true)")
+    nvls_bw_efficiency: Fraction = Field(1.0, description="achieved fraction of the link rate by NVLS")
+
+    @model_validator(mode="after")
+    def _nvls_has_a_latency(self) -> NvSwitchFabric:
+        if self.nvls and self.nvls_latency_s <= 0:
+            raise ValueError("nvls_latency_s: nvls: true needs the α of an NVLS all-reduce (e.g. '10 us')")
+        return self
 
 
 class PcieFabric(_NodeFabric):
@@ -63,12 +69,12 @@ class PcieFabric(_NodeFabric):
     """
 
     kind: Literal["pcie"] = "pcie"
-    link_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="PCIe x16 rate per GPU, one direction")
-    gpus_per_socket: int = Field(gt=0)
-    host_bridge_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="socket-to-socket, one direction")
+    link_bw_bytes_per_s: LinkBandwidth = Field(description="PCIe x16 rate per GPU, one direction")
+    gpus_per_socket: int = Field(gt=0, le=1024, strict=True)
+    host_bridge_bw_bytes_per_s: LinkBandwidth = Field(description="socket-to-socket, one direction")
     p2p: bool
-    no_p2p_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="per-hop rate staged through host memory")
-    no_p2p_latency_s: Seconds = Field(gt=0, description="α per step when staged through host memory")
+    no_p2p_bw_bytes_per_s: LinkBandwidth = Field(description="per-hop rate staged through host memory")
+    no_p2p_latency_s: Latency = Field(description="α per step when staged through host memory")
 
 
 class SharedMemoryFabric(_SwitchedFabric):
@@ -82,8 +88,8 @@ class NetworkFabric(_Fabric):
     """NICs between nodes: rail-optimised (one NIC per GPU) or shared (fewer NICs than GPUs)."""
 
     kind: Literal["infiniband", "ethernet"]
-    nic_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="line rate of one NIC, one direction")
-    nics_per_node: int = Field(gt=0)
+    nic_bw_bytes_per_s: LinkBandwidth = Field(description="line rate of one NIC, one direction")
+    nics_per_node: int = Field(gt=0, le=1024, strict=True)
 
     @property
     def bw_bytes_per_s(self) -> float:

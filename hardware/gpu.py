@@ -25,7 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitsim.hardware.units import Bytes, BytesPerSecond, FlopsPerSecond, Seconds
+from splitsim.hardware.units import Exponent, FixedCost, Flops, Fraction, Memory, MemoryBandwidth
 
 ComputeDtype = Literal["bf16", "fp16", "fp8"]
 
@@ -35,17 +35,18 @@ class Efficiency(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    compute: float = Field(gt=0, le=1, description="η_peak: GEMM efficiency of large, full-wave shapes")
-    tile_m: int = Field(128, gt=0, description="GEMM output tile rows (token dimension)")
-    tile_n: int = Field(128, gt=0, description="GEMM output tile columns")
-    wave_exponent: float = Field(1.0, ge=0, le=1, description="γ: how fully wave quantisation bites")
-    m_half: float = Field(0.0, ge=0, description="tokens at which few-row GEMMs reach half of η_peak")
-    memory: float = Field(gt=0, le=1, description="η_m: achieved fraction of memory bandwidth")
-    attention: float = Field(gt=0, le=1, description="η_c of attention kernels")
-    elementwise: float | None = Field(None, gt=0, le=1,
-                                      description="η_m of element-wise kernels (norms, activation); default: memory")
-    elementwise_launch_s: Seconds | None = Field(None, ge=0, description="their fixed cost; default: launch_s")
-    launch_s: Seconds = Field(ge=0, description="fixed cost per kernel (launch, tail)")
+    compute: Fraction = Field(description="η_peak: GEMM efficiency of large, full-wave shapes")
+    tile_m: int = Field(128, gt=0, le=1024, strict=True, description="GEMM output tile rows (token dimension)")
+    tile_n: int = Field(128, gt=0, le=1024, strict=True, description="GEMM output tile columns")
+    wave_exponent: Exponent = Field(1.0, description="γ: how fully wave quantisation bites (0: not at all)")
+    m_half: float = Field(0.0, ge=0, allow_inf_nan=False,
+                          description="tokens at which few-row GEMMs reach half of η_peak (0: no such loss)")
+    memory: Fraction = Field(description="η_m: achieved fraction of memory bandwidth")
+    attention: Fraction = Field(description="η_c of attention kernels")
+    elementwise: Fraction | None = Field(None, description="η_m of element-wise kernels (norms, activation); "
+                                                           "default: memory")
+    elementwise_launch_s: FixedCost | None = Field(None, description="their fixed cost; default: launch_s")
+    launch_s: FixedCost = Field(description="fixed cost per kernel (launch, tail)")
     source: str
     assumed: bool = Field(False, description="true where no measurement of this GPU exists yet")
 
@@ -56,11 +57,11 @@ class GpuSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    memory_bytes: Bytes = Field(gt=0)
-    memory_bw_bytes_per_s: BytesPerSecond = Field(gt=0)
-    bf16_flops_per_s: FlopsPerSecond = Field(gt=0, description="dense BF16/FP16 tensor peak")
-    fp8_flops_per_s: FlopsPerSecond | None = Field(None, description="dense FP8 peak; null if no FP8 cores")
-    num_sms: int = Field(gt=0)
+    memory_bytes: Memory
+    memory_bw_bytes_per_s: MemoryBandwidth
+    bf16_flops_per_s: Flops = Field(description="dense BF16/FP16 tensor peak")
+    fp8_flops_per_s: Flops | None = Field(None, description="dense FP8 peak; null if no FP8 cores")
+    num_sms: int = Field(gt=0, le=1024, strict=True, description="streaming multiprocessors (CUs, cores)")
     efficiency: Efficiency
     source: str
 

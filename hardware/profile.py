@@ -18,7 +18,7 @@ from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.fabric import PcieFabric
 from splitsim.hardware.gpu import Efficiency
-from splitsim.hardware.units import BytesPerSecond, Seconds
+from splitsim.hardware.units import FixedCost, LinkBandwidth
 
 PROFILE_SCHEMA = "splitsim.hardware-profile/1"
 
@@ -30,11 +30,11 @@ class _Strict(BaseModel):
 class LinkFit(_Strict):
     """Alpha-beta figures of one kind of link, as achieved (not datasheet) bandwidths."""
 
-    collective_launch_s: Seconds = Field(ge=0, description="fixed cost of one collective call")
-    latency_s: Seconds = Field(ge=0, description="α per ring step")
-    bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="achieved ring bandwidth B")
-    p2p_latency_s: Seconds = Field(ge=0, description="α of one send/recv")
-    p2p_bw_bytes_per_s: BytesPerSecond = Field(gt=0, description="achieved send/recv bandwidth")
+    collective_launch_s: FixedCost = Field(description="fixed cost of one collective call")
+    latency_s: FixedCost = Field(description="α per ring step (0 when the fit cannot tell it from t₀)")
+    bw_bytes_per_s: LinkBandwidth = Field(description="achieved ring bandwidth B")
+    p2p_latency_s: FixedCost = Field(description="α of one send/recv")
+    p2p_bw_bytes_per_s: LinkBandwidth = Field(description="achieved send/recv bandwidth")
 
 
 class ErrorStats(_Strict):
