@@ -162,12 +162,17 @@ _HF_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_at
 _HF_OPTIONAL = ("num_key_value_heads", "head_dim", "max_position_embeddings")  # null or absent: the default
 
 
+HF_COUNT_LIMIT = 2**31 - 1  # sizes and counts of any real model fit a signed 32-bit int (torch's own limit for dims)
+
+
 def _hf_count(value: Any, key: str, where: str) -> int:
     """A positive whole number of config.json (4096.0 too, as some JSON writers give it)."""
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) <= HF_COUNT_LIMIT:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{where}: {key} = {cut(repr(value))}: need a whole number greater than 0")
+    if value > HF_COUNT_LIMIT:
+        raise ValueError(f"{where}: {key} = {cut(repr(value))}: more than {HF_COUNT_LIMIT:,} (no model is that large)")
     return value
 
 

@@ -22,6 +22,9 @@ from splitsim.sim.trace import TraceRows, apply_overlong, read_trace
 Overlong = Literal["refuse", "truncate", "skip"]
 
 
+MAX_TOKENS = 10_000_000  # the longest context of a released model (Llama 4 Scout, 10M tokens)
+
+
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -30,8 +33,8 @@ class Uniform(_Dist):
     """Integers drawn uniformly from [low, high]."""
 
     dist: Literal["uniform"]
-    low: int = Field(gt=0)
-    high: int = Field(gt=0)
+    low: int = Field(gt=0, le=MAX_TOKENS)
+    high: int = Field(gt=0, le=MAX_TOKENS)
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -47,16 +50,16 @@ class LogNormal(_Dist):
     """Heavy-tailed lengths, as in chat traces: median and σ of log-length, clipped to [1, max]."""
 
     dist: Literal["lognormal"]
-    median: float = Field(gt=0)
-    sigma: float = Field(gt=0)
-    max: int = Field(gt=0)
+    median: float = Field(gt=0, le=MAX_TOKENS, allow_inf_nan=False)
+    sigma: float = Field(gt=0, le=10, allow_inf_nan=False)  # e^10 ≈ 22,000×: far wider than any length trace
+    max: int = Field(gt=0, le=MAX_TOKENS)
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         values = rng.lognormal(np.log(self.median), self.sigma, size=n)
         return np.clip(np.rint(values), 1, self.max).astype(np.int64)
 
 
-Lengths = Annotated[StrictInt, Field(gt=0)] | Annotated[Uniform | LogNormal, Field(discriminator="dist")]
+Lengths = Annotated[StrictInt, Field(gt=0, le=MAX_TOKENS)] | Annotated[Uniform | LogNormal, Field(discriminator="dist")]
 
 
 def draw_lengths(spec: Lengths, rng: np.random.Generator, n: int) -> np.ndarray:
