@@ -39,7 +39,7 @@ class Efficiency(BaseModel):
     tile_m: int = Field(128, gt=0, le=1024, strict=True, description="GEMM output tile rows (token dimension)")
     tile_n: int = Field(128, gt=0, le=1024, strict=True, description="GEMM output tile columns")
     wave_exponent: Exponent = Field(1.0, description="γ: how fully wave quantisation bites (0: not at all)")
-    m_half: float = Field(0.0, ge=0, allow_inf_nan=False,
+    m_half: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False,  # fits give 47 (A100) and 97 (H100) tokens
                           description="tokens at which few-row GEMMs reach half of η_peak (0: no such loss)")
     memory: Fraction = Field(description="η_m: achieved fraction of memory bandwidth")
     attention: Fraction = Field(description="η_c of attention kernels")

@@ -203,6 +203,9 @@ Latency = Annotated[float, _figure("latency")]
 FixedCost = Annotated[float, _figure("fixed_cost")]
 
 
+MIN_FRACTION = 1e-4  # the slowest fit we know: eager CPU norms at ~0.09 of memory bandwidth (docs/validate-cpu.md)
+
+
 def check_fraction(value: object, what: str, *, zero_ok: bool = False) -> float:
     """`value` as a fraction: 0 < x ≤ 1 (0 ≤ x ≤ 1 with `zero_ok`), or a ValueError saying so."""
     valid = f"{what} is {'from 0 to 1' if zero_ok else 'more than 0 and at most 1'}, e.g. 0.75"
@@ -214,6 +217,9 @@ def check_fraction(value: object, what: str, *, zero_ok: bool = False) -> float:
         raise ValueError(f"{err}: {valid}") from None
     if not (0 <= number <= 1) or (number == 0 and not zero_ok):
         raise ValueError(valid)
+    if 0 < number < MIN_FRACTION and not zero_ok:
+        raise ValueError(f"{number:g} is below {MIN_FRACTION:g}: no measured kernel runs at less than 0.01 % of "
+                         f"its peak (a percentage written as a fraction twice?); {valid}")
     return number
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from pydantic import ValidationError
+
 from splitsim.errors import ScenarioError
 
 if TYPE_CHECKING:
@@ -298,5 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("splitsim: error: this command needs torch: pip install 'splitsim[validate]'", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ScenarioError, ValueError) as err:
-        print(f"splitsim: error: {err}", file=sys.stderr)
+        message = str(err)
+        if isinstance(err, ValidationError):  # a schema refusing a figure: its first complaint, on one line
+            first = err.errors()[0]
+            message = f"{'.'.join(map(str, first['loc']))} = {first.get('input')!r}: {first['msg']}"
+        print(f"splitsim: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -179,7 +179,8 @@ class Scenario(_Strict):
         return _check_name(name)
 
 
-_UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal")
+_UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal",  # length distributions
+               "nvswitch", "pcie", "shared-memory", "infiniband", "ethernet")  # fabric kinds
 
 
 def _is_union_branch(part: int | str) -> bool:

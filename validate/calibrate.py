@@ -93,6 +93,13 @@ def _evaluate(rows: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray])
 
 
 def _fail(where: str, err: ValueError) -> ScenarioError:
+    """One line: a fitted figure the profile schema refuses (say 25 TB/s from timings that do not grow with
+    size) names the figure and why, not pydantic's whole report."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        return ScenarioError(f"{where}: the fit gives {field} = {first.get('input')!r}, which cannot be real: "
+                             f"{first['msg'].removeprefix('Value error, ')} (check the measurements)")
     return ScenarioError(f"{where}: {err}")
 
 
@@ -154,8 +161,11 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         inter = _link(data.inter_collectives, data.inter_p2p, launch, errors, "_inter_node", notes)
     except ValueError as err:
         raise _fail(where, err) from None
-    profile = HardwareProfile(name=name, gpu=data.gpu.name, efficiency=efficiency, intra_node=intra,
-                              inter_node=inter, fitted_on=data.fitted_on, errors=errors)
+    try:
+        profile = HardwareProfile(name=name, gpu=data.gpu.name, efficiency=efficiency, intra_node=intra,
+                                  inter_node=inter, fitted_on=data.fitted_on, errors=errors)
+    except ValidationError as err:
+        raise _fail(where, err) from None
     if data.cluster is not None:
         try:
             apply_profile(load_cluster(data.cluster), profile)
