@@ -304,5 +304,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(err, ValidationError):  # a schema refusing a figure: its first complaint, on one line
             first = err.errors()[0]
             message = f"{'.'.join(map(str, first['loc']))} = {first.get('input')!r}: {first['msg']}"
-        print(f"splitsim: error: {message}", file=sys.stderr)
+        print(f"splitsim: error: {' '.join(message.splitlines())}", file=sys.stderr)  # one line, whatever it quotes
         return EXIT_BAD_INPUT

@@ -207,7 +207,7 @@ def describe_validation_error(err: ValidationError, model: type[BaseModel] = Sce
               or any(part in ("uniform", "lognormal") for part in e["loc"])]
     first = tagged[0] if tagged else errors[0]
     loc = tuple(part for part in first["loc"] if not _is_union_branch(part))
-    where = ".".join(str(part) for part in loc) or "scenario"
+    where = ".".join(str(part) if str(part).isprintable() else cut(repr(part)) for part in loc) or "scenario"
     if first["type"] == "extra_forbidden":
         valid = _field_names(model, loc[:-1])
         hint = f" (valid: {', '.join(valid)})" if valid else ""
