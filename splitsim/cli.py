@@ -299,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print("splitsim: error: this command needs torch: pip install 'splitsim[validate]'", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (ScenarioError, ValueError) as err:
+    except (ScenarioError, ValidationError) as err:  # bad input; any other exception is a bug: its traceback shows
         message = str(err)
         if isinstance(err, ValidationError):  # a schema refusing a figure: its first complaint, on one line
             first = err.errors()[0]

@@ -36,7 +36,7 @@ TABLE = "measurements.csv"
 CONFIG = "config.json"
 
 
-class MeasurementsError(ValueError):
+class MeasurementsError(ScenarioError):
     """A measurements folder that cannot be read: the message says which file and why."""
 
 
