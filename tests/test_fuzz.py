@@ -230,3 +230,31 @@ def test_any_command_line_flag_is_accepted_or_refused_in_one_line(tmp_path, caps
     _check(capsys, code, out, (flag, flag.lstrip("-").replace("-", "_"), value.split("=")[0] or "--",
                                "scenario", "workload", "model", "cluster", "parallel", "scheduler", "sim",
                                "precision", "memory", "name", "s.yaml"))
+
+
+COST_FLAGS = {"--cluster": st.sampled_from(["h100-nvlink-node", "nope", "", "/", "x" * 300]),
+              "--gpus": FLAG_VALUES | st.sampled_from(["2", "8", "9"]),
+              "--bytes": FLAG_VALUES | st.sampled_from(["1e6", "1e400", "-5"]),
+              "--gpu": st.sampled_from(["h100-sxm", "a100-sxm", "nope", ""]),
+              "--m": FLAG_VALUES | st.sampled_from(["64", "1e3"]), "--n": st.sampled_from(["64", "0", "x"]),
+              "--k": st.sampled_from(["64", "-1"]), "--dtype": st.sampled_from(["bf16", "fp8", "fp4"])}
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_cost_command_is_answered_or_refused_in_one_line(capsys, data):
+    """`splitsim cost` with any subset of its flags, any values: an answer, or exit 2 and one line."""
+    op = data.draw(st.sampled_from(["allreduce", "allgather", "sendrecv", "gemm", "bogus"]))
+    argv = ["cost", op]
+    for flag in data.draw(st.lists(st.sampled_from(list(COST_FLAGS)), unique=True, max_size=5)):
+        argv += [flag, data.draw(COST_FLAGS[flag])]
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = int(stop.code or 0)
+    out, err = capsys.readouterr()
+    event(f"exit {code}")
+    if code == 0:
+        assert "µs" in out and err == ""
+    else:
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
