@@ -12,7 +12,7 @@ builders should grow linearly with the intervals they write (issue 7, "Long wind
 Measured on the 2-core dev machine (wall seconds for gpu_intervals; 2,000 / 5,000 / 10,000 requests give
 360k / 895k / 1.76M gpus.csv rows):
 
-    before (filter every record per stage, scan every in-flight window per gap):  50.8 / 906 / > 3,400 (killed)
+    before (filter every record per stage, scan every in-flight window per gap):  50.8 / 906 / > 3,300 (killed)
     after (group once, two pointers):                                              0.26 / 0.59 / 1.33
 
 trace_events was already linear (0.63 / 1.48 / 3.00 s); writing gpus.csv and trace.json now dominates
