@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
+from splitsim.files import cut
+
 _PREFIX = {
     "": 1.0, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
     "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40,
@@ -45,21 +47,21 @@ def parse_quantity(value: object, kind: str) -> float:
         raise ValueError(f"expected a number or a string such as '900 GB/s', got {type(value).__name__}")
     match = _QUANTITY.match(value)
     if not match:
-        raise ValueError(f"cannot read {_cut(value)!r} as a {kind} quantity")
+        raise ValueError(f"cannot read {cut(value, 40)!r} as a {kind} quantity")
     number, unit = _finite(float(match.group(1))), match.group(2)
     if unit == "":
         return number
     if kind == "seconds":
         if unit not in _TIME:
-            raise ValueError(f"unknown time unit in {_cut(value)!r} (valid: {', '.join(_TIME)})")
+            raise ValueError(f"unknown time unit in {cut(value, 40)!r} (valid: {', '.join(_TIME)})")
         return _finite(number * _TIME[unit])
     unit_match = _UNIT.match(unit)
     if not unit_match:
-        raise ValueError(f"unknown unit in {_cut(value)!r}")
+        raise ValueError(f"unknown unit in {cut(value, 40)!r}")
     prefix, base = unit_match.groups()
     expected = {"bytes": ("B", "b"), "bytes_per_s": ("B/s", "b/s", "bps"), "flops_per_s": ("FLOPS",)}[kind]
     if base not in expected:
-        raise ValueError(f"{_cut(value)!r} is not a {kind} quantity (expected a unit like {expected[0]})")
+        raise ValueError(f"{cut(value, 40)!r} is not a {kind} quantity (expected a unit like {expected[0]})")
     scale = _PREFIX[prefix] / (8.0 if base in ("b", "b/s", "bps") else 1.0)
     return _finite(number * scale)
 
@@ -72,21 +74,6 @@ def _finite(number: int | float) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{value} is not a finite number")
     return value
-
-
-def _cut(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _quantity(kind: str) -> BeforeValidator:
-    return BeforeValidator(lambda value: parse_quantity(value, kind))
-
-
-# Unchecked beyond "a finite number in this unit"; hardware fields use the kinds below.
-Bytes = Annotated[float, _quantity("bytes")]
-BytesPerSecond = Annotated[float, _quantity("bytes_per_s")]
-FlopsPerSecond = Annotated[float, _quantity("flops_per_s")]
-Seconds = Annotated[float, _quantity("seconds")]
 
 
 # ------------------------------------------------------------------------------- plausible figures

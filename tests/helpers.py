@@ -86,3 +86,14 @@ def scenario_dict(**overrides: Any) -> dict[str, Any]:
         else:
             base[key] = value
     return base
+
+
+def error_line(capsys: Any, argv: list[str]) -> str:
+    """Run the command in-process on bad input: exit code 2 and exactly one stderr line, no traceback."""
+    from splitsim.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err

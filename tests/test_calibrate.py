@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import scenario_dict
+from helpers import error_line, scenario_dict
 from splitsim.cli import main
 from splitsim.hardware.catalog import load_gpu
 from splitsim.hardware.profile import load_profile
@@ -266,12 +266,6 @@ def test_cli_calibrates_several_runner_folders_together(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ bad input
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 def _vidur_tree(root: Path, mlp_columns: str = "n_head,num_tokens\n32,1\n") -> Path:
@@ -282,31 +276,31 @@ def _vidur_tree(root: Path, mlp_columns: str = "n_head,num_tokens\n32,1\n") -> P
 
 
 def test_missing_folder(tmp_path, capsys):
-    err = _one_line_error(capsys, ["calibrate", str(tmp_path / "nope"), "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(tmp_path / "nope"), "--out", str(tmp_path / "p.yaml")])
     assert "nope" in err and "no such folder" in err
 
 
 def test_folder_of_neither_format(tmp_path, capsys):
-    err = _one_line_error(capsys, ["calibrate", str(tmp_path), "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(tmp_path), "--out", str(tmp_path / "p.yaml")])
     assert str(tmp_path) in err and "neither" in err
 
 
 def test_config_of_another_schema(tmp_path, capsys):
     (tmp_path / "config.json").write_text('{"schema": "someone-else/2", "model": "x"}')
-    err = _one_line_error(capsys, ["calibrate", str(tmp_path), "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(tmp_path), "--out", str(tmp_path / "p.yaml")])
     assert "config.json" in err and "someone-else/2" in err
 
 
 def test_measurements_missing_columns(runner_folder, tmp_path, capsys):
     table = runner_folder / measurements.TABLE
     pd.read_csv(table).drop(columns=["seconds", "nbytes"]).to_csv(table, index=False)
-    err = _one_line_error(capsys, ["calibrate", str(runner_folder), "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(runner_folder), "--out", str(tmp_path / "p.yaml")])
     assert str(table) in err and "nbytes, seconds" in err
 
 
 def test_vidur_csv_missing_columns(tmp_path, capsys):
     root = _vidur_tree(tmp_path / "vidur")
-    err = _one_line_error(capsys, ["calibrate", str(root), "--gpu", "h100", "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(root), "--gpu", "h100", "--out", str(tmp_path / "p.yaml")])
     assert "mlp.csv" in err and "missing columns" in err and "n_kv_head" in err
 
 
@@ -317,12 +311,12 @@ def test_vidur_csv_missing_columns(tmp_path, capsys):
 ])
 def test_vidur_choices(tmp_path, capsys, args, fragments):
     root = _vidur_tree(tmp_path / "vidur")
-    err = _one_line_error(capsys, ["calibrate", str(root), *args, "--out", str(tmp_path / "p.yaml")])
+    err = error_line(capsys, ["calibrate", str(root), *args, "--out", str(tmp_path / "p.yaml")])
     assert all(f in err for f in fragments), err
 
 
 def test_vidur_options_on_a_runner_folder(runner_folder, tmp_path, capsys):
-    err = _one_line_error(capsys, ["calibrate", str(runner_folder), "--gpu", "h100",
+    err = error_line(capsys, ["calibrate", str(runner_folder), "--gpu", "h100",
                                    "--out", str(tmp_path / "p.yaml")])
     assert "--gpu/--network" in err
 

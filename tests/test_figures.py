@@ -21,7 +21,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from helpers import REPO, catalog_yaml, scenario_dict, tiny_model_path
+from helpers import REPO, catalog_yaml, error_line, scenario_dict, tiny_model_path
 from splitsim.cli import main
 from splitsim.hardware.catalog import load_cluster, load_gpu, preset_names, resolve_cluster
 from splitsim.hardware.cluster import ClusterSpec
@@ -56,12 +56,6 @@ CPU_FIT: dict[str, Any] = {
 }
 
 
-def _one_line_error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 # ----------------------------------------------------------------------------- what must keep loading
@@ -339,7 +333,7 @@ def test_a_cluster_figure_that_cannot_be_real_is_one_line_and_exit_2(tmp_path, c
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(yaml.safe_dump(scenario_dict(cluster=_with("cluster", path, value))))
     out = tmp_path / "out"
-    err = _one_line_error(capsys, ["run", str(scenario), "--out", str(out), "-q"])
+    err = error_line(capsys, ["run", str(scenario), "--out", str(out), "-q"])
     for fragment in expected:
         assert fragment in err, err
     assert not out.exists()
@@ -358,7 +352,7 @@ def test_a_profile_figure_that_cannot_be_real_is_one_line_and_exit_2(tmp_path, c
     scenario.write_text(yaml.safe_dump(scenario_dict(model=tiny_model_path(tmp_path), cluster="cpu-local",
                                                      hardware_profile=str(profile))))
     out = tmp_path / "out"
-    err = _one_line_error(capsys, ["run", str(scenario), "--out", str(out), "-q"])
+    err = error_line(capsys, ["run", str(scenario), "--out", str(out), "-q"])
     for fragment in ["hardware_profile", *expected]:
         assert fragment in err, err
     assert not out.exists()

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import SCENARIOS, TINY_CONFIG, catalog_yaml
-from splitsim.cli import main
+from helpers import SCENARIOS, TINY_CONFIG, catalog_yaml, error_line
 from splitsim.errors import ScenarioError
 from splitsim.files import MAX_DEPTH, parse_yaml_text, read_json_file, read_yaml_file
 from splitsim.hardware.profile import PROFILE_SCHEMA
@@ -69,13 +68,6 @@ YAML_KINDS = ("scenario", "cluster", "gpu", "fabric", "profile")
 KINDS = (*YAML_KINDS, "model")
 
 
-def _error_line(capsys, argv) -> str:
-    assert main(argv) == 2
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -147,7 +139,7 @@ def test_every_defect_of_every_file_is_one_line_and_exit_2(tmp_path, capsys, kin
     folder.mkdir()
     path, expected = _defect(kind, defect, folder / ("config.json" if kind == "model" else f"{kind}.yaml"))
     out = tmp_path / "out"
-    err = _error_line(capsys, ["run", str(_scenario_reading(kind, path, folder)), "--out", str(out), "-q"])
+    err = error_line(capsys, ["run", str(_scenario_reading(kind, path, folder)), "--out", str(out), "-q"])
     assert (str(path) if len(str(path)) <= 120 else str(path)[-50:]) in err  # the file, by name
     for fragment in expected:
         assert fragment in err
@@ -162,7 +154,7 @@ def test_an_unreadable_file_says_permission_denied(tmp_path, capsys, kind):
     path.write_text(_good(kind))
     path.chmod(0)
     try:
-        err = _error_line(capsys, ["run", str(_scenario_reading(kind, path, tmp_path)), "-q",
+        err = error_line(capsys, ["run", str(_scenario_reading(kind, path, tmp_path)), "-q",
                                    "--out", str(tmp_path / "out")])
     finally:
         path.chmod(0o644)
@@ -191,7 +183,7 @@ def test_config_json_fields_are_named_as_hugging_face_names_them(tmp_path, capsy
     path = tmp_path / "tiny" / "config.json"
     path.parent.mkdir()
     path.write_text(json.dumps(TINY_CONFIG | change))
-    err = _error_line(capsys, ["run", str(_scenario_reading("model", path, tmp_path)), "-q",
+    err = error_line(capsys, ["run", str(_scenario_reading("model", path, tmp_path)), "-q",
                                "--out", str(tmp_path / "out")])
     assert str(path) in err and expected in err
     assert not any(internal in err for internal in ("num_heads", "num_kv_heads", "num_layers", "head_dim_override",
@@ -208,7 +200,7 @@ def test_config_json_fields_are_named_as_hugging_face_names_them(tmp_path, capsy
     ("[unclosed", "malformed YAML"),
 ])
 def test_set_values_are_read_as_strictly_as_files(tmp_path, capsys, value, expected):
-    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", f"slo={value}", "-q",
+    err = error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", f"slo={value}", "-q",
                                "--out", str(tmp_path / "out")])
     assert err.startswith("splitsim: error: --set 'slo=") and expected in err and len(err) < 300
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import SCENARIOS
-from splitsim.cli import main
+from helpers import SCENARIOS, error_line
 from splitsim.scenario import load_scenario
 
 
@@ -47,12 +46,6 @@ def _base() -> dict:
     return yaml.safe_load((SCENARIOS / "h100-nvlink-70b.yaml").read_text())
 
 
-def _error_line(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 CASES = [
@@ -89,7 +82,7 @@ CASES = [
      ["scheduler.max_batched_tokens = 100000000", "activations", "lower max_batched_tokens"]),
     ("a batch no GPU holds", {}, ["scheduler.max_num_seqs=10000000"], ["max_num_seqs = 10000000", "lower"]),
     ("a block larger than the cache", {}, ["memory.block_size=2000000"], ["memory.block_size = 2000000", "block"]),
-    ("an absolute name", {}, ["name=/tmp/x"], ["name = '/tmp/x'", "one plain file name"]),
+    ("an absolute name", {}, ["name=/srv/x"], ["name = '/srv/x'", "one plain file name"]),
     ("an empty name", {}, ["name=''"], ["name = ''", "empty"]),
     ("an over-long relative model path", {}, ["model=" + "x" * 400], ["model", "x" * 40 + "…"]),
     ("a huge wrong value", {}, ["parallel.order=" + "y" * 400], ["parallel.order = 'yyyy", "…", "tp-pp-dp"]),
@@ -112,7 +105,7 @@ def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, capsys, case, ch
     argv = ["run", str(path), "--out", str(tmp_path / "out"), "-q"]
     for item in sets:
         argv += ["--set", item]
-    err = _error_line(capsys, argv)
+    err = error_line(capsys, argv)
     for fragment in expected:
         assert fragment in err
     head = err.removeprefix("splitsim: error: ").split(":")[0]
@@ -122,11 +115,11 @@ def test_bad_input_is_one_clear_line_with_exit_code_2(tmp_path, capsys, case, ch
 
 def test_checks_run_schema_then_layout_then_memory(tmp_path, capsys):
     # An unknown field and an impossible TP: the schema error wins.
-    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
+    err = error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
                                "--set", "parallel.foo=1"])
     assert "parallel.foo" in err
     # An impossible TP and a model that does not fit: the layout error wins.
-    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
+    err = error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--set", "parallel.tp=3",
                                "--set", "model=llama-3.1-405b"])
     assert "attention heads" in err
 
@@ -186,7 +179,7 @@ def test_an_out_folder_that_cannot_be_made_is_one_line_before_simulating(tmp_pat
     blocker = tmp_path / "blocker"
     blocker.write_text("a file")
     out = blocker / "sub" if case == "parent is a file" else tmp_path / ("x" * 300)
-    err = _error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--out", str(out), "-q"])
+    err = error_line(capsys, ["run", str(SCENARIOS / "h100-nvlink-70b.yaml"), "--out", str(out), "-q"])
     assert err.startswith("splitsim: error: --out ")
     assert ("is a file" in err) if case == "parent is a file" else ("300 bytes" in err and "x" * 81 not in err)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import REFERENCE_DATA, ideal_cluster, ideal_step_s, scenario_dict, tiny_model_path
+from helpers import REFERENCE_DATA, error_line, ideal_cluster, ideal_step_s, scenario_dict, tiny_model_path
 from splitsim import simulate
 from splitsim.cli import main
 from splitsim.errors import ScenarioError
@@ -46,11 +46,6 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _error_line(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 # --- closed loop --------------------------------------------------------------------------------------------------
@@ -140,7 +135,7 @@ def test_a_relative_trace_path_is_found_from_where_it_was_written(tmp_path, monk
 def test_two_load_kinds_in_a_file_are_one_line_naming_both(tmp_path, capsys):
     """Which one the user meant is unknowable, so the error names both."""
     path = _scenario_file(tmp_path / "s.yaml", workload={"rate": 2.0, "concurrency": 4})
-    err = _error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "-q"])
+    err = error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "-q"])
     assert "workload.rate" in err and "workload.concurrency" in err
 
 
@@ -168,7 +163,7 @@ def test_trace_errors_are_exit_2_naming_the_file(tmp_path, capsys, text, sets, e
     path = _scenario_file(tmp_path / "s.yaml", model=tiny_model_path(tmp_path), cluster=ideal_cluster(),
                           workload={"trace": str(trace)})
     argv = ["run", str(path), "--out", str(tmp_path / "out"), "-q"] + [a for s in sets for a in ("--set", s)]
-    err = _error_line(capsys, argv)
+    err = error_line(capsys, argv)
     for fragment in [str(trace), *expected]:
         assert fragment in err
 
