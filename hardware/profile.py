@@ -19,6 +19,7 @@ from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.fabric import PcieFabric
 from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import FixedCost, LinkBandwidth
+from splitsim.writing import write_text_atomic
 
 PROFILE_SCHEMA = "splitsim.hardware-profile/1"
 
@@ -60,8 +61,8 @@ class HardwareProfile(_Strict):
 
     def write(self, path: Path) -> None:
         data = self.model_dump(mode="json", by_alias=True)
-        path.write_text(f"# Written by splitsim calibrate. Schema {PROFILE_SCHEMA}.\n"
-                        + yaml.safe_dump(data, sort_keys=False))
+        write_text_atomic(path, f"# Written by splitsim calibrate. Schema {PROFILE_SCHEMA}.\n"
+                          + yaml.safe_dump(data, sort_keys=False))
 
 
 def load_profile(path: str | Path) -> HardwareProfile:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -229,6 +230,26 @@ class Plan:
                     f"to at least {need} or use policy chunked)")
 
 
+def read_profile(path: str | Path) -> HardwareProfile:
+    """A hardware profile file, or one line naming the file and the field that is wrong."""
+    try:
+        return load_profile(path)
+    except ValidationError as err:
+        raise ScenarioError(f"hardware_profile: {shown(path)}: {describe_validation_error(err, HardwareProfile)}"
+                            ) from None
+
+
+def with_profile(cluster: ClusterSpec, profile: HardwareProfile, path: str | Path) -> ClusterSpec:
+    """The cluster with the profile applied, or one line naming the profile file and why it does not apply."""
+    try:
+        return apply_profile(cluster, profile)
+    except ValueError as err:
+        message, where = str(err), shown(path)
+        if where not in message:
+            message = f"hardware_profile: {where}: {message.removeprefix('hardware_profile: ')}"
+        raise ScenarioError(message) from None
+
+
 def build_plan(scenario: Scenario) -> Plan:
     """Resolve the model and cluster, then check layout and memory (in that order)."""
     try:
@@ -249,16 +270,7 @@ def build_plan(scenario: Scenario) -> Plan:
     except ValueError as err:
         raise ScenarioError(f"cluster: {err}") from None
     if scenario.hardware_profile is not None:
-        try:
-            cluster = apply_profile(cluster, load_profile(scenario.hardware_profile))
-        except ValidationError as err:
-            message = describe_validation_error(err, HardwareProfile)
-            raise ScenarioError(f"hardware_profile: {shown(scenario.hardware_profile)}: {message}") from None
-        except ValueError as err:
-            message, where = str(err), shown(scenario.hardware_profile)
-            if where not in message:  # name the file the profile came from
-                message = f"hardware_profile: {where}: {message.removeprefix('hardware_profile: ')}"
-            raise ScenarioError(message) from None
+        cluster = with_profile(cluster, read_profile(scenario.hardware_profile), scenario.hardware_profile)
     plan = Plan(scenario, model, cluster)
     plan.check_layout()
     plan.check_memory()

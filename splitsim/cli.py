@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, NoReturn
 from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
+from splitsim.writing import check_out_path
 
 if TYPE_CHECKING:
     from splitsim.scenario import Scenario
@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
         scenario = scenario.model_copy(update={"slo": parse_slo_arg(args.slo)})
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name
-    _check_out_dir(out_dir)
+    check_out_path(out_dir)
     for note in _notes(scenario):
         print(f"note: {note}")
     started = time.perf_counter()
@@ -62,27 +62,6 @@ def _run(args: argparse.Namespace) -> int:
     print(f"  wall time       {sim_wall:.2f} s to simulate; outputs in {out_dir}/ "
           f"({', '.join(p.name for p in written)})")
     return 0
-
-
-NAME_MAX_BYTES = 255  # the longest file name Linux, macOS and Windows file systems take
-
-
-def _check_out_dir(out_dir: Path) -> None:
-    """Before simulating: the output folder can be created (or replaced) where it is asked for."""
-    where = f"--out {str(out_dir)[:80]}{'…' if len(str(out_dir)) > 80 else ''}"
-    for i, part in enumerate(out_dir.parts):
-        limit = NAME_MAX_BYTES - (20 if i == len(out_dir.parts) - 1 else 0)  # room for ".tmp-<pid>"
-        if len(part.encode()) > limit:
-            raise ScenarioError(f"{where}: a name of {len(part.encode())} bytes (at most {limit} here)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ScenarioError(f"{where}: is a file, not a folder")
-    parent = out_dir.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ScenarioError(f"{where}: {parent} is a file, so no folder can be made inside it")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ScenarioError(f"{where}: {parent} is not writable")
 
 
 def _notes(scenario: Scenario) -> list[str]:

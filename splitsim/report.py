@@ -7,52 +7,25 @@ replaced whole (see `write_outputs`), so no file of an earlier run survives besi
 
 from __future__ import annotations
 
-import glob
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from splitsim.sim.result import Result
+from splitsim.writing import replace_folder
 
 GIB = 2.0**30
 
 
 def write_outputs(result: Result, out_dir: Path, run_info: dict[str, Any] | None = None, timeline: bool = True,
                   on_step: Callable[[str], None] | None = None) -> list[Path]:
-    """Write the run's files so that `out_dir` is always the old result, the new one, or absent — never a mix:
-    everything goes into a fresh sibling `<out>.tmp-<pid>`, the old folder moves aside to `<out>.old-<pid>`,
-    the new one takes its name, the old one is removed. Leftovers of an interrupted run are removed first.
+    """Write the run's files into `out_dir`, replacing it whole (splitsim.writing.replace_folder).
     `on_step(label)` is called after every file and every rename (tests interrupt the writer there)."""
     step = on_step or (lambda label: None)
-    out_dir = Path(out_dir)
-    remove_leftovers(out_dir)
-    staging = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    staging.mkdir(parents=True)
-    try:
-        names = _write_files(result, staging, run_info, timeline, step)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        out_dir.rename(old)
-        step("old result moved aside")
-    staging.rename(out_dir)
-    step("new result in place")
-    shutil.rmtree(old, ignore_errors=True)
-    return [out_dir / name for name in names]
-
-
-def remove_leftovers(out_dir: Path) -> None:
-    """Folders an interrupted writer left beside `out_dir` (`<out>.tmp-*`, `<out>.old-*`)."""
-    parent = out_dir.parent
-    if parent.is_dir():
-        for pattern in (f"{glob.escape(out_dir.name)}.tmp-*", f"{glob.escape(out_dir.name)}.old-*"):
-            for leftover in parent.glob(pattern):
-                shutil.rmtree(leftover, ignore_errors=True)
+    names = replace_folder(Path(out_dir), lambda staging: _write_files(result, staging, run_info, timeline, step),
+                           step)
+    return [Path(out_dir) / name for name in names]
 
 
 def _write_files(result: Result, folder: Path, run_info: dict[str, Any] | None, timeline: bool,

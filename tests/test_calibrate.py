@@ -357,3 +357,24 @@ def test_a_profile_drives_a_pcie_box_without_p2p_and_refuses_other_gpus(tmp_path
     assert collectives.allreduce_s(apply_profile(box, profile), list(range(p)), size) == pytest.approx(expected)
     with pytest.raises(ValueError, match="fitted on l40s"):
         apply_profile(load_cluster("h100-nvlink-node"), profile)
+
+
+@pytest.mark.parametrize(("where", "words"), [("folder", "is a folder"), ("missing/p.yaml", "no folder")])
+def test_out_that_cannot_be_written_is_refused_before_fitting(runner_folder, tmp_path, capsys, where, words):
+    (tmp_path / "folder").mkdir()
+    err = error_line(capsys, ["calibrate", str(runner_folder), "--out", str(tmp_path / where)])
+    assert err.startswith(f"splitsim: error: --out {tmp_path / where}") and words in err, err
+
+
+@pytest.mark.parametrize(("column", "value", "words"), [
+    ("seconds", "-0.001", "a positive number of seconds"), ("m", "2.5", "whole number"),
+    ("kind", "ops", "op, step, micro"), ("nbytes", "nan", "positive finite number of bytes")])
+def test_a_bad_cell_is_named_by_line_and_column(runner_folder, tmp_path, capsys, column, value, words):
+    table = runner_folder / measurements.TABLE
+    rows = pd.read_csv(table, dtype=str, keep_default_na=False)
+    row = int(np.flatnonzero(rows[column] != "")[0]) if column != "nbytes" else \
+        int(np.flatnonzero(rows["op"] == "allreduce")[0])
+    rows.loc[row, column] = value
+    rows.to_csv(table, index=False)
+    err = error_line(capsys, ["calibrate", str(runner_folder), "--out", str(tmp_path / "p.yaml")])
+    assert f"{table}: line {row + 2}, {column} = '{value}'" in err and words in err, err

@@ -19,13 +19,16 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import catalog_yaml, scenario_dict
+from helpers import catalog_yaml, scenario_dict, tiny_model_path
 from splitsim.cli import main
+from splitsim.validate import measurements
 
 BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4})
 
@@ -258,3 +261,156 @@ def test_any_cost_command_is_answered_or_refused_in_one_line(capsys, data):
         assert "µs" in out and err == ""
     else:
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ calibrate and validate compare
+
+def _measurements(folder: Path) -> None:
+    """A small valid measurements folder: what `validate run` writes for a planted CPU (tests/test_calibrate)."""
+    from test_calibrate import CONFIG, _runner_rows
+
+    measurements.write(folder, _runner_rows(3, [1, 4, 16, 64], np.geomspace(1e3, 1e6, 6)), CONFIG)
+
+
+def _broken_measurements(folder: Path, data: st.DataObject) -> str:
+    """A measurements folder broken one way; returns the name of the file that was broken."""
+    _measurements(folder)
+    name = data.draw(st.sampled_from([measurements.CONFIG, measurements.TABLE]))
+    file = folder / name
+    if name == measurements.CONFIG and data.draw(st.booleans()):
+        tree, _ = _mutated(json.loads(file.read_text()), data)
+        file.write_text(json.dumps(tree, allow_nan=True))
+    elif name == measurements.TABLE and data.draw(st.booleans()):  # one cell replaced by an absurd value
+        table = pd.read_csv(file, dtype=str, keep_default_na=False)
+        row, column = data.draw(st.integers(0, len(table) - 1)), data.draw(st.sampled_from(list(table.columns)))
+        table.loc[row, column] = str(data.draw(ABSURD))
+        table.to_csv(file, index=False)
+    else:
+        file.write_bytes(_corrupted(file.read_text(), data))
+    return name
+
+
+def _exit(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_broken_measurements_folder_is_calibrated_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    broken = _broken_measurements(folder / "run", data)
+    out = folder / "profile.yaml"
+    code = _exit(["calibrate", str(folder / "run"), "--out", str(out)])
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    if code == 0:
+        assert out.is_file() and err == "", err
+        return
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert broken in err or str(folder / "run") in err, (broken, err)
+    assert not out.exists()
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_broken_comparison_input_is_compared_or_refused_in_one_line(tmp_path, capsys, data):
+    """`validate compare` with a broken measurements folder or a broken profile: comparison.csv, or one line."""
+    folder = _fresh(tmp_path)
+    run = folder / "run"
+    profile = folder / "profile.yaml"
+    valid = {**_profile(), "gpu": "cpu-core", "efficiency": catalog_yaml("gpus", "cpu-core")["efficiency"],
+             "fitted_on": ["elsewhere sha256:0000000000000000"]}
+    if data.draw(st.booleans()):
+        broken = _broken_measurements(run, data)
+        profile.write_text(yaml.safe_dump(valid))
+    else:
+        _measurements(run)
+        broken = profile.name
+        if data.draw(st.booleans()):
+            profile.write_text(yaml.safe_dump(_mutated(valid, data)[0]))
+        else:
+            profile.write_bytes(_corrupted(yaml.safe_dump(valid), data))
+    code = _exit(["validate", "compare", str(run), "--profile", str(profile)])
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    if code == 0:
+        assert (run / "comparison.csv").is_file() and err == "", err
+        return
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert broken in err or str(run) in err, (broken, err)
+    assert not (run / "comparison.csv").exists() and not (run / "comparison.png").exists()
+
+
+def _vidur_folder(root: Path) -> list[Path]:
+    """A small Vidur profiling tree (two models' mlp.csv, an all_reduce.csv) with plausible H100 times."""
+    tokens = [1, 8, 32, 128, 512, 2048]
+    files = []
+    for model, (hidden, ffn) in {"org/a": (4096, 11008), "org/b": (5120, 13824)}.items():
+        rows = pd.DataFrame({"n_head": 32, "n_kv_head": 32, "n_embd": hidden, "n_expanded_embd": ffn,
+                             "use_gated_mlp": True, "num_tokens": tokens, "num_tensor_parallel_workers": 1})
+        for op, width in (("attn_pre_proj", 3 * hidden), ("attn_post_proj", hidden), ("mlp_up_proj", 2 * ffn),
+                          ("mlp_down_proj", hidden)):
+            rows[f"time_stats.{op}.median"] = [0.005 + 2 * m * width * hidden / 6e14 * 1e3 for m in tokens]
+        files.append(root / "compute" / "h100" / model / "mlp.csv")
+        files[-1].parent.mkdir(parents=True)
+        rows.to_csv(files[-1], index=False)
+    sizes = [2048 * 4**i for i in range(8)]
+    network = pd.DataFrame({"num_workers": 2, "devices_per_node": 2, "size": sizes,
+                            "time_stats.all_reduce.median": [0.02 + s / 1e8 for s in sizes]})
+    files.append(root / "network" / "h100_dgx" / "all_reduce.csv")
+    files[-1].parent.mkdir(parents=True)
+    network.to_csv(files[-1], index=False)
+    return files
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_broken_vidur_folder_is_calibrated_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    file = data.draw(st.sampled_from(_vidur_folder(folder / "vidur")))
+    if data.draw(st.booleans()):
+        table = pd.read_csv(file, dtype=str, keep_default_na=False)
+        row, column = data.draw(st.integers(0, len(table) - 1)), data.draw(st.sampled_from(list(table.columns)))
+        table.loc[row, column] = str(data.draw(ABSURD))
+        table.to_csv(file, index=False)
+    else:
+        file.write_bytes(_corrupted(file.read_text(), data))
+    out = folder / "profile.yaml"
+    code = _exit(["calibrate", str(folder / "vidur"), "--gpu", "h100", "--network", "h100_dgx", "--out", str(out)])
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    if code == 0:
+        assert out.is_file() and err == "", err
+        return
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(folder / "vidur") in err, err
+    assert not out.exists()
+
+
+RUN_FLAGS = {"--tp": "1", "--pp": "1", "--batch": "1", "--prompt": "8", "--decode": "1", "--layers": "1",
+             "--warmup": "0", "--repeats": "1", "--dtype": "bf16", "--device": "cpu", "--cluster": "cpu-local",
+             "--seed": "0"}
+
+
+@settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))  # a run that succeeds spawns torch
+@given(data=st.data())
+def test_any_validate_run_flag_is_measured_or_refused_in_one_line(tmp_path, capsys, data):
+    pytest.importorskip("torch")
+    folder = _fresh(tmp_path)
+    flags = dict(RUN_FLAGS, **{"--model": tiny_model_path(folder)})
+    flag = data.draw(st.sampled_from(list(flags)))
+    flags[flag] = data.draw(FLAG_VALUES | st.sampled_from(["2", "3", "4096", "1e9", "h100-nvlink-node", "fp16"]))
+    out = folder / "measured"
+    code = _exit(["validate", "run", *[part for pair in flags.items() for part in pair], "--no-micro",
+                  "--out", str(out)])
+    err = capsys.readouterr().err
+    event(f"exit {code}")
+    if code == 0:
+        assert (out / measurements.TABLE).is_file() and err == "", err
+        return
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert flag in err or flag.lstrip("-") in err or "--" in err, (flag, err)
+    assert not out.exists()

@@ -219,3 +219,19 @@ def test_torchrun_style_launch(tmp_path):
     assert set(ops["rank"].astype(int)) == {0, 1} and set(ops["tp"]) == {2}
     assert len(ops[(ops["op"] == "mlp_allreduce") & (ops["phase"] == "decode")]) == 2 * 2  # 2 layers × 2 ranks
     assert set(rows[rows["kind"] == "micro"]["op"]) >= {"gemm", "allreduce", "allgather", "sendrecv"}
+
+
+def test_a_second_run_replaces_the_folder_whole(tmp_path, capsys):
+    """A run into a folder of an earlier run (say with a comparison.csv `validate compare` wrote) leaves only
+    the new run's files, and an --out that is a file is refused before anything is measured."""
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "comparison.csv").write_text("stale\n")
+    argv = ["validate", "run", "--model", str(_tiny(tmp_path / "tiny")), "--layers", "1", "--prompt", "4",
+            "--decode", "1", "--repeats", "1", "--warmup", "0", "--no-micro"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([measurements.TABLE, measurements.CONFIG])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("m.")] == []  # no staging leftovers
+    (tmp_path / "file").write_text("")
+    assert main([*argv, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

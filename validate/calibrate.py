@@ -19,7 +19,6 @@ was held out, on the training rows, marked `held_out: false`).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,9 +35,9 @@ from splitsim.hardware.gpu import GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
-from splitsim.models.spec import ModelSpec
 from splitsim.validate import fit, measurements, vidur
 from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
+from splitsim.writing import check_out_path
 
 VIDUR_GPUS = {"h100": "h100-sxm", "a100": "a100-sxm"}
 VIDUR_CLUSTERS = {"h100_dgx": "h100-ib-2node", "a100_dgx": "a100-nvlink-node"}  # to check the profile applies
@@ -227,7 +226,7 @@ def vidur_dataset(root: Path, gpu_name: str | None, topology: str | None) -> Dat
         raise ScenarioError(f"{root}/compute/{gpu_name}: every model is held out ({', '.join(VIDUR_HELD_OUT)})")
     used = sorted({f for f in folders if f"{f.parent.name}/{f.name}" not in VIDUR_HELD_OUT})
     data = Dataset(gpu=gpu, cluster=None, gemm=gemm, fitted_on=[str(f.resolve()) for f in [root, *used]],
-                   description=f"Vidur profiling compute/{gpu_name}")
+                   description=f"{root} (Vidur profiling, compute/{gpu_name}")
     if topology is not None:
         net = vidur.read_network(root, topology)
         net = net.assign(train=_alternate(net, "nbytes", ["op", "group_size", "devices_per_node"]))
@@ -240,19 +239,11 @@ def vidur_dataset(root: Path, gpu_name: str | None, topology: str | None) -> Dat
         data.inter_p2p = inter[inter["op"] == "sendrecv"]
         data.cluster = VIDUR_CLUSTERS.get(topology)
         data.fitted_on.append(str((root / "network" / topology).resolve()))
-        data.description += f" and network/{topology}"
+        data.description = data.description[:-1] + f", network/{topology})"
     return data
 
 
 # --------------------------------------------------------------------------------------- runner input
-
-def _read_measurements(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    try:
-        return measurements.read(folder)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise measurements.MeasurementsError(
-            f"{folder / measurements.TABLE}: not a readable CSV ({str(err).strip().splitlines()[0]})") from None
-
 
 def _cluster_name(folder: Path, config: dict[str, Any]) -> str:
     name = config.get("cluster")
@@ -264,32 +255,19 @@ def _cluster_name(folder: Path, config: dict[str, Any]) -> str:
                         "(rerun `splitsim validate run` with --cluster)")
 
 
-def _model(folder: Path, config: dict[str, Any]) -> ModelSpec:
-    path = folder / measurements.CONFIG
-    if "model_spec" not in config:
-        raise ScenarioError(f"{path}: no model_spec (needed for the shapes of op rows)")
-    try:
-        return ModelSpec.model_validate(config["model_spec"])
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise ScenarioError(f"{path}: model_spec.{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-
-
 def _int(value: Any, default: int = 0) -> int:
     return default if pd.isna(value) else int(value)
 
 
 def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: GpuSpec) -> dict[str, pd.DataFrame]:
     """GEMM, attention, collective and send/recv rows of one measurements folder."""
-    dtype = str(config.get("dtype", "bf16"))
-    if dtype not in BYTES_PER_ELEMENT:
-        raise ScenarioError(f"{folder / measurements.CONFIG}: dtype {dtype!r} (valid: bf16, fp16)")
+    dtype = measurements.measured_dtype(folder, config)
     compute = compute_dtype(dtype, gpu.has_fp8)  # type: ignore[arg-type]
     weight_bytes = BYTES_PER_ELEMENT[dtype]
     micro, op_rows = rows[rows["kind"] == "micro"], rows[rows["kind"] == "op"]
     needs_model = (op_rows["op"].isin(GEMM_OPS + ELEMENTWISE_OPS + ("attention",)).any()
                    or micro["op"].str.startswith("attention").any())
-    model = _model(folder, config) if needs_model else None
+    model = measurements.measured_model(folder, config) if needs_model else None
 
     def sharding(tp: int) -> ops.Sharding:
         return ops.Sharding(tp=tp, weights=dtype, kv_cache=dtype, compute=compute)  # type: ignore[arg-type]
@@ -344,7 +322,7 @@ def runner_dataset(folders: list[Path]) -> Dataset:
     gpu: GpuSpec | None = None
     fitted_on = []
     for folder in folders:
-        rows, config = _read_measurements(folder)
+        rows, config = measurements.read(folder)
         name = _cluster_name(folder, config)
         clusters.setdefault(name, folder)
         if len(clusters) > 1:
@@ -374,7 +352,7 @@ def runner_dataset(folders: list[Path]) -> Dataset:
         elementwise=elementwise.assign(train=fit.every_other(elementwise["nbytes"])),
         collectives=collectives.assign(train=_alternate(collectives, "nbytes", ["op", "group_size"])),
         p2p=p2p.assign(train=fit.every_other(p2p["nbytes"])),
-        description=f"{len(folders)} `splitsim validate run` folder(s) on {next(iter(clusters))}",
+        description=f"{', '.join(map(str, folders))} (measured on {next(iter(clusters))})",
     )
 
 
@@ -433,13 +411,12 @@ def format_report(cal: Calibration, out: Path) -> str:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    check_out_path(args.out, folder=False)
     data = load_dataset(list(args.measurements), args.gpu, args.network)
     cal = calibrate(data, args.out.stem)
-    if not args.out.parent.is_dir():
-        raise ScenarioError(f"--out {args.out}: no folder {args.out.parent}")
     cal.profile.write(args.out)
     print(format_report(cal, args.out))
     warnings = [n for n in cal.notes if n.startswith("warning")]
-    for warning in warnings:
-        print(f"splitsim: {warning}", file=sys.stderr)
+    for warning in warnings:  # stdout, as a run's notes: stderr is for errors only
+        print(f"splitsim: {warning}")
     return 0

@@ -17,12 +17,12 @@ import pandas as pd
 
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster
-from splitsim.hardware.profile import HardwareProfile, apply_profile, load_profile
+from splitsim.hardware.profile import HardwareProfile, apply_profile
 from splitsim.models.ops import BatchShape
 from splitsim.models.spec import ModelSpec
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.costs import StageCosts
-from splitsim.sim.plan import Plan
+from splitsim.sim.plan import Plan, read_profile, with_profile
 from splitsim.validate import measurements
 
 COMPARISON_COLUMNS = ["kind", "phase", "tp", "pp", "batch", "prompt", "context", "measured_s", "predicted_s",
@@ -40,15 +40,6 @@ def _fitted_on(profile: HardwareProfile, folder: Path) -> bool:
     digest = me.split(" sha256:")[1]
     return any(entry == me or entry.endswith(f"sha256:{digest}") or Path(entry) == folder.resolve()
                for entry in profile.fitted_on)
-
-
-def _model(config: dict[str, Any]) -> ModelSpec:
-    if not isinstance(config.get("model_spec"), dict):
-        raise measurements.MeasurementsError(
-            f"{measurements.CONFIG}: no model_spec (written by `splitsim validate run`)")
-    spec = ModelSpec.model_validate(config["model_spec"])
-    layers = config.get("layers") or spec.num_layers
-    return spec.model_copy(update={"num_layers": layers})
 
 
 class _Predictor:
@@ -101,10 +92,8 @@ class _Predictor:
         return None
 
 
-def comparison_table(rows: pd.DataFrame, config: dict[str, Any], profile: HardwareProfile) -> pd.DataFrame:
-    model = _model(config)
-    cluster = config.get("cluster") or "cpu-local"
-    dtype = config.get("dtype", "bf16")
+def comparison_table(rows: pd.DataFrame, model: ModelSpec, cluster: str, dtype: str,
+                     profile: HardwareProfile) -> pd.DataFrame:
     predictors: dict[tuple[int, int], _Predictor] = {}
     out = []
     keys = ["kind", "op", "phase", "tp", "pp", "batch", "prompt", "context"]
@@ -164,14 +153,18 @@ def save_plot(table: pd.DataFrame, path: Path) -> None:
 def compare_command(args: argparse.Namespace) -> int:
     folder: Path = args.measurements
     rows, config = measurements.read(folder)
+    profile = read_profile(args.profile)
+    cluster = config.get("cluster") or "cpu-local"
     try:
-        profile = load_profile(args.profile)
-    except ValueError as err:
-        raise ScenarioError(str(err)) from None
+        measured_on = load_cluster(cluster)
+    except (ScenarioError, ValueError) as err:
+        raise ScenarioError(f"{folder / measurements.CONFIG}: cluster: {str(err).splitlines()[0]}") from None
+    with_profile(measured_on, profile, args.profile)  # refuses a profile of another GPU, naming its file
     if _fitted_on(profile, folder):
         raise ScenarioError(f"{folder}: the profile {args.profile} was fitted on these measurements; "
                             "compare it with measurements it has not seen")
-    table = comparison_table(rows, config, profile)
+    model = measurements.measured_model(folder, config)
+    table = comparison_table(rows, model, cluster, measurements.measured_dtype(folder, config), profile)
     if table.empty:
         raise ScenarioError(f"{folder}: no op or step rows to compare")
     table.to_csv(folder / "comparison.csv", index=False, float_format="%.9g")

@@ -23,10 +23,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, read_json_file
+from splitsim.models.spec import ModelSpec
 
 SCHEMA = "splitsim.measurements/1"
 COLUMNS = ["kind", "op", "phase", "layer", "stage", "rank", "tp", "pp", "batch", "prompt", "context",
@@ -49,6 +52,51 @@ def write(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> None:
     (folder / CONFIG).write_text(json.dumps({"schema": SCHEMA, **config}, indent=2) + "\n")
 
 
+# What each row must carry, by kind and op (the runner writes more; these are what readers use).
+REQUIRED = {("micro", "gemm"): ("m", "n", "k"), ("micro", "attention_prefill"): ("batch", "prompt"),
+            ("micro", "attention_decode"): ("batch", "context"), ("micro", "allreduce"): ("nbytes", "group_size"),
+            ("micro", "allgather"): ("nbytes", "group_size"), ("micro", "sendrecv"): ("nbytes",),
+            ("step", "prefill_step"): ("tp", "pp", "batch", "prompt"),
+            ("step", "decode_step"): ("tp", "pp", "batch", "prompt", "context")}
+PHASES = ("prefill", "decode")
+TEXT = ("kind", "op", "phase")
+COUNT_LIMIT = 2**31 - 1  # as for a model's sizes (models/spec.py)
+LOWEST = {"layer": -1, "stage": 0, "rank": 0, "context": 0, "tokens": 0}  # the other counts start at 1
+
+
+def measured_model(folder: Path, config: dict[str, Any]) -> ModelSpec:
+    """The model the runner built: the config's `model_spec` with its `layers` (the runner may keep fewer)."""
+    path = folder / CONFIG
+    spec = config.get("model_spec")
+    if not isinstance(spec, dict):
+        raise MeasurementsError(f"{path}: model_spec = {cut(repr(spec))}: expected the model's mapping "
+                                "(written by `splitsim validate run`)")
+    layers = config.get("layers")
+    try:
+        model = ModelSpec.model_validate(spec)
+        if layers is not None:
+            model = ModelSpec.model_validate({**spec, "num_layers": layers})
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "layers" if first["loc"] == ("num_layers",) and layers is not None else \
+            "model_spec." + ".".join(map(str, first["loc"]))
+        raise MeasurementsError(f"{path}: {where} = {cut(repr(first.get('input')))}: "
+                                f"{first['msg'].removeprefix('Value error, ')}") from None
+    if model.num_layers > spec.get("num_layers", model.num_layers):
+        raise MeasurementsError(f"{path}: layers = {layers}: more than the model's {spec['num_layers']}")
+    return model
+
+
+MEASURED_DTYPES = ("bf16", "fp16")  # what `splitsim validate run --dtype` offers
+
+
+def measured_dtype(folder: Path, config: dict[str, Any]) -> str:
+    dtype = config.get("dtype", "bf16")
+    if dtype not in MEASURED_DTYPES:
+        raise MeasurementsError(f"{folder / CONFIG}: dtype = {cut(repr(dtype))} (valid: {', '.join(MEASURED_DTYPES)})")
+    return str(dtype)
+
+
 def read(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The table and configuration of a measurements folder, checked against this schema."""
     folder = Path(folder)
@@ -65,11 +113,62 @@ def read(folder: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise MeasurementsError(f"{config_path}: schema {cut(repr(config.get('schema')))}, expected {SCHEMA!r}")
     if not table.is_file():
         raise MeasurementsError(f"{folder}: no {TABLE}")
-    rows = pd.read_csv(table)
-    missing = [c for c in COLUMNS if c not in rows.columns]
+    return check_rows(table, _read_table(table)), config
+
+
+def _read_table(table: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(table, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MeasurementsError(f"{table}: not a readable CSV ({cut(str(err).strip().splitlines()[0])})") from None
+
+
+def check_rows(table: Path, text: pd.DataFrame) -> pd.DataFrame:
+    """Typed rows, or one line naming the line, the column, the value and what would be valid.
+
+    Every row needs a positive finite `seconds`; counts are whole numbers in range; each (kind, op) carries
+    the fields in REQUIRED. Empty cells are NaN (a field that does not apply to the row)."""
+    missing = [c for c in COLUMNS if c not in text.columns]
     if missing:
         raise MeasurementsError(f"{table}: missing columns {', '.join(missing)} (schema {SCHEMA})")
-    unknown = sorted(set(rows["kind"]) - set(KINDS))
-    if unknown:
-        raise MeasurementsError(f"{table}: unknown kind {unknown[0]!r} (valid: {', '.join(KINDS)})")
-    return rows, config
+
+    def refuse(row: int, column: str, why: str) -> MeasurementsError:
+        value = text[column].iloc[row]  # line 1 is the header
+        return MeasurementsError(f"{table}: line {row + 2}, {column} = {cut(repr(value))}: {why}")
+
+    rows = text[COLUMNS].copy()
+    for column in COLUMNS:
+        if column in TEXT:
+            continue
+        cells = text[column].str.strip()
+        numbers = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+        bad = numbers.isna() & (cells != "")
+        if column == "seconds":
+            bad |= ~np.isfinite(numbers) | (numbers <= 0)
+            if bad.any():
+                raise refuse(int(np.argmax(bad)), column, "expected the measured time, a positive number of seconds")
+        elif column == "nbytes":
+            bad |= numbers.notna() & (~np.isfinite(numbers) | (numbers <= 0))
+            if bad.any():
+                raise refuse(int(np.argmax(bad)), column, "expected a positive finite number of bytes, or empty")
+        else:
+            low = LOWEST.get(column, 1)
+            bad |= numbers.notna() & ((numbers != np.floor(numbers)) | (numbers < low) | (numbers > COUNT_LIMIT))
+            if bad.any():
+                raise refuse(int(np.argmax(bad)), column, f"expected a whole number from {low} to {COUNT_LIMIT}, "
+                                                          "or empty")
+        rows[column] = numbers
+    for row, (kind, op, phase) in enumerate(zip(rows["kind"], rows["op"], rows["phase"], strict=True)):
+        if kind not in KINDS:
+            raise refuse(row, "kind", f"expected one of {', '.join(KINDS)}")
+        if phase not in (*PHASES, ""):
+            raise refuse(row, "phase", f"expected {' or '.join(PHASES)}, or empty")
+        if kind == "op" and phase == "":
+            raise refuse(row, "phase", f"an op row needs {' or '.join(PHASES)}")
+        valid_ops = sorted(o for k, o in REQUIRED if k == kind)
+        if valid_ops and (kind, op) not in REQUIRED:
+            raise refuse(row, "op", f"expected a {kind} op: {', '.join(valid_ops)}")
+        for column in REQUIRED.get((kind, op), ()):
+            if pd.isna(rows[column].iloc[row]):
+                raise refuse(row, column, f"a {kind} {op} row needs it")
+    return rows

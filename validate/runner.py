@@ -17,7 +17,6 @@ import argparse
 import math
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from splitsim.validate.model import RMS_NORM_EPS, ROPE_THETA
 from splitsim.validate.parallel import layout_problem, valid_tp
 from splitsim.validate.pipeline import stage_weight_bytes
 from splitsim.validate.timing import timer_for
+from splitsim.writing import check_out_path, replace_folder
 
 Layout = tuple[int, int]
 ELEMENT_BYTES = 2  # bf16 and fp16 weights
@@ -214,6 +214,7 @@ def run_command(args: argparse.Namespace) -> int:
     torchrun = under_torchrun()
     world_size = int(os.environ["WORLD_SIZE"]) if torchrun else None
     layouts = check_options(args, spec, world_size)
+    check_out_path(Path(args.out))
     options = MeasureOptions(
         spec=spec, num_layers=spec.num_layers if args.layers is None else args.layers,
         batches=_unique(args.batch), prompts=_unique(args.prompt), decode=args.decode, warmup=args.warmup,
@@ -221,7 +222,7 @@ def run_command(args: argparse.Namespace) -> int:
     plans: list[MicroPlan | None] = [None] * len(layouts) if args.no_micro else list(micro_plans(layouts, options))
     if args.device == "cpu" and not torchrun and max(tp * pp for tp, pp in layouts) > (os.cpu_count() or 1):
         print(f"splitsim: warning: {max(tp * pp for tp, pp in layouts)} ranks on {os.cpu_count()} CPU cores "
-              "time-share them", file=sys.stderr)
+              "time-share them")  # stdout, as a run's notes: stderr is for errors only
     tables: list[pd.DataFrame | None] = []
     if torchrun:
         ctx = init_from_env(args.device)
@@ -237,7 +238,8 @@ def run_command(args: argparse.Namespace) -> int:
     rows = pd.concat([t for t in tables if t is not None], ignore_index=True)
     wall_s = time.perf_counter() - started
     out = Path(args.out)
-    measurements.write(out, rows, _config(args, spec, options, layouts, "torchrun" if torchrun else "spawn", wall_s))
+    config = _config(args, spec, options, layouts, "torchrun" if torchrun else "spawn", wall_s)
+    replace_folder(out, lambda staging: measurements.write(staging, rows, config))
     print(f"{spec.name}, {options.num_layers} layers, {args.device} ({backend_for(args.device)}), {args.dtype}: "
           f"{len(layouts)} layout(s) in {wall_s:.1f} s; {len(rows)} rows in {out}/")
     print(summary(rows))

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from splitsim.errors import ScenarioError
+from splitsim.files import cut
+from splitsim.validate.measurements import COUNT_LIMIT
 
 MS = 1e-3
 GEMM_OPS = {"attn_pre_proj": "qkv", "attn_post_proj": "o_proj", "mlp_up_proj": "gate_up",
@@ -61,13 +63,35 @@ def _choose(root: Path, kind: str, name: str, valid: list[str]) -> Path:
 
 
 def _read_csv(path: Path, needed: list[str]) -> pd.DataFrame:
+    """The needed columns, typed: shapes are whole numbers ≥ 1 in every row; times (`time_stats.*`, in ms)
+    are finite and ≥ 0 where present (Vidur leaves a cell empty where it did not measure). Anything else is
+    one line naming the file, the line and the column."""
     try:
-        table = pd.read_csv(path)
+        text = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ScenarioError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in needed if c not in table.columns]
+        raise ScenarioError(f"{path}: not a readable CSV ({cut(str(err).splitlines()[0])})") from None
+    missing = [c for c in needed if c not in text.columns]
     if missing:
         raise ScenarioError(f"{path}: missing columns {', '.join(missing)} (not a Vidur profiling table)")
+    table = pd.DataFrame(index=text.index)
+    for column in needed:
+        cells = text[column].str.strip()
+        if column == "use_gated_mlp":
+            flags = cells.str.lower().map({"true": 1, "false": 0, "1": 1, "0": 0})
+            bad, why = flags.isna(), "expected True or False"
+            table[column] = flags
+        else:
+            numbers = pd.to_numeric(cells.where(cells != ""), errors="coerce")
+            if column.startswith("time_stats."):
+                bad = (numbers.isna() & (cells != "")) | (numbers.notna() & (~np.isfinite(numbers) | (numbers < 0)))
+                why = "expected a time in ms (≥ 0), or empty"
+            else:
+                bad = numbers.isna() | (numbers != np.floor(numbers)) | (numbers < 1) | (numbers > COUNT_LIMIT)
+                why = f"expected a whole number from 1 to {COUNT_LIMIT}"
+            table[column] = numbers
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ScenarioError(f"{path}: line {row + 2}, {column} = {cut(repr(text[column].iloc[row]))}: {why}")
     return table
 
 
