@@ -80,6 +80,8 @@ def measured_model(folder: Path, config: dict[str, Any]) -> ModelSpec:
         first = err.errors()[0]
         where = "layers" if first["loc"] == ("num_layers",) and layers is not None else \
             "model_spec." + ".".join(map(str, first["loc"]))
+        if first["type"] == "missing":
+            raise MeasurementsError(f"{path}: {where}: required field is missing") from None
         raise MeasurementsError(f"{path}: {where} = {cut(repr(first.get('input')))}: "
                                 f"{first['msg'].removeprefix('Value error, ')}") from None
     if model.num_layers > spec.get("num_layers", model.num_layers):
