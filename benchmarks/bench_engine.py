@@ -45,13 +45,13 @@ VIDUR_WALL_S = 55.0
 TARGET_WALL_S = 5.5
 
 
-def reference_scenario(num_requests: int, granularity: str = "stage") -> dict:
+def reference_scenario(num_requests: int, granularity: str = "stage", rate: float = 2.0) -> dict:
     return {
         "name": f"bench-{granularity}",
         "model": str(MODEL),
         "cluster": "h100-nvlink-node",
         "parallel": {"tp": 4, "pp": 1, "dp": 1},
-        "workload": {"num_requests": num_requests, "rate": 2.0, "prompt_tokens": 1024, "output_tokens": 212},
+        "workload": {"num_requests": num_requests, "rate": rate, "prompt_tokens": 1024, "output_tokens": 212},
         "scheduler": {"max_num_seqs": 128, "max_batched_tokens": 512, "policy": "chunked"},
         "sim": {"granularity": granularity, "seed": 0},
     }
@@ -108,6 +108,7 @@ def print_table(results: list[dict]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000, help="requests in the stage-mode run")
+    parser.add_argument("--rate", type=float, default=2.0, help="requests/s (the reference: 2)")
     parser.add_argument("--layer-requests", type=int, default=200, help="requests in the layer-mode run")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the stage-mode run only (timings then include profiler overhead)")
@@ -118,7 +119,7 @@ def main() -> int:
 
     if args.profile:
         profiler = cProfile.Profile()
-        result = run(f"stage {args.requests}", reference_scenario(args.requests), False, profiler)
+        result = run(f"stage {args.requests}", reference_scenario(args.requests, rate=args.rate), False, profiler)
         print_table([result])
         stats = pstats.Stats(profiler).strip_dirs()
         for order in ("cumulative", "tottime"):
@@ -128,7 +129,7 @@ def main() -> int:
 
     # Timed without tracemalloc (it slows this allocation-heavy code ~10x); optionally rerun under it.
     results = []
-    for label, data in ((f"stage {args.requests}", reference_scenario(args.requests)),
+    for label, data in ((f"stage {args.requests}", reference_scenario(args.requests, rate=args.rate)),
                         (f"layer {args.layer_requests}", reference_scenario(args.layer_requests, "layer"))):
         timed = run(label, data, trace_memory=False)
         if args.tracemalloc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from splitsim.hardware import collectives
 from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
@@ -148,6 +150,22 @@ class StageCosts:
         edge_compute, edge_comm = self.edge_times(tokens)
         compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_logits)
         return compute, edge_comm + self.num_layers * layer_comm
+
+    def decode_stage_times(self, num_decode: int, contexts: np.ndarray) -> tuple[np.ndarray, float]:
+        """`stage_time` of decode-only batches of `num_decode` sequences (each sampling), one per Σ context
+        in `contexts`: the same terms added in the same order, so every element equals what `stage_time`
+        gives bit for bit (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
+        qkv, o_proj, gate_up, down = self.gemm_times(num_decode)
+        input_norm, rope, post_norm, act = self.elementwise_times(num_decode)
+        gpu, eff = self.gpu, self.gpu.efficiency
+        flops = self._decode_flops_per_ctx * contexts
+        nbytes = self._decode_bytes_per_ctx * contexts + self._decode_bytes_per_seq * num_decode
+        attn_decode = np.maximum(flops / (gpu.bf16_flops_per_s * eff.attention),
+                                 nbytes / (gpu.memory_bw_bytes_per_s * eff.memory)) + eff.launch_s
+        layer_compute = (input_norm + qkv + rope + 0.0 + attn_decode + o_proj + post_norm + gate_up + act + down)
+        edge_compute, edge_comm = self.edge_times(num_decode)
+        compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_decode)
+        return compute, edge_comm + self.num_layers * (2 * self.allreduce_time(num_decode))
 
     def layer_ops(self, batch: BatchShape) -> list[TimedOp]:
         """One layer's ops in execution order, timed: what layer mode makes events of."""

@@ -19,6 +19,7 @@ happened as `RunRecords`; finished requests go to a sink.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -26,6 +27,7 @@ import simpy
 
 from splitsim.hardware.collectives import shared_links
 from splitsim.sim.costs import StageCosts
+from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram
 from splitsim.sim.plan import Plan
 from splitsim.sim.recorder import Recorder
@@ -81,6 +83,8 @@ class Engine:
         self.batches_to_tick = TICK_BATCHES
         self.sink: RequestSink = sink if sink is not None else RequestLog()
         self.layer_mode = plan.granularity == "layer"
+        self.fast_forward = FastForwardStats()
+        self.ff_enabled = plan.scenario.sim.fast_forward
         self.links: dict[str, simpy.Resource] = {}
         self.routed = 0
         self.finished = 0
@@ -112,7 +116,7 @@ class Engine:
             preemptions=self.preemptions, recomputed_tokens=self.recomputed_tokens,
             peak_running_seqs=tuple(replica.occupancy.peak for replica in self.replicas),
             kv_blocked_batches=sum(slot.kv_blocked for replica in self.replicas for slot in replica.slots),
-            itl=self.itl.flush(), output_tokens=self.tokens_out,
+            itl=self.itl.flush(), output_tokens=self.tokens_out, fast_forward=self.fast_forward.as_dict(),
             steady_start=self.steady_from, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
 
     def _moment(self) -> Moment:
@@ -168,16 +172,42 @@ class Engine:
                 continue
             recorder.batch_started(index, env.now)
             if one_delay:
-                yield env.timeout(self._stage_seconds(replica, 0, batch))
+                span = self._span(replica, slot, batch) if self.ff_enabled else "off"
+                if isinstance(span, str):
+                    self.fast_forward.fallbacks[span] += 1
+                    yield env.timeout(self._stage_seconds(replica, 0, batch))
+                else:
+                    apply_span(slot, batch, span, self.itl, recorder, index)
+                    skipped = span.steps - 1
+                    self.tokens_out += skipped * batch.num_logits
+                    self.batches_to_tick -= skipped
+                    self.fast_forward.steps_skipped += skipped
+                    self.fast_forward.steps_total += skipped
+                    self.fast_forward.spans[1 << (span.steps.bit_length() - 1)] += 1
+                    yield env.timeout(_delay_to(env.now, float(span.ends[-1])))
             else:
+                self.fast_forward.fallbacks["layer_granularity" if self.layer_mode else "pipeline"] += 1
                 yield from self._pipeline(replica, batch)
             recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)
+            self.fast_forward.steps_total += 1
             self.batches_to_tick -= 1
             if not self.batches_to_tick:
                 self.batches_to_tick = TICK_BATCHES
                 if self.on_tick is not None:
                     self.on_tick(env.now)
+
+    def _span(self, replica: _Replica, slot: _Slot, batch: Batch) -> Span | str:
+        """A fast-forward span from `batch`, or why it steps (counted)."""
+        stream = self.stream
+        if stream.arrival_s is not None:  # open loop: the next arrival may go to any slot
+            next_arrival = float(stream.arrival_s[self.routed]) if self.routed < stream.num_requests else math.inf
+        elif self.routed == stream.num_requests or len(self.replicas) == 1:
+            next_arrival = math.inf  # closed loop, one replica: requests come only when its own finish
+        else:
+            return "closed_loop_dp"  # another replica's finish may send this one a request at any step
+        # A span ends by the batch the progress countdown reaches zero on, so ticks come as when stepping.
+        return plan_span(slot, batch, replica.costs[0], self.env.now, next_arrival, self.batches_to_tick)
 
     def _preempted(self, replica: _Replica, requests: list[Request]) -> None:
         self.preemptions += len(requests)
@@ -310,3 +340,13 @@ class Engine:
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
                 self._route(self._request(now))
         replica.wake_idle_slots()
+
+
+def _delay_to(now: float, end: float) -> float:
+    """A delay that brings SimPy's clock (`now + delay`) to exactly `end`, as the steps' own delays would."""
+    delay = end - now
+    while now + delay < end:
+        delay = math.nextafter(delay, math.inf)
+    while now + delay > end:
+        delay = math.nextafter(delay, -math.inf)
+    return delay

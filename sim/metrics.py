@@ -151,6 +151,17 @@ class HistogramBuffer:
         """`count` equal values (a batch of decodes sharing one gap), at C speed."""
         self._values.extend(repeat(value, count))
 
+    def extend_steps(self, gaps: np.ndarray, per_step: int) -> None:
+        """`per_step` copies of each gap, flushed where `flush_if_full` after every step would flush, so the
+        histogram's sums come out the same bits as stepping gives (a fast-forward span's gaps)."""
+        start = 0
+        while start < len(gaps):
+            room = max(self.FLUSH_EVERY - len(self._values), 1)
+            stop = min(len(gaps), start + -(-room // per_step))  # the step that fills the buffer, or the last
+            self._values.frombytes(np.repeat(np.asarray(gaps[start:stop], dtype=np.float64), per_step).tobytes())
+            self.flush_if_full()
+            start = stop
+
     def flush_if_full(self) -> None:
         if len(self._values) >= self.FLUSH_EVERY:
             self.flush()

@@ -84,3 +84,4 @@ class RunRecords:
     output_tokens: int
     steady_start: Moment | None  # the first admission after every request of the first wave finished
     steady_end: Moment | None  # the later of the last arrival and the last moment the queues emptied
+    fast_forward: dict[str, Any]  # steps_total, steps_skipped, fallbacks {reason: steps} (sim/fast_forward.py)

@@ -145,7 +145,7 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
         trace_events=trace_events(plan, records.recorder),
         window=(start, end),
         meta={"model": plan.model.name, "cluster": plan.cluster.name, "gpu": plan.cluster.gpu.name,
-              "granularity": plan.granularity, "events": records.events,
+              "granularity": plan.granularity, "events": records.events, "fast_forward": records.fast_forward,
               "kv_blocked_batches": records.kv_blocked_batches, "recomputed_tokens": records.recomputed_tokens,
               "max_concurrency": plan.max_concurrency(int((stream.prompt_tokens + stream.output_tokens).max())),
               "longest_request_tokens": int((stream.prompt_tokens + stream.output_tokens).max())},

@@ -51,7 +51,8 @@ def _run(args: argparse.Namespace) -> int:
     sim_wall = time.perf_counter() - started
     run_info = {
         "scenario": str(args.scenario), "overrides": args.set, "wall_time_s": sim_wall,
-        "events": result.meta.get("events"), "python": platform.python_version(),
+        "events": result.meta.get("events"), "fast_forward": result.meta.get("fast_forward"),
+        "python": platform.python_version(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:

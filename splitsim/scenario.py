@@ -143,6 +143,8 @@ class Memory(_Strict):
 
 class SimOptions(_Strict):
     granularity: Literal["stage", "layer"] = "stage"
+    fast_forward: bool = Field(True, description="fold runs of identical decode steps into one event (exact); "
+                                                 "false steps every batch, the reference it is tested against")
     seed: int = Field(0, ge=0)
 
 

@@ -1,0 +1,171 @@
+"""Fast-forward: many decode steps of one slot in one event, with exactly the results of stepping them.
+
+Between two events that change a batch — an arrival, a request finishing, a KV block that cannot be had —
+a slot whose batch is every one of its decoding requests in lockstep repeats the same step: the same
+requests, each context one token longer. The step times follow from the cost model
+(`StageCosts.decode_stage_times`, the same float operations as `stage_time`), the step ends from adding
+them one by one as SimPy would, so the fast path reproduces exact stepping bit for bit: the same token
+times, gaps, KV blocks, busy seconds and counters. The engine then waits once, until the last step of the
+span ends, and completes that step the ordinary way (it may finish requests).
+
+A span stops before: the first formation at or after the next arrival (any replica may get it), the step
+in which a request finishes (that step is the span's last), and the formation whose new KV blocks would
+not all fit (it preempts). Cases that must step are counted by reason in `FastForwardStats.fallbacks`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from splitsim.models.ops import BatchShape
+from splitsim.sim.costs import StageCosts
+from splitsim.sim.metrics import HistogramBuffer
+from splitsim.sim.recorder import Recorder
+from splitsim.sim.scheduler import Batch, Scheduler
+
+MIN_SPAN = 4  # shorter spans step: numpy's fixed cost (~30 µs) exceeds what three SimPy steps cost
+
+
+@dataclass
+class FastForwardStats:
+    """What `run.json` reports: steps run in all, steps folded into spans, and why the others stepped."""
+
+    steps_total: int = 0
+    steps_skipped: int = 0
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    spans: Counter[int] = field(default_factory=Counter)  # span length, rounded down to a power of two
+
+    def as_dict(self) -> dict[str, object]:
+        return {"steps_total": self.steps_total, "steps_skipped": self.steps_skipped,
+                "fallbacks": dict(sorted(self.fallbacks.items())),
+                "span_lengths": {f"{k}-{2 * k - 1}" if k > 1 else "1": n for k, n in sorted(self.spans.items())}}
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """`steps` decode steps starting at `starts[0]`: their (start, end) times and stage busy times."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    compute: np.ndarray
+    comm: float
+    admission_kv_blocked: bool  # each formation fails to admit the head of the queue for want of blocks
+
+    @property
+    def steps(self) -> int:
+        return len(self.ends)
+
+
+def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next_arrival_s: float,
+              max_steps: int) -> Span | str:
+    """The longest span of at most `max_steps` steps starting with `batch` at `now` that nothing can change,
+    or the reason why this batch must step alone. `batch` was just formed by `slot` (its KV blocks for this
+    step are held)."""
+    if batch.prefill:
+        return "prefill"
+    if not (batch.every_decode and slot.in_step):
+        return "lockstep_break"
+    if slot.preempted:  # the next formation may readmit what this one preempted
+        return "preempted"
+    decode = batch.decode
+    n = len(decode)
+    finish_in = min(request.output - request.generated for request in decode)  # the step a request finishes
+    if finish_in < MIN_SPAN:
+        return "finish"
+    if max_steps < MIN_SPAN:
+        return "progress_tick"
+    compute0, comm = costs.stage_time(batch.shape, batch.num_logits)
+    dt0 = compute0 + comm
+    horizon = min(finish_in, max_steps)
+    if next_arrival_s < math.inf:  # steps only lengthen: at most this many can start before the arrival
+        horizon = min(horizon, int((next_arrival_s - now) / dt0) + 2)
+        if horizon < MIN_SPAN:
+            return "arrival"
+    contexts = batch.shape.decode_context + n * np.arange(horizon, dtype=np.int64)
+    compute, comm = costs.decode_stage_times(n, contexts)
+    ends = np.add.accumulate(np.concatenate(([now], compute + comm)))[1:]  # SimPy's now + delay, one by one
+    # Formations 1..k-1 happen at ends[0..k-2]: each must come before the next arrival.
+    steps = min(horizon, 1 + int(np.searchsorted(ends, next_arrival_s, side="left")))
+    if steps < MIN_SPAN:
+        return "arrival"
+    if slot.on_demand:
+        steps = _within_free_blocks(slot, batch, steps)
+        if steps < MIN_SPAN:
+            return "kv_blocks"
+    ends = ends[:steps]
+    return Span(np.concatenate(([now], ends[:-1])), ends, compute[:steps], comm, _admission_kv_blocked(slot, n))
+
+
+def _admission_kv_blocked(slot: Scheduler, n: int) -> bool:
+    """Whether each formation of the span tries to admit the head of the queue and fails for want of KV
+    blocks (counted in `kv_blocked`). It failed in the formation that made the span's first batch, and
+    fails again in every later one: the span's formations only take blocks."""
+    if not slot.waiting or len(slot.running) >= slot.config.max_num_seqs:
+        return False
+    head = slot.waiting[0]
+    if slot.config.policy == "chunked":
+        return slot.config.max_batched_tokens > n
+    return head.prompt + head.generated <= slot.config.max_batched_tokens
+
+
+def _blocks_needed(slot: Scheduler, batch: Batch, steps: int) -> int:
+    """New KV blocks the formations inside a span of `steps` steps take (their tokens: prompt + generated)."""
+    block = slot.kv.block
+    need = 0
+    for request in batch.decode:
+        blocks = -(-(request.prompt + request.generated + steps - 1) // block)
+        if blocks > request.kv_blocks:
+            need += blocks - request.kv_blocks
+    return need
+
+
+def _within_free_blocks(slot: Scheduler, batch: Batch, steps: int) -> int:
+    """The longest span up to `steps` whose formations' new blocks all fit in the free ones."""
+    free = slot.kv.free
+    if _blocks_needed(slot, batch, steps) <= free:
+        return steps
+    low, high = 1, steps  # _blocks_needed(low) fits (nothing new before formation 1), high does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _blocks_needed(slot, batch, mid) <= free:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, recorder: Recorder,
+               replica: int) -> None:
+    """Complete the span's steps but the last, as stepping would have, and make `batch` the last step's.
+
+    Tokens, gaps and blocks for steps 0..k-2 and formations 1..k-1; busy and in-flight records for all k
+    steps (the last step's in-flight interval is closed by the engine when it ends)."""
+    k = span.steps
+    decode = batch.decode
+    n = len(decode)
+    ends = span.ends
+    gaps = np.diff(np.concatenate(([slot.last_end], ends[:-1])))  # each step's gap since the previous token
+    itl.extend_steps(gaps, n)
+    longest = float(gaps.max())
+    for request in decode:
+        if longest > request.max_itl_s:
+            request.max_itl_s = longest
+        request.generated += k - 1
+    slot.context += (k - 1) * n
+    slot.last_end = float(ends[-2])
+    if slot.on_demand:
+        kv = slot.kv
+        for request in decode:
+            blocks = -(-(request.prompt + request.generated) // kv.block)
+            if blocks > request.kv_blocks:
+                kv.free -= blocks - request.kv_blocks
+                request.kv_blocks = blocks
+                request.room = blocks * kv.block - request.prompt
+    if span.admission_kv_blocked:
+        slot.kv_blocked += k - 1
+    batch.shape = BatchShape((), n, batch.shape.decode_context + (k - 1) * n)
+    recorder.decode_span(replica, span.starts, span.ends, span.compute, span.comm)
