@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable, Generator
 from typing import Any
 
+import numpy as np
 import simpy
 
 from splitsim.hardware.collectives import shared_links
@@ -85,6 +86,7 @@ class Engine:
         self.layer_mode = plan.granularity == "layer"
         self.fast_forward = FastForwardStats()
         self.ff_enabled = plan.scenario.sim.fast_forward
+        self.spans_in_flight: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (ends of skipped steps, tokens each)
         self.links: dict[str, simpy.Resource] = {}
         self.routed = 0
         self.finished = 0
@@ -120,7 +122,12 @@ class Engine:
             steady_start=self.steady_from, steady_end=max(ends, key=lambda m: m.time_s) if ends else None)
 
     def _moment(self) -> Moment:
-        return Moment(self.env.now, self.tokens_out, self.finished)
+        """Now's clock and counts. A span in flight has credited none of its tokens yet: add those of its
+        steps that have ended, as stepping would have by now."""
+        now, tokens = self.env.now, self.tokens_out
+        for ends, per_step in self.spans_in_flight.values():
+            tokens += int(np.searchsorted(ends, now, side="right")) * per_step
+        return Moment(now, tokens, self.finished)
 
     # -- arrivals and routing ---------------------------------------------------------------------
     def _arrivals(self) -> Process:
@@ -179,14 +186,17 @@ class Engine:
                 else:
                     apply_span(slot, batch, span, self.itl, recorder, index)
                     skipped = span.steps - 1
-                    self.tokens_out += skipped * batch.num_logits
+                    self.spans_in_flight[id(slot)] = (span.ends[:-1], batch.num_logits)
                     self.batches_to_tick -= skipped
                     self.fast_forward.steps_skipped += skipped
                     self.fast_forward.steps_total += skipped
                     self.fast_forward.spans[1 << (span.steps.bit_length() - 1)] += 1
                     yield env.timeout(_delay_to(env.now, float(span.ends[-1])))
+                    del self.spans_in_flight[id(slot)]
+                    self.tokens_out += skipped * batch.num_logits
             else:
-                self.fast_forward.fallbacks["layer_granularity" if self.layer_mode else "pipeline"] += 1
+                reason = "off" if not self.ff_enabled else "layer_granularity" if self.layer_mode else "pipeline"
+                self.fast_forward.fallbacks[reason] += 1
                 yield from self._pipeline(replica, batch)
             recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)

@@ -88,6 +88,20 @@ def scenario_dict(**overrides: Any) -> dict[str, Any]:
     return base
 
 
+def cluster_holding(model: str, kv_tokens: float, scheduler: dict, parallel: dict | None = None) -> dict:
+    """The ideal cluster with just enough memory for the weights, activations and `kv_tokens` tokens of KV
+    (on the tightest stage)."""
+    from splitsim.scenario import scenario_from_dict
+    from splitsim.sim.plan import build_plan
+
+    probe = build_plan(scenario_from_dict(scenario_dict(model=model, cluster=ideal_cluster(), scheduler=scheduler,
+                                                        parallel=parallel or {}, memory={"gpu_utilization": 1.0})))
+    cluster = ideal_cluster()
+    cluster["gpu"]["memory_bytes"] = max(stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
+                                         + kv_tokens * stage.kv_bytes_per_token_per_gpu for stage in probe.stages)
+    return cluster
+
+
 def error_line(capsys: Any, argv: list[str]) -> str:
     """Run the command in-process on bad input: exit code 2 and exactly one stderr line, no traceback."""
     from splitsim.cli import main

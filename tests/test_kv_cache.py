@@ -7,23 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import ideal_cluster, ideal_step_s
+from helpers import cluster_holding, ideal_step_s
 from splitsim.models.ops import BatchShape
-
-
-def _cluster_holding(model: str, kv_tokens: float, scheduler: dict, parallel: dict | None = None) -> dict:
-    """The ideal cluster with just enough memory for the weights, activations and `kv_tokens` tokens of KV
-    (on the tightest stage)."""
-    from helpers import scenario_dict
-    from splitsim.scenario import scenario_from_dict
-    from splitsim.sim.plan import build_plan
-
-    probe = build_plan(scenario_from_dict(scenario_dict(model=model, cluster=ideal_cluster(), scheduler=scheduler,
-                                                        parallel=parallel or {}, memory={"gpu_utilization": 1.0})))
-    cluster = ideal_cluster()
-    cluster["gpu"]["memory_bytes"] = max(stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
-                                         + kv_tokens * stage.kv_bytes_per_token_per_gpu for stage in probe.stages)
-    return cluster
 
 
 def test_one_preemption_traced_by_hand(run, tiny_model):
@@ -41,7 +26,7 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     scheduler = {"policy": "chunked", "max_batched_tokens": 4096, "max_num_seqs": 8}
     rows = pd.DataFrame({"arrival_s": [0.0, 0.0], "prompt_tokens": [16, 16], "output_tokens": [40, 40]})
     scenario = scenario_from_dict(scenario_dict(
-        model=tiny_model, cluster=_cluster_holding(tiny_model, 5.5 * 16, scheduler), scheduler=scheduler,
+        model=tiny_model, cluster=cluster_holding(tiny_model, 5.5 * 16, scheduler), scheduler=scheduler,
         memory={"gpu_utilization": 1.0, "kv_allocation": "on_demand"}))
     result = simulate(scenario, requests=rows)
     assert result.summary["kv_cache_tokens_per_replica"] == 80  # the set-up: five blocks
@@ -76,7 +61,7 @@ TIGHT = {"policy": "chunked", "max_batched_tokens": 2048, "max_num_seqs": 256}
 
 
 def _tight(run, kv_allocation: str):
-    return run(cluster=_cluster_holding("llama-3-8b", 6000, TIGHT), scheduler=TIGHT,
+    return run(cluster=cluster_holding("llama-3-8b", 6000, TIGHT), scheduler=TIGHT,
                memory={"gpu_utilization": 1.0, "kv_allocation": kv_allocation},
                workload={"num_requests": 120, "rate": 0, "prompt_tokens": 100, "output_tokens": 400})
 
@@ -156,7 +141,7 @@ def test_pipeline_slots_page_their_own_share_of_the_cache(run, tmp_path):
                 "output_tokens": {"dist": "uniform", "low": 30, "high": 74}}
 
     def tight(blocks_per_slot: int):
-        cluster = _cluster_holding(tiny_model, 4 * blocks_per_slot * 16 + 8, scheduler, parallel={"pp": 4})
+        cluster = cluster_holding(tiny_model, 4 * blocks_per_slot * 16 + 8, scheduler, parallel={"pp": 4})
         return run(model=tiny_model, cluster=cluster, parallel={"pp": 4}, scheduler=scheduler, workload=workload,
                    memory={"gpu_utilization": 1.0, "kv_allocation": "on_demand"})
 
