@@ -73,7 +73,7 @@ def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next
         return "preempted"
     decode = batch.decode
     n = len(decode)
-    finish_in = min(request.output - request.generated for request in decode)  # the step a request finishes
+    finish_in = min(request.output - slot.generated(request) for request in decode)  # the step one finishes
     if finish_in < MIN_SPAN:
         return "finish"
     if max_steps < MIN_SPAN:
@@ -117,7 +117,7 @@ def _blocks_needed(slot: Scheduler, batch: Batch, steps: int) -> int:
     block = slot.kv.block
     need = 0
     for request in batch.decode:
-        blocks = -(-(request.prompt + request.generated + steps - 1) // block)
+        blocks = -(-(request.prompt + slot.generated(request) + steps - 1) // block)
         if blocks > request.kv_blocks:
             need += blocks - request.kv_blocks
     return need
@@ -150,21 +150,12 @@ def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, 
     ends = span.ends
     gaps = np.diff(np.concatenate(([slot.last_end], ends[:-1])))  # each step's gap since the previous token
     itl.extend_steps(gaps, n)
-    longest = float(gaps.max())
-    for request in decode:
-        if longest > request.max_itl_s:
-            request.max_itl_s = longest
-        request.generated += k - 1
+    for request in slot.advance(k - 1, gaps):  # tokens whose new blocks the span's formations took
+        taken = slot.kv.hold(request, request.prompt + request.generated)
+        assert taken, "plan_span checked that the span's blocks fit"
+        slot.reschedule(request)
     slot.context += (k - 1) * n
     slot.last_end = float(ends[-2])
-    if slot.on_demand:
-        kv = slot.kv
-        for request in decode:
-            blocks = -(-(request.prompt + request.generated) // kv.block)
-            if blocks > request.kv_blocks:
-                kv.free -= blocks - request.kv_blocks
-                request.kv_blocks = blocks
-                request.room = blocks * kv.block - request.prompt
     if span.admission_kv_blocked:
         slot.kv_blocked += k - 1
     batch.shape = BatchShape((), n, batch.shape.decode_context + (k - 1) * n)

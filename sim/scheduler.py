@@ -26,13 +26,17 @@ kept up to date: it is `prompt + generated - 1`.
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from splitsim.models.ops import BatchShape
 from splitsim.sim.metrics import HistogramBuffer
 
+GAP_LOG_LIMIT = 1 << 20  # lockstep gaps kept per slot before the ones no request needs are dropped
 Policy = Literal["chunked", "prefill_first"]
 KvAllocation = Literal["on_demand", "reserve"]
 
@@ -41,7 +45,8 @@ class Request:
     """One request's lengths and progress, owned by the engine while the request is in the system."""
 
     __slots__ = ("id", "arrival_s", "prompt", "output", "computed", "generated", "decoding", "kv_blocks", "room",
-                 "replica", "preemptions", "first_scheduled_s", "first_token_s", "last_token_s", "max_itl_s")
+                 "replica", "preemptions", "first_scheduled_s", "first_token_s", "last_token_s", "max_itl_s",
+                 "since_tick", "due_tick", "seq")
 
     def __init__(self, request_id: int, arrival_s: float, prompt: int, output: int) -> None:
         self.id = request_id
@@ -59,6 +64,9 @@ class Request:
         self.first_token_s = -1.0
         self.last_token_s = -1.0
         self.max_itl_s = 0.0  # the longest gap between two of its output tokens (none yet: 0)
+        self.since_tick = 0  # decoding in lockstep: `generated` and `max_itl_s` are as of this slot tick
+        self.due_tick = -1  # the slot tick of its next event: its last token, or a token that needs a block
+        self.seq = -1  # admission order in its slot (running is in this order)
 
 
 @dataclass(slots=True)
@@ -120,14 +128,18 @@ class Scheduler:
     """One slot's queues and its requests' progress: `waiting` (FCFS; preempted requests at the front) and
     `running` (admission order). `next_batch` forms a batch; `complete` hands out its tokens.
 
-    Decoding requests cost one short pass a token in `complete`; everything else is kept per batch:
-    `context` is Σ (prompt + generated) over the decoding requests (a batch's decode attention),
-    `needs_block` the decodes whose next token starts a new KV block (1 in `block_size`), and while every
-    decode runs in every batch (`in_step`) their inter-token gaps are one gap, the time since `last_end`,
-    so their `last_token_s` is left stale until the lockstep breaks."""
+    Decoding requests cost nothing a token: while every decode runs in every batch (`in_step`, lockstep) a
+    batch advances the slot's `tick`, and a decoding request's `generated` and `max_itl_s` are kept as of
+    its `since_tick` (`synced` brings them up to date from the log of lockstep gaps, `gaps`). Each request is
+    touched only at its own events, found by tick in `due`: its last token, and the token that needs its next
+    KV block (1 in `block_size`). Per batch: `context` is Σ (prompt + generated) over the decoding requests (a
+    batch's decode attention), `needs_block` the decodes whose next token starts a new KV block, in running
+    order; their `last_token_s` is `last_end` until the lockstep breaks, when every decode is synced and
+    stepped one by one."""
 
     __slots__ = ("config", "kv", "occupancy", "waiting", "running", "on_demand", "preempted", "kv_blocked",
-                 "needs_block", "context", "itl", "in_step", "last_end")
+                 "needs_block", "context", "itl", "in_step", "last_end", "tick", "gaps", "gap_offset", "due",
+                 "admissions")
 
     def __init__(self, config: SchedulerConfig, kv: KvPool, occupancy: Occupancy, itl: HistogramBuffer) -> None:
         self.config = config
@@ -143,6 +155,11 @@ class Scheduler:
         self.context = 0
         self.in_step = False  # every decoding request got its last token at `last_end`
         self.last_end = 0.0  # when this slot's previous batch ended
+        self.tick = 0  # lockstep batches so far
+        self.gaps = array("d")  # gaps[i]: the inter-token gap of lockstep tick gap_offset + i + 1
+        self.gap_offset = 0
+        self.due: dict[int, list[Request]] = {}  # tick -> decodes with an event at that tick (stale ones skipped)
+        self.admissions = 0
 
     def next_batch(self, now: float) -> Batch | None:
         """The next batch, admitting waiting requests into `running`; None if there is nothing to do."""
@@ -156,10 +173,12 @@ class Scheduler:
         """The batch ran until `now`: prefill chunks are computed, every request that caught up samples a
         token. Returns the requests that finished (their blocks freed, out of `running`)."""
         in_step = batch.every_decode and self.in_step
-        if not in_step:
+        decode = batch.decode
+        if in_step:  # one tick for every decode: no request is touched unless its event is due
+            self.tick += 1
+        else:
             self._write_last_tokens()
         finished = []
-        needs_block = self.needs_block
         caught_up = []  # newer than every decode: they need blocks after the decodes, in admission order
         for request, tokens in batch.prefill:
             request.computed += tokens
@@ -171,44 +190,111 @@ class Scheduler:
                     self._gap(request, now - request.last_token_s)
                 request.last_token_s = now
                 request.decoding = True
+                request.since_tick = self.tick
+                request.due_tick = -1  # any entry in `due` from before a preemption is stale
                 self.context += request.prompt + request.generated
                 if request.generated == request.output:
                     finished.append(request)
                 elif request.generated > request.room:
                     caught_up.append(request)
-        decode = batch.decode
-        if in_step:  # the hot loop: one gap for all, once a token
+                else:
+                    self.reschedule(request)
+        if in_step:  # and one gap
             gap = now - self.last_end
             self.itl.append_many(gap, len(decode))
-            for request in decode:
-                if gap > request.max_itl_s:
-                    request.max_itl_s = gap
-                generated = request.generated = request.generated + 1
-                if generated == request.output:
-                    finished.append(request)
-                elif generated > request.room:
-                    needs_block.append(request)
-        else:  # the same pass with each request's own gap (kept apart: the loop above is the hot path)
+            self.gaps.append(gap)
+            due = self.due.pop(self.tick, None)
+            if due:
+                self._events(due, finished)
+            if len(self.gaps) > GAP_LOG_LIMIT:
+                self._trim_gaps()
+        else:  # the same tokens, each request with its own gap and its own events
             for request in decode:
                 self._gap(request, now - request.last_token_s)
                 request.last_token_s = now
-                generated = request.generated = request.generated + 1
-                if generated == request.output:
+                request.generated += 1
+            needs_block = self.needs_block
+            for request in decode:
+                if request.generated == request.output:
                     finished.append(request)
-                elif generated > request.room:
+                elif request.generated > request.room:
+                    request.due_tick = -1
                     needs_block.append(request)
+                else:
+                    self.reschedule(request)
         if caught_up:
-            needs_block += caught_up
+            self.needs_block += caught_up
         self.in_step = batch.every_decode  # every decoding request's last token is now
         self.last_end = now
         self.context += len(decode)
         if finished:
             self.occupancy.running -= len(finished)
             for request in finished:
+                request.decoding = False
                 self.context -= request.prompt + request.output
                 self.kv.release(request)
             self.running = [request for request in self.running if request.kv_blocks]
         return finished
+
+    def generated(self, request: Request) -> int:
+        """A decoding request's output tokens so far, without syncing it."""
+        return request.generated + self.tick - request.since_tick
+
+    def synced(self, request: Request) -> Request:
+        """Bring a decoding request's `generated` and `max_itl_s` up to the slot's tick."""
+        behind = self.tick - request.since_tick
+        if behind > 0:
+            request.generated += behind
+            start = request.since_tick - self.gap_offset
+            longest = max(self.gaps[start:start + behind])
+            if longest > request.max_itl_s:
+                request.max_itl_s = longest
+            request.since_tick = self.tick
+        return request
+
+    def reschedule(self, request: Request) -> None:
+        """File a synced decoding request under the tick of its next event (last token, or a new block)."""
+        due = self.tick + min(request.output - request.generated, request.room - request.generated + 1)
+        request.due_tick = due
+        bucket = self.due.get(due)
+        if bucket is None:
+            self.due[due] = [request]
+        else:
+            bucket.append(request)
+
+    def _events(self, due: list[Request], finished: list[Request]) -> None:
+        """Decodes whose event is this tick: they finish, or need a block (in running order)."""
+        tick = self.tick
+        live = [request for request in due if request.due_tick == tick and request.decoding]
+        if len(live) > 1:  # a stale entry can match again when a request is refiled under the same tick
+            live = sorted(set(live), key=_by_seq)
+        for request in live:
+            self.synced(request)
+            if request.generated == request.output:
+                finished.append(request)
+            else:
+                self.needs_block.append(request)
+
+    def advance(self, steps: int, gaps: np.ndarray) -> list[Request]:
+        """`steps` lockstep batches of every decode, none finishing (a fast-forward span): the ticks and
+        gaps they add, and the decodes whose block events fell inside, synced, in running order."""
+        start = self.tick
+        self.gaps.frombytes(np.ascontiguousarray(gaps, dtype=np.float64).tobytes())
+        self.tick += steps
+        due: list[Request] = []
+        for tick in range(start + 1, self.tick + 1):
+            bucket = self.due.pop(tick, None)
+            if bucket:
+                due += [request for request in bucket if request.due_tick == tick and request.decoding]
+        return [self.synced(request) for request in sorted(set(due), key=_by_seq)]
+
+    def _trim_gaps(self) -> None:
+        """Drop the lockstep gaps no decoding request still needs (memory stays bounded on long runs)."""
+        oldest = min((r.since_tick for r in self.running if r.decoding), default=self.tick)
+        drop = oldest - self.gap_offset
+        if drop > 0:
+            del self.gaps[:drop]
+            self.gap_offset = oldest
 
     def _gap(self, request: Request, gap: float) -> None:
         self.itl.append(gap)
@@ -216,10 +302,11 @@ class Scheduler:
             request.max_itl_s = gap
 
     def _write_last_tokens(self) -> None:
-        """Leaving lockstep: every decoding request's last token came at `last_end`."""
+        """Leaving lockstep: every decoding request is synced and its last token came at `last_end`."""
         if self.in_step:
             for request in self.running:
                 if request.decoding:
+                    self.synced(request)
                     request.last_token_s = self.last_end
             self.in_step = False
 
@@ -234,6 +321,8 @@ class Scheduler:
             return None
         self.waiting.popleft()
         self.running.append(request)
+        request.seq = self.admissions
+        self.admissions += 1
         occupancy = self.occupancy
         occupancy.running += 1
         if occupancy.running > occupancy.peak:
@@ -251,7 +340,9 @@ class Scheduler:
             victim = self.running.pop()
             self.occupancy.running -= 1
             self.kv.release(victim)
+            victim.due_tick = -1
             if victim.decoding:
+                self.synced(victim)
                 self.context -= victim.prompt + victim.generated
                 if self.in_step:
                     victim.last_token_s = self.last_end
@@ -267,8 +358,11 @@ class Scheduler:
     def _grow_decodes(self) -> None:
         """Give each decode that needs one its next block, preempting from the newest when none is left."""
         for request in self.needs_block:
-            if request.decoding and not self._room_for(request, request.prompt + request.generated):
+            if not request.decoding:
+                continue
+            if not self._room_for(request, request.prompt + request.generated):
                 break  # it was preempted, and every newer request before it
+            self.reschedule(request)
         self.needs_block = []
 
     # -- policies -----------------------------------------------------------------------------------
@@ -338,3 +432,7 @@ def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int
             sampling += 1
     chunks = tuple([(tokens, request.computed) for request, tokens in prefill])
     return Batch(prefill, decode, BatchShape(chunks, len(decode), context), len(decode) + sampling, every_decode)
+
+
+def _by_seq(request: Request) -> int:
+    return request.seq
