@@ -151,7 +151,7 @@ def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, 
     gaps = np.diff(np.concatenate(([slot.last_end], ends[:-1])))  # each step's gap since the previous token
     itl.extend_steps(gaps, n)
     for request in slot.advance(k - 1, gaps):  # tokens whose new blocks the span's formations took
-        taken = slot.kv.hold(request, request.prompt + request.generated)
+        taken = slot.kv.hold(request, request.prompt + slot.generated(request))
         assert taken, "plan_span checked that the span's blocks fit"
         slot.reschedule(request)
     slot.context += (k - 1) * n

@@ -253,8 +253,10 @@ class Scheduler:
         return request
 
     def reschedule(self, request: Request) -> None:
-        """File a synced decoding request under the tick of its next event (last token, or a new block)."""
-        due = self.tick + min(request.output - request.generated, request.room - request.generated + 1)
+        """File a decoding request under the tick of its next event (last token, or a new block); its counts
+        are as of its `since_tick`, so it need not be synced."""
+        base = request.generated
+        due = request.since_tick + min(request.output - base, request.room - base + 1)
         request.due_tick = due
         bucket = self.due.get(due)
         if bucket is None:
@@ -269,15 +271,14 @@ class Scheduler:
         if len(live) > 1:  # a stale entry can match again when a request is refiled under the same tick
             live = sorted(set(live), key=_by_seq)
         for request in live:
-            self.synced(request)
-            if request.generated == request.output:
-                finished.append(request)
-            else:
+            if self.generated(request) == request.output:
+                finished.append(self.synced(request))
+            else:  # a new block: no need to sync it
                 self.needs_block.append(request)
 
     def advance(self, steps: int, gaps: np.ndarray) -> list[Request]:
         """`steps` lockstep batches of every decode, none finishing (a fast-forward span): the ticks and
-        gaps they add, and the decodes whose block events fell inside, synced, in running order."""
+        gaps they add, and the decodes whose block events fell inside, in running order."""
         start = self.tick
         self.gaps.frombytes(np.ascontiguousarray(gaps, dtype=np.float64).tobytes())
         self.tick += steps
@@ -286,7 +287,7 @@ class Scheduler:
             bucket = self.due.pop(tick, None)
             if bucket:
                 due += [request for request in bucket if request.due_tick == tick and request.decoding]
-        return [self.synced(request) for request in sorted(set(due), key=_by_seq)]
+        return sorted(set(due), key=_by_seq)
 
     def _trim_gaps(self) -> None:
         """Drop the lockstep gaps no decoding request still needs (memory stays bounded on long runs)."""
@@ -360,7 +361,7 @@ class Scheduler:
         for request in self.needs_block:
             if not request.decoding:
                 continue
-            if not self._room_for(request, request.prompt + request.generated):
+            if not self._room_for(request, request.prompt + self.generated(request)):
                 break  # it was preempted, and every newer request before it
             self.reschedule(request)
         self.needs_block = []

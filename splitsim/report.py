@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from splitsim.csvfile import write_csv
 from splitsim.sim.result import Result
 from splitsim.writing import replace_folder
 
@@ -39,9 +40,9 @@ def _write_files(result: Result, folder: Path, run_info: dict[str, Any] | None, 
     summary = json.dumps(result.summary, indent=2, allow_nan=False)  # strict JSON: no NaN/Infinity
     (folder / "summary.json").write_text(summary + "\n")
     done("summary.json")
-    result.requests.to_csv(folder / "requests.csv", index=False, float_format="%.17g")
+    write_csv(result.requests, folder / "requests.csv")
     done("requests.csv")
-    result.gpu_intervals.to_csv(folder / "gpus.csv", index=False, float_format="%.17g")
+    write_csv(result.gpu_intervals, folder / "gpus.csv")
     done("gpus.csv")
     (folder / "trace.json").write_text(json.dumps({"traceEvents": result.trace_events, "displayTimeUnit": "ms"}))
     done("trace.json")
