@@ -121,11 +121,12 @@ def main() -> int:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="rerun each case under tracemalloc for the Python-heap peak (slow: ~1 min)")
     args = parser.parse_args()
+    stage = reference_scenario(args.requests, rate=args.rate, fast_forward=not args.no_fast_forward)
     print(f"python {sys.version.split()[0]}; imports {IMPORT_S:.2f} s (not in the table)")
 
     if args.profile:
         profiler = cProfile.Profile()
-        result = run(f"stage {args.requests}", reference_scenario(args.requests, rate=args.rate, fast_forward=not args.no_fast_forward), False, profiler)
+        result = run(f"stage {args.requests}", stage, False, profiler)
         print_table([result])
         stats = pstats.Stats(profiler).strip_dirs()
         for order in ("cumulative", "tottime"):
@@ -135,7 +136,7 @@ def main() -> int:
 
     # Timed without tracemalloc (it slows this allocation-heavy code ~10x); optionally rerun under it.
     results = []
-    for label, data in ((f"stage {args.requests}", reference_scenario(args.requests, rate=args.rate, fast_forward=not args.no_fast_forward)),
+    for label, data in ((f"stage {args.requests}", stage),
                         (f"layer {args.layer_requests}", reference_scenario(args.layer_requests, "layer"))):
         timed = run(label, data, trace_memory=False)
         if args.tracemalloc:

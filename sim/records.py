@@ -52,12 +52,18 @@ class RequestLog:
         preempted(request.preemptions)
         itl(request.max_itl_s)
 
-    def columns(self) -> dict[str, np.ndarray]:
-        """Each column as a numpy array, rows in request-id order."""
+    def take_columns(self) -> dict[str, np.ndarray]:
+        """Each column as a numpy array, rows in request-id order; the log lets go of its own copy (at a
+        million requests that is ~80 MB less at the run's peak)."""
         ids = np.frombuffer(self._columns["request_id"], dtype=np.int64)
         order = np.argsort(ids, kind="stable")
-        return {name: np.frombuffer(col, dtype=np.int64 if col.typecode == "q" else np.float64)[order]
-                for name, col in self._columns.items()}
+        del ids
+        self._appends = ()  # bound appends hold the arrays too
+        taken = {}
+        for name in list(self._columns):
+            col = self._columns.pop(name)
+            taken[name] = np.frombuffer(col, dtype=np.int64 if col.typecode == "q" else np.float64)[order]
+        return taken
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ def requests_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
         "ttft_s": ttft, "tpot_s": tpot, "e2e_s": e2e, "replica": columns["replica"],
         "queue_s": columns["first_scheduled_s"] - arrival, "preemptions": columns["preemptions"],
         "itl_max_s": np.where(output > 1, columns["max_itl_s"], np.nan),
-    })
+    }, copy=False)
 
 
 def gpu_time_totals(recorder: Recorder, tp: int, sim_time_s: float) -> dict[str, float]:

@@ -127,7 +127,7 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
                     on_tick=on_tick)
     records = engine.run()
     sim_time = records.sim_time_s
-    frame = requests_frame(log.columns())
+    frame = requests_frame(log.take_columns())
     totals = gpu_time_totals(records.recorder, plan.tp, sim_time)
     extra = {"parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp},
              "weights_bytes_per_gpu": plan.weights_bytes_per_gpu,

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = 10_000  # ~9 MB of cell strings at a time
 _FLOAT = "%.17g".__mod__
 _NEEDS_QUOTES = (",", '"', "\n", "\r")
 
