@@ -41,6 +41,9 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"num_key_value_heads={self.num_kv_heads} must divide num_attention_heads={self.num_heads}"
             )
+        if self.head_dim_override is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_attention_heads="
+                             f"{self.num_heads} (or the config gives head_dim), as transformers requires")
         return self
 
     @property

@@ -73,9 +73,9 @@ def measured_model(folder: Path, config: dict[str, Any]) -> ModelSpec:
                                 "(written by `splitsim validate run`)")
     layers = config.get("layers")
     try:
-        model = ModelSpec.model_validate(spec)
+        model = ModelSpec.model_validate(spec, strict=True)  # as the runner wrote it: no true for a size
         if layers is not None:
-            model = ModelSpec.model_validate({**spec, "num_layers": layers})
+            model = ModelSpec.model_validate({**spec, "num_layers": layers}, strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         where = "layers" if first["loc"] == ("num_layers",) and layers is not None else \
