@@ -8,6 +8,7 @@ order. A sink that streams rows to disk has the same one method.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -34,10 +35,10 @@ class RequestLog:
     def __init__(self) -> None:
         self._columns: dict[str, array[Any]] = {name: array(code) for name, code in REQUEST_FIELDS.items()}
         c = self._columns
-        self._appends = (c["request_id"].append, c["arrival_s"].append, c["first_scheduled_s"].append,
-                         c["first_token_s"].append, c["finish_s"].append, c["prompt_tokens"].append,
-                         c["output_tokens"].append, c["replica"].append, c["preemptions"].append,
-                         c["max_itl_s"].append)
+        self._appends: tuple[Callable[[Any], None], ...] = (
+            c["request_id"].append, c["arrival_s"].append, c["first_scheduled_s"].append, c["first_token_s"].append,
+            c["finish_s"].append, c["prompt_tokens"].append, c["output_tokens"].append, c["replica"].append,
+            c["preemptions"].append, c["max_itl_s"].append)
 
     def add(self, request: Request, finish_s: float) -> None:
         ids, arrival, scheduled, first, finish, prompt, output, replica, preempted, itl = self._appends
