@@ -1,0 +1,83 @@
+"""The layouts an advisor considers, derived from the model and the cluster, each kept or pruned with its reason.
+
+A candidate uses exactly `gpus` GPUs: every TP × PP × DP that multiplies to it, with each placement order
+that places it differently (`tp-dp-pp` differs from `tp-pp-dp` only when PP and DP are both > 1), for each
+weight and KV-cache precision asked. A candidate is pruned, with the reason, when the simulator would refuse
+it, with its one-line error: heads TP does not divide, a TP group that neither fits evenly in a node nor
+fills whole nodes, layers PP cannot fill, weights or a request that do not fit, FP8 on a GPU without it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from splitsim.errors import ScenarioError
+from splitsim.scenario import scenario_from_dict
+from splitsim.sim.plan import build_plan
+
+ORDERS = ("tp-pp-dp", "tp-dp-pp")
+
+
+@dataclass(frozen=True, order=True)
+class Candidate:
+    tp: int
+    pp: int
+    dp: int
+    order: str
+    weights: str
+    kv_cache: str
+
+    @property
+    def label(self) -> str:
+        order = "" if self.order == ORDERS[0] else f" {self.order}"
+        return f"TP{self.tp}×PP{self.pp}×DP{self.dp}{order} {self.weights}/kv {self.kv_cache}"
+
+    def scenario_keys(self) -> dict[str, Any]:
+        """The scenario mapping keys this candidate sets."""
+        return {"parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "order": self.order},
+                "precision": {"weights": self.weights, "kv_cache": self.kv_cache}}
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Considered:
+    candidate: Candidate
+    pruned: str | None  # the reason it is not simulated, or None
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def layouts(gpus: int) -> list[tuple[int, int, int, str]]:
+    """Every (tp, pp, dp, order) with tp·pp·dp = gpus, an order only where it changes the placement."""
+    found = []
+    for tp in divisors(gpus):
+        for pp in divisors(gpus // tp):
+            dp = gpus // (tp * pp)
+            for order in ORDERS if pp > 1 and dp > 1 else ORDERS[:1]:
+                found.append((tp, pp, dp, order))
+    return found
+
+
+def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: list[str]) -> list[Considered]:
+    """Every candidate for the scenario mapping `base` (model, cluster, workload…), kept or pruned."""
+    considered = []
+    for tp, pp, dp, order in layouts(gpus):
+        for weight in weights:
+            for kv in kv_caches:
+                candidate = Candidate(tp, pp, dp, order, weight, kv)
+                considered.append(Considered(candidate, prune_reason(base, candidate)))
+    return considered
+
+
+def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
+    """The simulator's one-line refusal of this candidate, or None if it can run."""
+    try:
+        build_plan(scenario_from_dict({**base, **candidate.scenario_keys()}))
+    except ScenarioError as err:
+        return str(err)
+    return None
