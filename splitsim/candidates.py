@@ -1,10 +1,11 @@
 """The layouts an advisor considers, derived from the model and the cluster, each kept or pruned with its reason.
 
 A candidate uses exactly `gpus` GPUs: every TP × PP × DP that multiplies to it, with each placement order
-that places it differently (`tp-dp-pp` differs from `tp-pp-dp` only when PP and DP are both > 1), for each
-weight and KV-cache precision asked. A candidate is pruned, with the reason, when the simulator would refuse
-it, with its one-line error: heads TP does not divide, a TP group that neither fits evenly in a node nor
-fills whole nodes, layers PP cannot fill, weights or a request that do not fit, FP8 on a GPU without it.
+that places it differently (`tp-dp-pp` differs from `tp-pp-dp` only when PP and DP are both > 1 and the GPUs
+span nodes), for each weight and KV-cache precision asked. A candidate is pruned when the simulator would
+refuse it, with its one-line error as the reason: heads TP does not divide, a TP group that neither fits
+evenly in a node nor fills whole nodes, layers PP cannot fill, weights or a request that do not fit, FP8 on
+a GPU without it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from splitsim.errors import ScenarioError
+from splitsim.hardware.catalog import load_cluster
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
 
@@ -52,13 +54,14 @@ def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def layouts(gpus: int) -> list[tuple[int, int, int, str]]:
-    """Every (tp, pp, dp, order) with tp·pp·dp = gpus, an order only where it changes the placement."""
+def layouts(gpus: int, multi_node: bool) -> list[tuple[int, int, int, str]]:
+    """Every (tp, pp, dp, order) with tp·pp·dp = gpus, an order only where it changes the placement: the
+    second order puts different groups on each node, so it differs only with PP and DP > 1 over nodes."""
     found = []
     for tp in divisors(gpus):
         for pp in divisors(gpus // tp):
             dp = gpus // (tp * pp)
-            for order in ORDERS if pp > 1 and dp > 1 else ORDERS[:1]:
+            for order in ORDERS if pp > 1 and dp > 1 and multi_node else ORDERS[:1]:
                 found.append((tp, pp, dp, order))
     return found
 
@@ -66,7 +69,8 @@ def layouts(gpus: int) -> list[tuple[int, int, int, str]]:
 def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: list[str]) -> list[Considered]:
     """Every candidate for the scenario mapping `base` (model, cluster, workload…), kept or pruned."""
     considered = []
-    for tp, pp, dp, order in layouts(gpus):
+    multi_node = gpus > load_cluster(base["cluster"]).gpus_per_node
+    for tp, pp, dp, order in layouts(gpus, multi_node):
         for weight in weights:
             for kv in kv_caches:
                 candidate = Candidate(tp, pp, dp, order, weight, kv)

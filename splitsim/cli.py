@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
+from splitsim import advise_command
 from splitsim.errors import ScenarioError
 from splitsim.writing import check_out_path
 
@@ -191,6 +192,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text[:40]} is not a finite number > 0")
+    return value
+
+
 def _nonnegative_float(text: str) -> float:
     try:
         value = float(text)
@@ -247,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--dtype", choices=["bf16", "fp16", "fp8"], default="bf16")
     cost.add_argument("--json", action="store_true", help='end with a line {"seconds": x}')
     cost.set_defaults(func=_cost)
+
+    advise_command.add_parser(sub, _positive_int, _positive_float)
 
     lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets")
     lister.set_defaults(func=_list)

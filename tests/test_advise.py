@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 
-from helpers import ideal_cluster, scenario_dict
+import pandas as pd
+import pytest
+
+from helpers import error_line, ideal_cluster, scenario_dict
+from splitsim import simulate
 from splitsim.candidates import Candidate, consider
+from splitsim.scenario import scenario_from_dict
 
 
 def _base(**overrides):
@@ -45,3 +51,73 @@ def test_memory_prunes_with_the_memory_reason():
                  for c in consider(base, 8, ["bf16"], ["bf16"])}
     assert by_layout[(1, 1, 8)].startswith("memory:")  # 140 GB of weights on one 80 GB GPU
     assert by_layout[(8, 1, 1)] is None and by_layout[(4, 2, 1)] is None
+
+
+SMALL = ["--model", "llama-3-8b", "--cluster", "h100-nvlink-node", "--gpus", "2", "--isl", "128", "--osl", "64",
+         "--max-num-seqs", "16", "-q"]
+
+
+def _advise(tmp_path, capsys, *flags: str) -> tuple[dict, pd.DataFrame]:
+    from splitsim.cli import main
+
+    assert main(["advise", *SMALL, "--out", str(tmp_path / "a"), "--json", *flags]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out.strip().splitlines()[-1]), pd.read_csv(tmp_path / "a" / "candidates.csv")
+
+
+def test_advice_ranks_every_candidate_and_its_best_is_what_a_run_of_it_gives(tmp_path, capsys):
+    advice, table = _advise(tmp_path, capsys, "--precision", "bf16,fp8", "--jobs", "1")
+    # 2 GPUs: TP1×PP1×DP2, TP1×PP2×DP1, TP2×PP1×DP1, each in two weight precisions
+    assert len(table) == 6 and set(table["status"]) == {"evaluated"}
+    assert table["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert table["throughput_per_gpu"].is_monotonic_decreasing
+    assert advice["candidates"] == {"evaluated": 6, "pruned": 0, "failed": 0}
+    best = advice["best"]
+    top = table.iloc[0]
+    assert (best["tp"], best["pp"], best["dp"], best["precision"]["weights"]) == \
+        (top["tp"], top["pp"], top["dp"], top["weights"])
+    # The best candidate's figure is what a run of its scenario gives, computed here from the summary.
+    clients = best["load"]["concurrency"]
+    data = scenario_dict(model="llama-3-8b", cluster="h100-nvlink-node",
+                         parallel={"tp": best["tp"], "pp": best["pp"], "dp": best["dp"]},
+                         precision=best["precision"], scheduler={"policy": "chunked", "max_num_seqs": 16,
+                                                                 "max_batched_tokens": best["max_batched_tokens"]})
+    data["workload"] = {"num_requests": 3 * clients, "concurrency": clients, "prompt_tokens": 128,
+                        "output_tokens": 64}
+    result = simulate(scenario_from_dict(data))
+    steady = result.summary["steady_state"]
+    assert steady is not None
+    assert best["metrics"]["throughput_per_gpu"] == pytest.approx(steady["output_throughput_tokens_per_s"] / 2,
+                                                                  rel=1e-12)
+    # Saturation: as many clients as the layout runs at once (16 sequences per batch, per replica and stage)
+    assert clients == 16 * best["pp"] * best["dp"]
+
+
+def test_a_process_pool_gives_the_same_advice(tmp_path, capsys):
+    one, _ = _advise(tmp_path / "one", capsys, "--jobs", "1")
+    two, _ = _advise(tmp_path / "two", capsys, "--jobs", "2")
+    assert one == two
+
+
+def test_latency_is_judged_at_the_given_load(tmp_path, capsys):
+    advice, table = _advise(tmp_path, capsys, "--objective", "latency", "--rate", "4", "--num-requests", "60",
+                            "--jobs", "1")
+    assert advice["best"]["load"] == {"rate": 4.0}
+    assert table["e2e_s.mean"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--precision", "fp9"], "--precision fp9: 'fp9' is not a precision"),
+    (["--gpus", "99"], "--gpus 99: h100-nvlink-node has 8 GPUs"),
+    (["--objective", "latency"], "--objective latency: give the load"),
+    (["--rate", "0"], "argument --rate"),
+])
+def test_bad_advise_flags_are_one_line(tmp_path, capsys, flags, words):
+    argv = ["advise", "--model", "llama-3-8b", "--cluster", "h100-nvlink-node", "--out", str(tmp_path / "a"), *flags]
+    try:
+        err = error_line(capsys, argv)
+    except SystemExit as stop:  # argparse's own refusals
+        assert stop.code == 2
+        err = capsys.readouterr().err.strip()
+    assert words in err, err
+    assert not (tmp_path / "a").exists()

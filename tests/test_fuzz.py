@@ -390,3 +390,22 @@ def test_any_validate_run_flag_is_measured_or_refused_in_one_line(tmp_path, caps
                   "--out", str(out)])
     _check(capsys, code, out / measurements.TABLE, (flag, flag.lstrip("-"), "--"))
     assert code == 0 or not out.exists()
+
+
+ADVISE_FLAGS = {"--gpus": "1", "--isl": "16", "--osl": "8", "--max-num-seqs": "4", "--precision": "bf16",
+                "--kv-cache": "bf16", "--objective": "throughput_per_gpu", "--seed": "0", "--jobs": "1"}
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_advise_flag_is_answered_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    flags = dict(ADVISE_FLAGS)
+    flag = data.draw(st.sampled_from([*flags, "--rate", "--concurrency", "--num-requests", "--model", "--cluster"]))
+    flags[flag] = data.draw(FLAG_VALUES | st.sampled_from(["2", "fp8", "bf16,fp8", "latency", "nope", "4,4"]))
+    flags.setdefault("--model", "llama-3-8b")
+    flags.setdefault("--cluster", "h100-nvlink-node")
+    out = folder / "advice"
+    code = _exit(["advise", *[part for pair in flags.items() for part in pair], "-q", "--out", str(out)])
+    _check(capsys, code, out / "advice.json", (flag, flag.lstrip("-"), "--"))
+    assert code == 0 or not out.exists()

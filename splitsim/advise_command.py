@@ -1,0 +1,111 @@
+"""The `splitsim advise` command: flags to a `Question`, the advice to the console and an output folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+from splitsim.errors import ScenarioError
+from splitsim.models.precision import KvDtype, WeightDtype
+from splitsim.writing import check_out_path, replace_folder
+
+
+def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_float: Any) -> None:
+    advise = sub.add_parser(
+        "advise", help="simulate every layout of a model on a cluster and rank them",
+        description="Enumerate every TP × PP × DP (and placement order, weight and KV precision) that uses the "
+                    "GPUs, prune what cannot run (with the reason), simulate the rest with the same workload "
+                    "and seed, and rank them. Writes candidates.csv and advice.json.")
+    advise.add_argument("--model", required=True, help="catalog name, config.json path or folder")
+    advise.add_argument("--cluster", required=True, help="cluster preset or YAML")
+    advise.add_argument("--gpus", type=positive_int, help="GPUs every candidate uses (default: all of the cluster's)")
+    advise.add_argument("--isl", type=positive_int, default=1024, help="prompt tokens per request (default 1024)")
+    advise.add_argument("--osl", type=positive_int, default=1024, help="output tokens per request (default 1024)")
+    load = advise.add_mutually_exclusive_group()
+    load.add_argument("--rate", type=positive_float, help="requests/s (Poisson) for the whole deployment")
+    load.add_argument("--concurrency", type=positive_int, help="clients in a closed loop")
+    advise.add_argument("--num-requests", type=positive_int, help="requests at a given load (default 1,000)")
+    advise.add_argument("--precision", default="bf16", help="weight precisions to try, e.g. bf16,fp8")
+    advise.add_argument("--kv-cache", default="bf16", help="KV-cache precisions to try, e.g. bf16,fp8")
+    advise.add_argument("--objective", choices=["throughput_per_gpu", "latency"], default="throughput_per_gpu",
+                        help="throughput_per_gpu: steady-state output tok/s per GPU (at saturation without a "
+                             "load); latency: lowest mean E2E at the given load")
+    advise.add_argument("--max-num-seqs", type=positive_int, help="pin the batch's sequences (default: vLLM's)")
+    advise.add_argument("--max-batched-tokens", type=positive_int, help="pin the batch's tokens (default: vLLM's)")
+    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
+    advise.add_argument("--out", type=Path, help="output folder (default: runs/advice-<model>)")
+    advise.add_argument("--json", action="store_true", help="end with advice.json on one line")
+    advise.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    advise.set_defaults(func=run)
+
+
+def _choices(flag: str, text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(","))
+    for value in values:
+        if value not in valid:
+            raise ScenarioError(f"{flag} {text[:60]}: {value[:20]!r} is not a precision (valid: {', '.join(valid)})")
+    return tuple(dict.fromkeys(values))
+
+
+def question_from_args(args: argparse.Namespace) -> Any:
+    from splitsim.advisor import Question
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.models.spec import load_model
+
+    try:
+        cluster = load_cluster(args.cluster)
+    except ValueError as err:
+        raise ScenarioError(f"--cluster {args.cluster[:80]}: {str(err).splitlines()[0]}") from None
+    try:
+        load_model(args.model)
+    except ValueError as err:
+        raise ScenarioError(f"--model {args.model[:80]}: {str(err).splitlines()[0]}") from None
+    gpus = args.gpus or cluster.num_gpus
+    if gpus > cluster.num_gpus:
+        raise ScenarioError(f"--gpus {gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
+                            f"(valid: 1 to {cluster.num_gpus})")
+    if args.objective == "latency" and args.rate is None and args.concurrency is None:
+        raise ScenarioError("--objective latency: give the load it is judged at (--rate or --concurrency)")
+    scheduler = {key: value for key, value in (("max_num_seqs", args.max_num_seqs),
+                                               ("max_batched_tokens", args.max_batched_tokens)) if value}
+    base = {"name": "advice", "model": args.model, "cluster": args.cluster, "sim": {"seed": args.seed},
+            "scheduler": {"policy": "chunked", **scheduler},
+            "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": args.isl, "output_tokens": args.osl}}
+    load = {"rate": args.rate} if args.rate is not None else \
+        {"concurrency": args.concurrency} if args.concurrency is not None else None
+    return Question(base=base, gpus=gpus, weights=_choices("--precision", args.precision, get_args(WeightDtype)),
+                    kv_caches=_choices("--kv-cache", args.kv_cache, get_args(KvDtype)), objective=args.objective,
+                    load=load, num_requests=args.num_requests)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from splitsim.advisor import VLLM_VERSION, advice_json, advise, candidate_rows, format_table, vllm_serve_flags
+    from splitsim.csvfile import write_csv
+
+    question = question_from_args(args)
+    out_dir = args.out or Path("runs") / f"advice-{Path(args.model).name}"
+    check_out_path(out_dir)
+    with tqdm(unit="candidate", desc="simulating", leave=False, disable=args.quiet or None, file=sys.stderr) as bar:
+        advice = advise(question, jobs=args.jobs, on_done=lambda _: bar.update())
+    summary = advice_json(advice)
+
+    def write(folder: Path) -> None:
+        write_csv(pd.DataFrame(candidate_rows(advice)), folder / "candidates.csv")
+        (folder / "advice.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+    replace_folder(out_dir, write)
+    print(f"{args.model} on {args.cluster}, {question.gpus} GPUs, objective {question.objective}")
+    print(format_table(advice))
+    if advice.best is not None:
+        print(f"deploy with (vLLM v{VLLM_VERSION}): {vllm_serve_flags(advice.best, args.model)}")
+    print(f"wrote {out_dir}/candidates.csv and advice.json")
+    if args.json:
+        print(json.dumps(summary, separators=(",", ":"), allow_nan=False))
+    return 0

@@ -1,0 +1,218 @@
+"""`splitsim advise`: simulate every layout that can run for a model on a cluster, rank them, say why.
+
+Every candidate (`splitsim.candidates`) that survives pruning is a full simulation of the same workload with
+the same seed, run in a process pool. Objectives:
+- `throughput_per_gpu` (default): steady-state output tokens/s per GPU. With no load given, at saturation: a
+  closed loop of as many clients as the candidate can run at once (its batch slots or its KV cache, the
+  smaller), three times over, so the steady state is measured between ramp-up and drain (the summary's
+  `steady_state`, docs/metrics.md). With `--rate` or `--concurrency`, at that load.
+- `latency`: the lowest mean end-to-end latency at the given load (ties broken by TPOT p50), not per GPU.
+
+Not yet (issue 9, later steps): SLO-constrained load search and goodput, refining the scheduler knobs around
+the best, the Pareto plot, the explanation paragraph, sweeps and Ray.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from splitsim.candidates import Candidate, Considered, consider
+from splitsim.errors import ScenarioError
+from splitsim.scenario import scenario_from_dict
+from splitsim.sim.plan import build_plan
+
+Objective = Literal["throughput_per_gpu", "latency"]
+OBJECTIVES: tuple[str, ...] = ("throughput_per_gpu", "latency")
+SATURATION_ROUNDS = 3  # requests per client in a saturation run: ramp-up, steady state, drain
+VLLM_VERSION = "0.11.0"
+
+
+@dataclass(frozen=True)
+class Question:
+    """What the user asks: the scenario mapping every candidate shares, and how to judge them."""
+
+    base: dict[str, Any]  # model, cluster, workload lengths (and any scheduler/memory keys), seed
+    gpus: int
+    weights: tuple[str, ...] = ("bf16",)
+    kv_caches: tuple[str, ...] = ("bf16",)
+    objective: Objective = "throughput_per_gpu"
+    load: dict[str, float] | None = None  # {"rate": r} or {"concurrency": c}; None: saturation
+    num_requests: int | None = None  # at a given load; default 1,000
+
+
+@dataclass
+class Evaluated:
+    candidate: Candidate
+    load: dict[str, float]
+    score: float  # higher is better
+    metrics: dict[str, Any]  # the run's summary, flattened
+
+
+@dataclass
+class Advice:
+    question: Question
+    ranked: list[Evaluated]
+    pruned: list[Considered]
+    failed: list[tuple[Candidate, str]] = field(default_factory=list)
+
+    @property
+    def best(self) -> Evaluated | None:
+        return self.ranked[0] if self.ranked else None
+
+
+def advise(question: Question, jobs: int | None = None,
+           on_done: Callable[[Candidate], None] | None = None) -> Advice:
+    """Enumerate, prune, simulate each survivor (in `jobs` processes; default: every core), rank."""
+    considered = consider(question.base, question.gpus, list(question.weights), list(question.kv_caches))
+    pruned = [c for c in considered if c.pruned is not None]
+    tasks = [(question, c.candidate) for c in considered if c.pruned is None]
+    ranked, failed = [], []
+    for candidate, outcome in _run_all(tasks, jobs):
+        if isinstance(outcome, str):
+            failed.append((candidate, outcome))
+        else:
+            ranked.append(outcome)
+        if on_done is not None:
+            on_done(candidate)
+    ranked.sort(key=lambda e: (-e.score, e.candidate))
+    return Advice(question, ranked, pruned, failed)
+
+
+def _run_all(tasks: list[tuple[Question, Candidate]], jobs: int | None) -> Iterator[tuple[Candidate, Any]]:
+    workers = min(jobs or os.cpu_count() or 1, len(tasks)) or 1
+    if workers == 1:
+        for task in tasks:
+            yield task[1], _evaluate_or_error(task)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from zip((task[1] for task in tasks), pool.map(_evaluate_or_error, tasks))
+
+
+def _evaluate_or_error(task: tuple[Question, Candidate]) -> Evaluated | str:
+    """A candidate's result, or the one-line reason the simulator refused its workload."""
+    try:
+        return evaluate(*task)
+    except ScenarioError as err:
+        return str(err)
+
+
+def evaluate(question: Question, candidate: Candidate) -> Evaluated:
+    from splitsim.api import simulate  # in the worker process
+
+    data = {**question.base, **candidate.scenario_keys()}
+    load = question.load or {"concurrency": saturating_clients(data)}
+    if question.load is None:  # every client sends SATURATION_ROUNDS requests
+        num_requests = SATURATION_ROUNDS * int(load["concurrency"])
+    else:
+        num_requests = question.num_requests or 1000
+    workload = {key: value for key, value in question.base.get("workload", {}).items()
+                if key in ("prompt_tokens", "output_tokens")}
+    data["workload"] = {**workload, "num_requests": num_requests, **load}
+    result = simulate(scenario_from_dict(data))
+    summary = result.summary
+    metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
+    steady = summary["steady_state"]
+    tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
+    metrics["steady_state_found"] = steady is not None
+    metrics["max_num_seqs"] = summary["scenario"]["scheduler"]["max_num_seqs"]
+    metrics["max_batched_tokens"] = summary["scenario"]["scheduler"]["max_batched_tokens"]
+    metrics["throughput_per_gpu"] = tokens_per_s / question.gpus
+    if question.objective == "latency":
+        score = -(summary["e2e_s"]["mean"] + 1e-9 * summary["tpot_s"]["p50"])
+    else:
+        score = metrics["throughput_per_gpu"]
+    return Evaluated(candidate, load, score, metrics)
+
+
+def saturating_clients(data: dict[str, Any]) -> int:
+    """Clients that keep every batch slot of every replica busy: per replica the smaller of its sequences
+    in flight (max_num_seqs in each of its PP slots) and what its KV cache holds at the workload's lengths."""
+    plan = build_plan(scenario_from_dict(data))
+    lengths = data.get("workload", {})
+    tokens = int(lengths.get("prompt_tokens", 1024)) + int(lengths.get("output_tokens", 1024))
+    per_replica = min(plan.scheduler.max_num_seqs * plan.pp, math.floor(plan.max_concurrency(tokens)))
+    return max(1, per_replica) * plan.dp
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summary fields as dotted columns (`ttft_s.p50`); lists as their text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = " ".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat
+
+
+def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:
+    """The `vllm serve` command line (vLLM v0.11.0 flags) that deploys this candidate."""
+    c, m = evaluated.candidate, evaluated.metrics
+    flags = [f"vllm serve {model}", f"--tensor-parallel-size {c.tp}", f"--pipeline-parallel-size {c.pp}",
+             f"--data-parallel-size {c.dp}", f"--max-num-seqs {m['max_num_seqs']}",
+             f"--max-num-batched-tokens {m['max_batched_tokens']}"]
+    if c.weights == "fp8":
+        flags.append("--quantization fp8")
+    if c.kv_cache == "fp8":
+        flags.append("--kv-cache-dtype fp8")
+    return " ".join(flags)
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+def candidate_rows(advice: Advice) -> list[dict[str, Any]]:
+    """One row per candidate: ranked ones first (rank, load, every summary metric), then failed and pruned."""
+    rows: list[dict[str, Any]] = []
+    for rank, e in enumerate(advice.ranked, 1):
+        load = {f"load.{k}": v for k, v in e.load.items()}
+        rows.append({"rank": rank, **e.candidate.as_row(), "status": "evaluated", "reason": "", **load, **e.metrics})
+    for candidate, reason in advice.failed:
+        rows.append({"rank": None, **candidate.as_row(), "status": "failed", "reason": reason})
+    for considered in advice.pruned:
+        rows.append({"rank": None, **considered.candidate.as_row(), "status": "pruned", "reason": considered.pruned})
+    return rows
+
+
+def advice_json(advice: Advice) -> dict[str, Any]:
+    best = advice.best
+    out: dict[str, Any] = {"objective": advice.question.objective, "best": None,
+                           "candidates": {"evaluated": len(advice.ranked), "pruned": len(advice.pruned),
+                                          "failed": len(advice.failed)}}
+    if best is not None:
+        c = best.candidate
+        out["best"] = {"tp": c.tp, "pp": c.pp, "dp": c.dp, "order": c.order,
+                       "precision": {"weights": c.weights, "kv_cache": c.kv_cache},
+                       "max_num_seqs": best.metrics["max_num_seqs"],
+                       "max_batched_tokens": best.metrics["max_batched_tokens"], "load": best.load,
+                       "metrics": {k: best.metrics[k] for k in SHOWN if k in best.metrics}}
+    return out
+
+
+SHOWN = ("throughput_per_gpu", "steady_state.output_throughput_tokens_per_s", "throughput_tokens_per_s",
+         "ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99", "e2e_s.mean", "steady_state_found")
+
+
+def format_table(advice: Advice, limit: int = 15) -> str:
+    header = (f"{'#':>3}  {'layout':34} {'load':>14} {'tok/s/GPU':>10} {'TTFT p50':>9} {'TPOT p50':>9} "
+              f"{'E2E mean':>9}")
+    lines = [header]
+    for rank, e in enumerate(advice.ranked[:limit], 1):
+        m = e.metrics
+        load = ", ".join(f"{k} {v:g}" for k, v in e.load.items())
+        steady = "" if m["steady_state_found"] else " (no steady state)"
+        lines.append(f"{rank:>3}  {e.candidate.label:34} {load:>14} {m['throughput_per_gpu']:>10.1f} "
+                     f"{m['ttft_s.p50'] * 1e3:>7.0f}ms {m['tpot_s.p50'] * 1e3:>7.1f}ms "
+                     f"{m['e2e_s.mean']:>8.2f}s{steady}")
+    if len(advice.ranked) > limit:
+        lines.append(f"     … {len(advice.ranked) - limit} more in candidates.csv")
+    lines.append(f"{len(advice.ranked)} simulated, {len(advice.pruned)} pruned, {len(advice.failed)} refused "
+                 "their workload (reasons in candidates.csv)")
+    return "\n".join(lines)
