@@ -30,9 +30,12 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
     advise.add_argument("--num-requests", type=positive_int, help="requests at a given load (default 1,000)")
     advise.add_argument("--precision", default="bf16", help="weight precisions to try, e.g. bf16,fp8")
     advise.add_argument("--kv-cache", default="bf16", help="KV-cache precisions to try, e.g. bf16,fp8")
-    advise.add_argument("--objective", choices=["throughput_per_gpu", "latency"], default="throughput_per_gpu",
-                        help="throughput_per_gpu: steady-state output tok/s per GPU (at saturation without a "
-                             "load); latency: lowest mean E2E at the given load")
+    advise.add_argument("--slo", help="ttft=2,tpot=0.05 (per-request thresholds: goodput) or ttft_p99=2,tpot_p99=0.03 "
+                                      "(percentile limits: the most load that meets them)")
+    advise.add_argument("--objective", choices=["throughput_per_gpu", "goodput", "latency"],
+                        help="throughput_per_gpu (default): steady-state output tok/s per GPU, at saturation or "
+                             "at the most load meeting percentile SLOs; goodput (default with per-request SLOs): "
+                             "most requests/s per GPU meeting them; latency: lowest mean E2E at the given load")
     advise.add_argument("--max-num-seqs", type=positive_int, help="pin the batch's sequences (default: vLLM's)")
     advise.add_argument("--max-batched-tokens", type=positive_int, help="pin the batch's tokens (default: vLLM's)")
     advise.add_argument("--seed", type=int, default=0)
@@ -52,9 +55,10 @@ def _choices(flag: str, text: str, valid: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def question_from_args(args: argparse.Namespace) -> Any:
-    from splitsim.advisor import Question
+    from splitsim.advisor import Objective, Question
     from splitsim.hardware.catalog import load_cluster
     from splitsim.models.spec import load_model
+    from splitsim.sim.slo import parse_slo_arg
 
     try:
         cluster = load_cluster(args.cluster)
@@ -68,8 +72,13 @@ def question_from_args(args: argparse.Namespace) -> Any:
     if gpus > cluster.num_gpus:
         raise ScenarioError(f"--gpus {gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
                             f"(valid: 1 to {cluster.num_gpus})")
-    if args.objective == "latency" and args.rate is None and args.concurrency is None:
+    slo = parse_slo_arg(args.slo) if args.slo is not None else None
+    objective: Objective = args.objective or (
+        "goodput" if slo is not None and slo.thresholds_s else "throughput_per_gpu")
+    if objective == "latency" and args.rate is None and args.concurrency is None:
         raise ScenarioError("--objective latency: give the load it is judged at (--rate or --concurrency)")
+    if objective == "goodput" and (slo is None or not slo.thresholds_s):
+        raise ScenarioError("--objective goodput: give per-request thresholds, e.g. --slo ttft=2,tpot=0.05")
     scheduler = {key: value for key, value in (("max_num_seqs", args.max_num_seqs),
                                                ("max_batched_tokens", args.max_batched_tokens)) if value}
     base = {"name": "advice", "model": args.model, "cluster": args.cluster, "sim": {"seed": args.seed},
@@ -78,8 +87,8 @@ def question_from_args(args: argparse.Namespace) -> Any:
     load = {"rate": args.rate} if args.rate is not None else \
         {"concurrency": args.concurrency} if args.concurrency is not None else None
     return Question(base=base, gpus=gpus, weights=_choices("--precision", args.precision, get_args(WeightDtype)),
-                    kv_caches=_choices("--kv-cache", args.kv_cache, get_args(KvDtype)), objective=args.objective,
-                    load=load, num_requests=args.num_requests)
+                    kv_caches=_choices("--kv-cache", args.kv_cache, get_args(KvDtype)), objective=objective,
+                    load=load, num_requests=args.num_requests, slo=slo)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -105,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(advice))
     if advice.best is not None:
         print(f"deploy with (vLLM v{VLLM_VERSION}): {vllm_serve_flags(advice.best, args.model)}")
+    else:
+        print("no candidate meets the SLO, even with one client: relax it, or give more GPUs")
     print(f"wrote {out_dir}/candidates.csv and advice.json")
     if args.json:
         print(json.dumps(summary, separators=(",", ":"), allow_nan=False))

@@ -4,12 +4,15 @@ Every candidate (`splitsim.candidates`) that survives pruning is a full simulati
 the same seed, run in a process pool. Objectives:
 - `throughput_per_gpu` (default): steady-state output tokens/s per GPU. With no load given, at saturation: a
   closed loop of as many clients as the candidate can run at once (its batch slots or its KV cache, the
-  smaller), three times over, so the steady state is measured between ramp-up and drain (the summary's
-  `steady_state`, docs/metrics.md). With `--rate` or `--concurrency`, at that load.
+  smaller), three requests each, so the steady state is measured between ramp-up and drain (the summary's
+  `steady_state`, docs/metrics.md); with percentile SLOs (`ttft_p99=2`), at the most clients whose run meets
+  them (a bisection over 1..saturation, to 2 % of the load). With `--rate` or `--concurrency`, at that load.
+- `goodput` (the default when the SLO has per-request thresholds): the most requests/s per GPU meeting every
+  threshold, over clients doubling up to saturation, refined around the best.
 - `latency`: the lowest mean end-to-end latency at the given load (ties broken by TPOT p50), not per GPU.
 
-Not yet (issue 9, later steps): SLO-constrained load search and goodput, refining the scheduler knobs around
-the best, the Pareto plot, the explanation paragraph, sweeps and Ray.
+Not yet (issue 9, later steps): the ±2 % steady-state precision per point, refining the scheduler knobs
+around the best, the Pareto plot, the explanation paragraph, sweeps and Ray.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from splitsim.candidates import Candidate, Considered, consider
 from splitsim.errors import ScenarioError
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
+from splitsim.sim.slo import Slo
 
-Objective = Literal["throughput_per_gpu", "latency"]
-OBJECTIVES: tuple[str, ...] = ("throughput_per_gpu", "latency")
+Objective = Literal["throughput_per_gpu", "goodput", "latency"]
+OBJECTIVES: tuple[str, ...] = ("throughput_per_gpu", "goodput", "latency")
 SATURATION_ROUNDS = 3  # requests per client in a saturation run: ramp-up, steady state, drain
 VLLM_VERSION = "0.11.0"
 
@@ -41,14 +45,15 @@ class Question:
     weights: tuple[str, ...] = ("bf16",)
     kv_caches: tuple[str, ...] = ("bf16",)
     objective: Objective = "throughput_per_gpu"
-    load: dict[str, float] | None = None  # {"rate": r} or {"concurrency": c}; None: saturation
+    load: dict[str, Any] | None = None  # {"rate": r} or {"concurrency": c}; None: searched (saturation)
+    slo: Slo | None = None
     num_requests: int | None = None  # at a given load; default 1,000
 
 
 @dataclass
 class Evaluated:
     candidate: Candidate
-    load: dict[str, float]
+    load: dict[str, Any]
     score: float  # higher is better
     metrics: dict[str, Any]  # the run's summary, flattened
 
@@ -62,7 +67,10 @@ class Advice:
 
     @property
     def best(self) -> Evaluated | None:
-        return self.ranked[0] if self.ranked else None
+        """The top candidate, unless even it misses the SLO (then none is advised)."""
+        if not self.ranked or self.ranked[0].metrics.get("slo_met") is False:
+            return None
+        return self.ranked[0]
 
 
 def advise(question: Question, jobs: int | None = None,
@@ -102,19 +110,92 @@ def _evaluate_or_error(task: tuple[Question, Candidate]) -> Evaluated | str:
 
 
 def evaluate(question: Question, candidate: Candidate) -> Evaluated:
+    """The candidate judged by the question's objective, at the load the objective asks for."""
+    data = {**question.base, **candidate.scenario_keys()}
+    if question.load is not None:
+        return _judge(question, candidate, question.load, _run_at(question, data, question.load))
+    saturation = saturating_clients(data)
+    if question.objective == "goodput":
+        return _best_goodput(question, candidate, data, saturation)
+    if question.slo is not None and question.slo.percentiles:
+        return _highest_meeting(question, candidate, data, saturation)
+    load = {"concurrency": saturation}
+    return _judge(question, candidate, load, _run_at(question, data, load))
+
+
+def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
+    """The summary of one run at `load`: a closed loop of C clients sends SATURATION_ROUNDS·C requests (ramp-up,
+    steady state, drain); a rate sends `num_requests`."""
     from splitsim.api import simulate  # in the worker process
 
-    data = {**question.base, **candidate.scenario_keys()}
-    load = question.load or {"concurrency": saturating_clients(data)}
-    if question.load is None:  # every client sends SATURATION_ROUNDS requests
-        num_requests = SATURATION_ROUNDS * int(load["concurrency"])
+    clients = load.get("concurrency")
+    num_requests = SATURATION_ROUNDS * int(clients) if clients else question.num_requests or 1000
+    lengths = {key: value for key, value in question.base.get("workload", {}).items()
+               if key in ("prompt_tokens", "output_tokens")}
+    run = {**data, "workload": {**lengths, "num_requests": num_requests, **load}}
+    if question.slo is not None:
+        run["slo"] = question.slo.as_dict()
+    summary: dict[str, Any] = simulate(scenario_from_dict(run)).summary
+    return summary
+
+
+def _meets(summary: dict[str, Any]) -> bool:
+    return all(check["met"] for check in summary.get("slo", {}).get("percentiles", {}).values())
+
+
+def _highest_meeting(question: Question, candidate: Candidate, data: dict[str, Any], saturation: int) -> Evaluated:
+    """Throughput at the most clients whose run meets every percentile SLO (latency grows with clients, so a
+    bisection over 1..saturation finds it); a candidate that misses them even with one client scores 0."""
+    runs: dict[int, dict[str, Any]] = {}
+
+    def meets(clients: int) -> bool:
+        runs[clients] = _run_at(question, data, {"concurrency": clients})
+        return _meets(runs[clients])
+
+    if meets(saturation):
+        best = saturation
+    elif not meets(1):
+        judged = _judge(question, candidate, {"concurrency": 1}, runs[1])
+        judged.score = 0.0
+        judged.metrics["slo_met"] = False
+        return judged
     else:
-        num_requests = question.num_requests or 1000
-    workload = {key: value for key, value in question.base.get("workload", {}).items()
-                if key in ("prompt_tokens", "output_tokens")}
-    data["workload"] = {**workload, "num_requests": num_requests, **load}
-    result = simulate(scenario_from_dict(data))
-    summary = result.summary
+        low, high = 1, saturation  # low meets, high does not
+        while high - low > max(1, low // 50):  # to 2 % of the load
+            mid = (low + high) // 2
+            if meets(mid):
+                low = mid
+            else:
+                high = mid
+        best = low
+    judged = _judge(question, candidate, {"concurrency": best}, runs[best])
+    judged.metrics["slo_met"] = True
+    judged.metrics["slo_missed_at_concurrency"] = min((c for c in runs if not _meets(runs[c])), default=None)
+    judged.metrics["load_search_runs"] = len(runs)
+    return judged
+
+
+def _best_goodput(question: Question, candidate: Candidate, data: dict[str, Any], saturation: int) -> Evaluated:
+    """The most requests/s meeting every per-request threshold, over clients doubling up to saturation, then
+    halfway to each neighbour of the best."""
+    runs: dict[int, dict[str, Any]] = {}
+
+    def goodput(clients: int) -> float:
+        if clients not in runs:
+            runs[clients] = _run_at(question, data, {"concurrency": clients})
+        return float(runs[clients]["goodput_requests_per_s"])
+
+    grid = sorted({min(2**i, saturation) for i in range(saturation.bit_length() + 1)})
+    best = max(grid, key=goodput)
+    for neighbour in (best // 2, min(best * 2, saturation)):
+        goodput((best + neighbour) // 2)
+    best = max(runs, key=goodput)
+    judged = _judge(question, candidate, {"concurrency": best}, runs[best])
+    judged.metrics["load_search_runs"] = len(runs)
+    return judged
+
+
+def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summary: dict[str, Any]) -> Evaluated:
     metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
     steady = summary["steady_state"]
     tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
@@ -122,10 +203,15 @@ def evaluate(question: Question, candidate: Candidate) -> Evaluated:
     metrics["max_num_seqs"] = summary["scenario"]["scheduler"]["max_num_seqs"]
     metrics["max_batched_tokens"] = summary["scenario"]["scheduler"]["max_batched_tokens"]
     metrics["throughput_per_gpu"] = tokens_per_s / question.gpus
-    if question.objective == "latency":
-        score = -(summary["e2e_s"]["mean"] + 1e-9 * summary["tpot_s"]["p50"])
-    else:
-        score = metrics["throughput_per_gpu"]
+    if question.slo is not None and "goodput_requests_per_s" in summary:
+        metrics["goodput_per_gpu"] = summary["goodput_requests_per_s"] / question.gpus
+    match question.objective:
+        case "latency":
+            score = -(summary["e2e_s"]["mean"] + 1e-9 * summary["tpot_s"]["p50"])
+        case "goodput":
+            score = metrics["goodput_per_gpu"]
+        case _:
+            score = metrics["throughput_per_gpu"] if _meets(summary) else 0.0
     return Evaluated(candidate, load, score, metrics)
 
 
@@ -207,7 +293,8 @@ def format_table(advice: Advice, limit: int = 15) -> str:
     for rank, e in enumerate(advice.ranked[:limit], 1):
         m = e.metrics
         load = ", ".join(f"{k} {v:g}" for k, v in e.load.items())
-        steady = "" if m["steady_state_found"] else " (no steady state)"
+        steady = " (misses the SLO at 1 client)" if m.get("slo_met") is False else \
+            "" if m["steady_state_found"] else " (no steady state)"
         lines.append(f"{rank:>3}  {e.candidate.label:34} {load:>14} {m['throughput_per_gpu']:>10.1f} "
                      f"{m['ttft_s.p50'] * 1e3:>7.0f}ms {m['tpot_s.p50'] * 1e3:>7.1f}ms "
                      f"{m['e2e_s.mean']:>8.2f}s{steady}")

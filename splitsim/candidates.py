@@ -80,8 +80,12 @@ def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: lis
 
 def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
     """The simulator's one-line refusal of this candidate, or None if it can run."""
+    from splitsim.api import make_requests
+
     try:
-        build_plan(scenario_from_dict({**base, **candidate.scenario_keys()}))
+        scenario = scenario_from_dict({**base, **candidate.scenario_keys()})
+        plan = build_plan(scenario)
+        plan.check_requests(make_requests(scenario, plan, None))  # one request must fit the KV cache
     except ScenarioError as err:
         return str(err)
     return None

@@ -121,3 +121,40 @@ def test_bad_advise_flags_are_one_line(tmp_path, capsys, flags, words):
         err = capsys.readouterr().err.strip()
     assert words in err, err
     assert not (tmp_path / "a").exists()
+
+
+def test_percentile_slos_find_the_most_load_that_meets_them(tmp_path, capsys):
+    """The found load meets the SLO in a run of its own, and the next load the search tried (within 2 %)
+    does not; ranking follows throughput per GPU at the found loads."""
+    # chosen so that the best layout meets it below saturation (32 clients) and no layout misses it at 1
+    advice, table = _advise(tmp_path, capsys, "--slo", "ttft_p99=0.04,tpot_p99=0.008", "--jobs", "1")
+    evaluated = table[table["status"] == "evaluated"]
+    assert evaluated["slo_met"].all() and evaluated["throughput_per_gpu"].is_monotonic_decreasing
+    best = advice["best"]
+    clients, missed = best["load"]["concurrency"], int(evaluated.iloc[0]["slo_missed_at_concurrency"])
+    assert clients < missed <= max(clients + 1, clients * 1.02)
+
+    def meets(c: int) -> bool:
+        data = scenario_dict(model="llama-3-8b", cluster="h100-nvlink-node",
+                             parallel={"tp": best["tp"], "pp": best["pp"], "dp": best["dp"]},
+                             precision=best["precision"], slo={"ttft_p99": 0.04, "tpot_p99": 0.008},
+                             scheduler={"policy": "chunked", "max_num_seqs": 16,
+                                        "max_batched_tokens": best["max_batched_tokens"]})
+        data["workload"] = {"num_requests": 3 * c, "concurrency": c, "prompt_tokens": 128, "output_tokens": 64}
+        checks = simulate(scenario_from_dict(data)).summary["slo"]["percentiles"]
+        return all(check["met"] for check in checks.values())
+
+    assert meets(clients) and not meets(missed)
+
+
+def test_no_advice_when_nothing_meets_the_slo(tmp_path, capsys):
+    advice, table = _advise(tmp_path, capsys, "--slo", "tpot_p99=0.001", "--jobs", "1")
+    assert advice["best"] is None and not table["slo_met"].any()
+
+
+def test_per_request_thresholds_rank_by_goodput_per_gpu(tmp_path, capsys):
+    advice, table = _advise(tmp_path, capsys, "--slo", "ttft=0.05,tpot=0.008", "--jobs", "1")
+    assert advice["objective"] == "goodput"
+    assert table["goodput_per_gpu"].is_monotonic_decreasing and table["goodput_per_gpu"].iloc[0] > 0
+    # the best load is among those tried, and no tried load of the best candidate had more goodput
+    assert table["load_search_runs"].iloc[0] >= 3
