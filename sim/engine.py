@@ -212,10 +212,16 @@ class Engine:
         stream = self.stream
         if stream.arrival_s is not None:  # open loop: the next arrival may go to any slot
             next_arrival = float(stream.arrival_s[self.routed]) if self.routed < stream.num_requests else math.inf
-        elif self.routed == stream.num_requests or len(self.replicas) == 1:
-            next_arrival = math.inf  # closed loop, one replica: requests come only when its own finish
+        elif (self.routed == stream.num_requests
+              or replica.outstanding >= max((r.outstanding for r in self.replicas if r is not replica), default=0)):
+            # Closed loop: a request comes only when one finishes, and goes to the replica with the fewest
+            # outstanding. This one's count stays put through a span; the others' never rise above their
+            # largest (the router tops up the smallest), and a finishing one drops below it. So with at least
+            # as many as every other replica, none of their finishes sends it a request (one replica: its own
+            # finishes end its spans anyway).
+            next_arrival = math.inf
         else:
-            return "closed_loop_dp"  # another replica's finish may send this one a request at any step
+            return "closed_loop_dp"  # fewer outstanding than another replica: its finishes may come here
         # A span ends by the batch the progress countdown reaches zero on, so ticks come as when stepping.
         return plan_span(slot, batch, replica.costs[0], self.env.now, next_arrival, self.batches_to_tick)
 
