@@ -141,8 +141,8 @@ def test_percentile_slos_find_the_most_load_that_meets_them(tmp_path, capsys):
                              scheduler={"policy": "chunked", "max_num_seqs": 16,
                                         "max_batched_tokens": best["max_batched_tokens"]})
         data["workload"] = {"num_requests": 3 * c, "concurrency": c, "prompt_tokens": 128, "output_tokens": 64}
-        checks = simulate(scenario_from_dict(data)).summary["slo"]["percentiles"]
-        return all(check["met"] for check in checks.values())
+        steady = simulate(scenario_from_dict(data)).summary["steady_state"]  # judged on the steady state
+        return steady["ttft_s"]["p99"] <= 0.04 and steady["tpot_s"]["p99"] <= 0.008
 
     assert meets(clients) and not meets(missed)
 
