@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, get_args
 
@@ -95,7 +96,16 @@ def run(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm import tqdm
 
-    from splitsim.advisor import VLLM_VERSION, advice_json, advise, candidate_rows, format_table, vllm_serve_flags
+    from splitsim.advisor import (
+        VLLM_VERSION,
+        advice_json,
+        advise,
+        candidate_rows,
+        explain,
+        format_table,
+        pareto_figure,
+        vllm_serve_flags,
+    )
     from splitsim.csvfile import write_csv
 
     question = question_from_args(args)
@@ -108,15 +118,29 @@ def run(args: argparse.Namespace) -> int:
     def write(folder: Path) -> None:
         write_csv(pd.DataFrame(candidate_rows(advice)), folder / "candidates.csv")
         (folder / "advice.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        if advice.ranked:
+            pareto_figure(advice).savefig(folder / "pareto.png", dpi=110)
 
     replace_folder(out_dir, write)
     print(f"{args.model} on {args.cluster}, {question.gpus} GPUs, objective {question.objective}")
     print(format_table(advice))
     if advice.best is not None:
+        print(textwrap.fill(explain(advice, _wires(args.cluster)), width=110))
         print(f"deploy with (vLLM v{VLLM_VERSION}): {vllm_serve_flags(advice.best, args.model)}")
     else:
         print("no candidate meets the SLO, even with one client: relax it, or give more GPUs")
-    print(f"wrote {out_dir}/candidates.csv and advice.json")
+    print(f"wrote {out_dir}/candidates.csv, advice.json and pareto.png")
     if args.json:
         print(json.dumps(summary, separators=(",", ":"), allow_nan=False))
     return 0
+
+
+def _wires(cluster_ref: str) -> str:
+    """The cluster's links in words: `8 GPUs per node on nvlink4-nvswitch, 2 nodes over ib-ndr-rail`."""
+    from splitsim.hardware.catalog import load_cluster
+
+    cluster = load_cluster(cluster_ref)
+    words = f"{cluster.gpus_per_node} GPUs per node on {cluster.intra_node.name}"
+    if cluster.inter_node is not None:
+        words += f", {cluster.num_nodes} nodes over {cluster.inter_node.name}"
+    return words

@@ -349,3 +349,73 @@ def format_table(advice: Advice, limit: int = 15) -> str:
     lines.append(f"{len(advice.ranked)} simulated, {len(advice.pruned)} pruned, {len(advice.failed)} refused "
                  "their workload (reasons in candidates.csv)")
     return "\n".join(lines)
+
+
+CATEGORY_WORDS = {"compute": "computing", "tp_comm": "in TP all-reduces", "pp_comm": "in PP hand-offs",
+                  "bubble": "in pipeline bubbles", "idle": "idle"}
+
+
+def explain(advice: Advice, wires: str) -> str:
+    """One paragraph: why the best won, from its GPU-time breakdown and the wires, against the runner-up;
+    every number is a column of candidates.csv."""
+    best = advice.best
+    if best is None:
+        return ""
+    m, c = best.metrics, best.candidate
+    objective = advice.question.objective
+    figure = {"latency": f"a mean E2E of {m['e2e_s.mean']:.2f} s",
+              "goodput": f"{m.get('goodput_per_gpu', 0.0):.3g} good requests/s per GPU"}.get(
+        objective, f"{m['throughput_per_gpu']:.0f} output tok/s per GPU")
+    load = ", ".join(f"{k} {v:g}" for k, v in best.load.items())
+    parts = [f"{c.label} gives {figure} at {load}."]
+    parts.append(f"Its GPUs spend {_breakdown(m)} ({wires}).")
+    if len(advice.ranked) > 1:
+        runner = advice.ranked[1]
+        r = runner.metrics
+        gap = (best.score - runner.score) / abs(best.score) if best.score else 0.0
+        worst = max(CATEGORY_WORDS, key=lambda k: r.get(f"gpu_time_fraction.{k}", 0.0)
+                    - m.get(f"gpu_time_fraction.{k}", 0.0))
+        delta = r.get(f"gpu_time_fraction.{worst}", 0.0) - m.get(f"gpu_time_fraction.{worst}", 0.0)
+        parts.append(f"The runner-up, {runner.candidate.label}, scores {gap:.1%} lower: its GPUs spend "
+                     f"{r.get(f'gpu_time_fraction.{worst}', 0.0):.0%} {CATEGORY_WORDS[worst]} "
+                     f"({delta:+.0%} against the best).")
+    return " ".join(parts)
+
+
+def _breakdown(metrics: dict[str, Any]) -> str:
+    shares = [(metrics.get(f"gpu_time_fraction.{k}", 0.0), words) for k, words in CATEGORY_WORDS.items()]
+    shown = [f"{share:.0%} {words}" for share, words in sorted(shares, reverse=True) if share >= 0.005]
+    return ", ".join(shown) or "no time"
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For each (x, y), whether no other point is at least as good in both and better in one (higher is
+    better on both axes)."""
+    return [not any((ox >= x and oy >= y) and (ox > x or oy > y) for ox, oy in points) for x, y in points]
+
+
+def pareto_figure(advice: Advice) -> Any:
+    """Output tok/s per GPU against tok/s per user (1 / TPOT p50) for every simulated candidate; the front
+    joined, the best labelled. Built without pyplot (see splitsim.plots)."""
+    from matplotlib.figure import Figure
+
+    ranked = [e for e in advice.ranked if e.metrics.get("tpot_s.p50")]
+    points = [(1.0 / e.metrics["tpot_s.p50"], e.metrics["throughput_per_gpu"]) for e in ranked]
+    front = pareto_front(points)
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.subplots()
+    ax.scatter([p[0] for p in points], [p[1] for p in points], color="#9aa7b1", s=22, label="candidates")
+    edge = sorted(p for p, on in zip(points, front) if on)
+    ax.plot([p[0] for p in edge], [p[1] for p in edge], "o-", color="#2b7bba", label="Pareto front")
+    best = advice.best
+    if best is not None and best in ranked:
+        x, y = points[ranked.index(best)]
+        ax.scatter([x], [y], color="#d9534f", s=70, zorder=3, label="best")
+        ax.annotate(best.candidate.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("output tokens/s per user (1 / TPOT p50)")
+    ax.set_ylabel("output tokens/s per GPU")
+    ax.set_title(f"{len(ranked)} layouts, objective {advice.question.objective}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -158,3 +158,27 @@ def test_per_request_thresholds_rank_by_goodput_per_gpu(tmp_path, capsys):
     assert table["goodput_per_gpu"].is_monotonic_decreasing and table["goodput_per_gpu"].iloc[0] > 0
     # the best load is among those tried, and no tried load of the best candidate had more goodput
     assert table["load_search_runs"].iloc[0] >= 3
+
+
+def test_the_explanation_quotes_candidates_csv(tmp_path, capsys):
+    """The paragraph's numbers are the best and runner-up rows of candidates.csv, recomputed here."""
+    from splitsim.cli import main
+
+    assert main(["advise", *SMALL, "--out", str(tmp_path / "a"), "--jobs", "1"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # the paragraph is wrapped
+    rows = pd.read_csv(tmp_path / "a" / "candidates.csv")
+    best, runner = rows.iloc[0], rows.iloc[1]
+    assert f"gives {best['throughput_per_gpu']:.0f} output tok/s per GPU" in printed
+    assert f"{best['gpu_time_fraction.compute']:.0%} computing" in printed
+    gap = (best["throughput_per_gpu"] - runner["throughput_per_gpu"]) / best["throughput_per_gpu"]
+    assert f"scores {gap:.1%} lower" in printed
+    assert "8 GPUs per node on nvlink4-nvswitch" in printed
+    assert (tmp_path / "a" / "pareto.png").stat().st_size > 10_000
+
+
+def test_pareto_front_keeps_the_undominated():
+    from splitsim.advisor import pareto_front
+
+    points = [(1, 5), (2, 4), (2, 3), (3, 1), (0.5, 5), (3, 1)]
+    # (2, 3) is beaten by (2, 4); (0.5, 5) by (1, 5); equal points do not dominate each other
+    assert pareto_front(points) == [True, True, False, True, False, True]

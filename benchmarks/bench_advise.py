@@ -1,0 +1,46 @@
+"""How long does the advisor take to answer issue 9's question, and with how many simulations?
+
+    python benchmarks/bench_advise.py            # the reference question, on every core
+    python benchmarks/bench_advise.py --jobs 1   # one core (the pool's speed-up is the ratio)
+
+Reference question (issue 9): Llama-3-70B on h100-nvlink-node (8 GPUs), 1,024 prompt / 1,024 output tokens,
+--slo ttft_p99=2,tpot_p99=0.03, --precision bf16,fp8. AIConfigurator answers a similar question in 14.6 s on
+this kind of machine (issue 9's measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from splitsim.advisor import Question, advise
+from splitsim.sim.slo import parse_slo_arg
+
+AICONFIGURATOR_S = 14.6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, help="processes (default: every core)")
+    args = parser.parse_args()
+    question = Question(
+        base={"name": "advice", "model": "llama-3-70b", "cluster": "h100-nvlink-node", "sim": {"seed": 0},
+              "scheduler": {"policy": "chunked"},
+              "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": 1024, "output_tokens": 1024}},
+        gpus=8, weights=("bf16", "fp8"), kv_caches=("bf16",), slo=parse_slo_arg("ttft_p99=2,tpot_p99=0.03"))
+    started = time.perf_counter()
+    advice = advise(question, jobs=args.jobs)
+    wall = time.perf_counter() - started
+    runs = sum(int(e.metrics.get("load_search_runs", 1)) for e in advice.ranked)
+    best = advice.best
+    print(f"candidates: {len(advice.ranked) + len(advice.pruned) + len(advice.failed)} "
+          f"({len(advice.ranked)} simulated, {len(advice.pruned)} pruned, {len(advice.failed)} refused)")
+    print(f"simulations: {runs}; wall {wall:.1f} s ({wall / max(runs, 1) * 1e3:.0f} ms wall per simulation, "
+          f"jobs={args.jobs or 'all cores'}); AIConfigurator: {AICONFIGURATOR_S} s")
+    if best is not None:
+        print(f"best: {best.candidate.label} at {best.load}, {best.metrics['throughput_per_gpu']:.0f} tok/s per GPU")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
