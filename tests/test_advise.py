@@ -182,3 +182,35 @@ def test_pareto_front_keeps_the_undominated():
     points = [(1, 5), (2, 4), (2, 3), (3, 1), (0.5, 5), (3, 1)]
     # (2, 3) is beaten by (2, 4); (0.5, 5) by (1, 5); equal points do not dominate each other
     assert pareto_front(points) == [True, True, False, True, False, True]
+
+
+def _question(cluster: str, gpus: int, objective: str, load=None, **workload):
+    from splitsim.advisor import Question
+
+    lengths = {"prompt_tokens": 512, "output_tokens": 64} | workload
+    return Question(base={"name": "q", "model": "llama-3-70b", "cluster": cluster, "sim": {"seed": 0},
+                          "scheduler": {"policy": "chunked", "max_num_seqs": 32},
+                          "workload": {"num_requests": 1, "rate": 0, **lengths}},
+                    gpus=gpus, objective=objective, load=load, num_requests=20)
+
+
+def test_the_rulebook_falls_out_of_the_advisor():
+    """The seed's rules, found by simulation rather than written in: on NVLink the lowest-latency layout is
+    TP-heavy; on the PCIe-only L40S box TP8 is never the best; over two nodes TP stays inside a node and
+    crossing Ethernet with TP costs far more than crossing it with PP."""
+    from splitsim.advisor import advise
+
+    nvlink = advise(_question("h100-nvlink-node", 8, "latency", {"rate": 0.5}), jobs=2)
+    assert nvlink.best is not None and nvlink.best.candidate.tp >= 4
+    for objective, load in (("latency", {"rate": 0.5}), ("throughput_per_gpu", None)):
+        pcie = advise(_question("l40s-pcie-node", 8, objective, load), jobs=2)
+        assert pcie.best is not None and pcie.best.candidate.tp < 8, objective
+        tp8 = [e for e in pcie.ranked if e.candidate.tp == 8]
+        assert tp8 and all(e.score < pcie.best.score for e in tp8)
+    penalty = {}  # how much slower TP16 (TP crosses the network) is than TP8×PP2 (PP crosses it)
+    for cluster in ("h100-ib-2node", "h100-eth-2node"):
+        two_nodes = advise(_question(cluster, 16, "latency", {"rate": 0.5}), jobs=2)
+        assert two_nodes.best is not None and two_nodes.best.candidate.tp <= 8, cluster  # TP inside a node
+        e2e = {(e.candidate.tp, e.candidate.pp): e.metrics["e2e_s.mean"] for e in two_nodes.ranked}
+        penalty[cluster] = e2e[(16, 1)] / e2e[(8, 2)]
+    assert 1 < penalty["h100-ib-2node"] < penalty["h100-eth-2node"]  # and more so over Ethernet
