@@ -11,8 +11,9 @@ the same seed, run in a process pool. Objectives:
   threshold, over clients doubling up to saturation, refined around the best.
 - `latency`: the lowest mean end-to-end latency at the given load (ties broken by TPOT p50), not per GPU.
 
-Not yet (issue 9, later steps): the ±2 % steady-state precision per point, refining the scheduler knobs
-around the best, the Pareto plot, the explanation paragraph, sweeps and Ray.
+Each judged point's steady-state throughput is known to ±2 % (95 % confidence, batch means; the run is
+lengthened until it is); search points run three requests per client. Not yet (issue 9, later steps):
+refining the scheduler knobs around the best, sweeps and Ray, --trace/--scenario inputs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from splitsim.candidates import Candidate, Considered, consider
 from splitsim.errors import ScenarioError
 from splitsim.scenario import scenario_from_dict
@@ -32,7 +35,9 @@ from splitsim.sim.slo import Slo
 
 Objective = Literal["throughput_per_gpu", "goodput", "latency"]
 OBJECTIVES: tuple[str, ...] = ("throughput_per_gpu", "goodput", "latency")
-SATURATION_ROUNDS = 3  # requests per client in a saturation run: ramp-up, steady state, drain
+SATURATION_ROUNDS = 3  # requests per client in a closed-loop run: ramp-up, steady state, drain
+MAX_ROUNDS = 12  # ... doubled while the steady-state throughput is known less well than PRECISION
+PRECISION = 0.02  # relative half-width of its 95 % confidence interval
 VLLM_VERSION = "0.11.0"
 
 
@@ -123,20 +128,58 @@ def evaluate(question: Question, candidate: Candidate) -> Evaluated:
     return _judge(question, candidate, load, _run_at(question, data, load))
 
 
-def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any]) -> dict[str, Any]:
-    """The summary of one run at `load`: a closed loop of C clients sends SATURATION_ROUNDS·C requests (ramp-up,
-    steady state, drain); a rate sends `num_requests`."""
+def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any], precise: bool = False) -> dict[str, Any]:
+    """The summary of a run at `load`: a closed loop of C clients sends SATURATION_ROUNDS·C requests (ramp-up,
+    steady state, drain); `precise` doubles that while the steady-state throughput's 95 % confidence interval
+    is wider than ±PRECISION, up to MAX_ROUNDS·C. A rate sends `num_requests`. The summary gains
+    `steady_state_precision` (the interval's relative half-width) and `rounds`."""
     from splitsim.api import simulate  # in the worker process
 
     clients = load.get("concurrency")
-    num_requests = SATURATION_ROUNDS * int(clients) if clients else question.num_requests or 1000
     lengths = {key: value for key, value in question.base.get("workload", {}).items()
                if key in ("prompt_tokens", "output_tokens")}
-    run = {**data, "workload": {**lengths, "num_requests": num_requests, **load}}
-    if question.slo is not None:
-        run["slo"] = question.slo.as_dict()
-    summary: dict[str, Any] = simulate(scenario_from_dict(run)).summary
-    return summary
+    rounds = SATURATION_ROUNDS
+    while True:
+        num_requests = rounds * int(clients) if clients else question.num_requests or 1000
+        run = {**data, "workload": {**lengths, "num_requests": num_requests, **load}}
+        if question.slo is not None:
+            run["slo"] = question.slo.as_dict()
+        result = simulate(scenario_from_dict(run))
+        summary: dict[str, Any] = result.summary
+        precision = steady_precision(result.requests, summary["steady_state"])
+        summary["steady_state_precision"] = precision
+        summary["rounds"] = rounds if clients else None
+        if not precise or not clients or (precision is not None and precision <= PRECISION) \
+                or rounds >= MAX_ROUNDS:
+            return summary
+        rounds *= 2
+
+
+PRECISION_BATCHES = 10
+
+
+def steady_precision(requests: Any, steady: dict[str, Any] | None) -> float | None:
+    """The relative half-width of a 95 % confidence interval on the steady-state output throughput, by batch
+    means: the window cut into PRECISION_BATCHES equal parts, each request's tokens spread evenly from its
+    first token to its finish (its TPOT) and counted in the parts they fall in; Student's t with 9 degrees of
+    freedom (2.262). Finish counts would not do: a closed loop of equal requests finishes them in waves.
+    None without a steady state."""
+    if steady is None:
+        return None
+    start, end = steady["start_s"], steady["end_s"]
+    edges = np.linspace(start, end, PRECISION_BATCHES + 1)
+    first, finish = requests["first_token_s"].to_numpy(), requests["finish_s"].to_numpy()
+    later = requests["output_tokens"].to_numpy() - 1.0  # tokens after the first, spread over (first, finish]
+    keep = (finish > start) & (first < end)
+    first, finish, later = first[keep], finish[keep], later[keep]
+    rate = np.divide(later, finish - first, out=np.zeros_like(later), where=finish > first)
+    overlap = np.clip(np.minimum(finish[:, None], edges[None, 1:]) - np.maximum(first[:, None], edges[None, :-1]),
+                      0.0, None)
+    tokens = (overlap * rate[:, None]).sum(axis=0)
+    tokens += np.histogram(first, bins=edges)[0]  # each first token where it came
+    if tokens.mean() <= 0:
+        return None
+    return float(2.262 * tokens.std(ddof=1) / np.sqrt(PRECISION_BATCHES) / tokens.mean())
 
 
 STEADY_PERCENTILES = {50.0: "p50", 90.0: "p90", 99.0: "p99"}  # what the summary's steady_state keeps
@@ -242,7 +285,17 @@ def _best_goodput(question: Question, candidate: Candidate, data: dict[str, Any]
 
 
 def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summary: dict[str, Any]) -> Evaluated:
+    """The candidate at its chosen load. The search's run decided whether the load meets the SLO; the figures
+    come from a run long enough that the steady-state throughput is known to ±PRECISION (the same run when
+    it already was)."""
+    meets = _meets(summary)
+    precision = summary.get("steady_state_precision")
+    rerun = "concurrency" in load and (precision is None or precision > PRECISION)
+    if rerun:
+        data = {**question.base, **candidate.scenario_keys()}
+        summary = {**_run_at(question, data, load, precise=True), "slo": summary.get("slo", {})}
     metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
+    metrics["precision_rerun"] = rerun
     steady = summary["steady_state"]
     tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
     metrics["steady_state_found"] = steady is not None
@@ -257,7 +310,7 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
         case "goodput":
             score = metrics["goodput_per_gpu"]
         case _:
-            score = metrics["throughput_per_gpu"] if _meets(summary) else 0.0
+            score = metrics["throughput_per_gpu"] if meets else 0.0
     return Evaluated(candidate, load, score, metrics)
 
 

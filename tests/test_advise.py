@@ -214,3 +214,21 @@ def test_the_rulebook_falls_out_of_the_advisor():
         e2e = {(e.candidate.tp, e.candidate.pp): e.metrics["e2e_s.mean"] for e in two_nodes.ranked}
         penalty[cluster] = e2e[(16, 1)] / e2e[(8, 2)]
     assert 1 < penalty["h100-ib-2node"] < penalty["h100-eth-2node"]  # and more so over Ethernet
+
+
+def test_steady_precision_by_batch_means():
+    """Even production gives a zero-width interval; every token in one tenth of the window gives the widest
+    the formula can: t(9) · sd/√10 / mean with counts (T, 0, …, 0) is 2.262 exactly."""
+    from splitsim.advisor import steady_precision
+
+    steady = {"start_s": 0.0, "end_s": 10.0}
+    even = pd.DataFrame({"first_token_s": [-1.0] * 4, "finish_s": [11.0] * 4, "output_tokens": [121] * 4})
+    assert steady_precision(even, steady) == pytest.approx(0.0, abs=1e-12)
+    burst = pd.DataFrame({"first_token_s": [0.5], "finish_s": [0.5 + 1e-9], "output_tokens": [1]})
+    assert steady_precision(burst, steady) == pytest.approx(2.262, rel=1e-12)
+
+
+def test_judged_points_know_their_throughput_to_two_percent(tmp_path, capsys):
+    _, table = _advise(tmp_path, capsys, "--jobs", "1")
+    done = table[table["status"] == "evaluated"]
+    assert ((done["steady_state_precision"] <= 0.02) | (done["rounds"] >= 12)).all()
