@@ -22,12 +22,12 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 
-from splitsim.candidates import Candidate, Considered, consider
+from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
@@ -82,18 +82,40 @@ def advise(question: Question, jobs: int | None = None,
            on_done: Callable[[Candidate], None] | None = None) -> Advice:
     """Enumerate, prune, simulate each survivor (in `jobs` processes; default: every core), rank."""
     considered = consider(question.base, question.gpus, list(question.weights), list(question.kv_caches))
-    pruned = [c for c in considered if c.pruned is not None]
-    tasks = [(question, c.candidate) for c in considered if c.pruned is None]
-    ranked, failed = [], []
-    for candidate, outcome in _run_all(tasks, jobs):
+    advice = Advice(question, [], [c for c in considered if c.pruned is not None])
+    _simulate([c.candidate for c in considered if c.pruned is None], advice, jobs, on_done)
+    if advice.best is not None:  # then the scheduler knobs the engine chose, halved and doubled around the best
+        variants = [Considered(v, prune_reason(question.base, v)) for v in knob_variants(question, advice.best)]
+        advice.pruned += [v for v in variants if v.pruned is not None]
+        _simulate([v.candidate for v in variants if v.pruned is None], advice, jobs, on_done)
+    return advice
+
+
+def _simulate(candidates: list[Candidate], advice: Advice, jobs: int | None,
+              on_done: Callable[[Candidate], None] | None) -> None:
+    for candidate, outcome in _run_all([(advice.question, c) for c in candidates], jobs):
         if isinstance(outcome, str):
-            failed.append((candidate, outcome))
+            advice.failed.append((candidate, outcome))
         else:
-            ranked.append(outcome)
+            advice.ranked.append(outcome)
         if on_done is not None:
             on_done(candidate)
-    ranked.sort(key=lambda e: (-e.score, e.candidate))
-    return Advice(question, ranked, pruned, failed)
+    advice.ranked.sort(key=lambda e: (-e.score, e.candidate))
+
+
+def knob_variants(question: Question, best: Evaluated) -> list[Candidate]:
+    """The best layout with max_num_seqs, then max_batched_tokens, halved and doubled (knobs the question
+    pins stay as they are)."""
+    scheduler = question.base.get("scheduler", {})
+    seqs, tokens = int(best.metrics["max_num_seqs"]), int(best.metrics["max_batched_tokens"])
+    variants = []
+    if "max_num_seqs" not in scheduler:
+        variants += [replace(best.candidate, max_num_seqs=n, max_batched_tokens=tokens) for n in (seqs // 2, seqs * 2)
+                     if n >= 1]
+    if "max_batched_tokens" not in scheduler:
+        variants += [replace(best.candidate, max_num_seqs=seqs, max_batched_tokens=n) for n in (tokens // 2, tokens * 2)
+                     if n >= 1]
+    return variants
 
 
 def _run_all(tasks: list[tuple[Question, Candidate]], jobs: int | None) -> Iterator[tuple[Candidate, Any]]:
@@ -116,7 +138,7 @@ def _evaluate_or_error(task: tuple[Question, Candidate]) -> Evaluated | str:
 
 def evaluate(question: Question, candidate: Candidate) -> Evaluated:
     """The candidate judged by the question's objective, at the load the objective asks for."""
-    data = {**question.base, **candidate.scenario_keys()}
+    data = candidate.scenario(question.base)
     if question.load is not None:
         return _judge(question, candidate, question.load, _run_at(question, data, question.load))
     saturation = saturating_clients(data)
@@ -292,7 +314,7 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
     precision = summary.get("steady_state_precision")
     rerun = "concurrency" in load and (precision is None or precision > PRECISION)
     if rerun:
-        data = {**question.base, **candidate.scenario_keys()}
+        data = candidate.scenario(question.base)
         summary = {**_run_at(question, data, load, precise=True), "slo": summary.get("slo", {})}
     metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
     metrics["precision_rerun"] = rerun

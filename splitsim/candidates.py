@@ -29,19 +29,29 @@ class Candidate:
     order: str
     weights: str
     kv_cache: str
+    max_num_seqs: int = 0  # 0: as the scenario (or the engine's default) has it
+    max_batched_tokens: int = 0
 
     @property
     def label(self) -> str:
         order = "" if self.order == ORDERS[0] else f" {self.order}"
-        return f"TP{self.tp}×PP{self.pp}×DP{self.dp}{order} {self.weights}/kv {self.kv_cache}"
+        knobs = "".join(f" {name}={value}" for name, value in (("seqs", self.max_num_seqs),
+                                                                ("tokens", self.max_batched_tokens)) if value)
+        return f"TP{self.tp}×PP{self.pp}×DP{self.dp}{order} {self.weights}/kv {self.kv_cache}{knobs}"
 
-    def scenario_keys(self) -> dict[str, Any]:
-        """The scenario mapping keys this candidate sets."""
-        return {"parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "order": self.order},
-                "precision": {"weights": self.weights, "kv_cache": self.kv_cache}}
+    def scenario(self, base: dict[str, Any]) -> dict[str, Any]:
+        """`base` (a scenario mapping) with this candidate's layout, precisions and scheduler knobs."""
+        scheduler = dict(base.get("scheduler", {}))
+        for name in ("max_num_seqs", "max_batched_tokens"):
+            if getattr(self, name):
+                scheduler[name] = getattr(self, name)
+        return {**base, "parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "order": self.order},
+                "precision": {"weights": self.weights, "kv_cache": self.kv_cache}, "scheduler": scheduler}
 
     def as_row(self) -> dict[str, Any]:
-        return asdict(self)
+        row = asdict(self)
+        del row["max_num_seqs"], row["max_batched_tokens"]  # the run's own values are in the row
+        return row
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
     from splitsim.api import make_requests
 
     try:
-        scenario = scenario_from_dict({**base, **candidate.scenario_keys()})
+        scenario = scenario_from_dict(candidate.scenario(base))
         plan = build_plan(scenario)
         plan.check_requests(make_requests(scenario, plan, None))  # one request must fit the KV cache
     except ScenarioError as err:

@@ -67,11 +67,18 @@ def _advise(tmp_path, capsys, *flags: str) -> tuple[dict, pd.DataFrame]:
 
 def test_advice_ranks_every_candidate_and_its_best_is_what_a_run_of_it_gives(tmp_path, capsys):
     advice, table = _advise(tmp_path, capsys, "--precision", "bf16,fp8", "--jobs", "1")
-    # 2 GPUs: TP1×PP1×DP2, TP1×PP2×DP1, TP2×PP1×DP1, each in two weight precisions
-    assert len(table) == 6 and set(table["status"]) == {"evaluated"}
-    assert table["rank"].tolist() == [1, 2, 3, 4, 5, 6]
+    # 2 GPUs: TP1×PP1×DP2, TP1×PP2×DP1, TP2×PP1×DP1, each in two weight precisions; then the first layout's
+    # max_batched_tokens halved and doubled (max_num_seqs is pinned by the question)
+    assert len(table) == 8 and set(table["status"]) == {"evaluated"}
+    assert table["rank"].tolist() == list(range(1, 9))
     assert table["throughput_per_gpu"].is_monotonic_decreasing
-    assert advice["candidates"] == {"evaluated": 6, "pruned": 0, "failed": 0}
+    assert advice["candidates"] == {"evaluated": 8, "pruned": 0, "failed": 0}
+    layout = ["tp", "pp", "dp", "order", "weights", "kv_cache"]
+    tokens = table.groupby(layout)["max_batched_tokens"].apply(sorted)
+    refined = tokens[tokens.apply(len) == 3]
+    assert len(refined) == 1 and refined.iloc[0] == [4096, 8192, 16384]  # the engine's 8192 (H100), ÷2, ×2
+    assert (table.groupby(layout).size() == 1).sum() == 5  # the other five layouts once each
+    assert tuple(table.iloc[0][layout]) == refined.index[0]  # refined around the best layout
     best = advice["best"]
     top = table.iloc[0]
     assert (best["tp"], best["pp"], best["dp"], best["precision"]["weights"]) == \
