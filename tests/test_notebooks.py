@@ -34,3 +34,8 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         failure = ANSI_ESCAPE.sub("", str(err))  # the kernel's traceback comes coloured
     if failure is not None:
         pytest.fail(f"{path.name} failed:\n{failure}", pytrace=False)
+    # Every cell that draws shows its picture (a Figure built without pyplot only shows when displayed).
+    for index, cell in enumerate(notebook.cells):
+        if cell.cell_type == "code" and ("figure(" in cell.source or "plt.subplots" in cell.source):
+            images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+            assert images, f"{path.name} cell {index} draws a figure that does not render"
