@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
-from splitsim import advise_command
+from splitsim import advise_command, sweep
 from splitsim.errors import ScenarioError
 from splitsim.writing import check_out_path
 
@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.set_defaults(func=_cost)
 
     advise_command.add_parser(sub, _positive_int, _positive_float)
+    sweep.add_parser(sub, _positive_int)
 
     lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets")
     lister.set_defaults(func=_list)

@@ -1,0 +1,145 @@
+"""`splitsim sweep`: one scenario, a grid of overrides, one row per point.
+
+`--grid key=v1,v2` gives a key its values (each parsed as YAML, as `--set` parses them); a bracketed value
+is a YAML flow list, for values that hold commas (`--grid 'workload.output_tokens=[64, {dist: uniform,
+low: 1, high: 128}]'`). Points are the product of the grids in the order given (the first key slowest).
+Each point is a full simulation, in a process pool; a point the simulator refuses is a row with its
+`error`. `sweep.csv` holds only figures that depend on the scenario and seed (wall time goes to run.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from splitsim.errors import ScenarioError
+from splitsim.files import cut, parse_yaml_text
+from splitsim.writing import check_out_path, replace_folder
+
+
+def parse_grid(items: list[str]) -> list[tuple[str, list[Any]]]:
+    """`key=v1,v2` or `key=[v1, v2]` items as (key, values), each value parsed as YAML."""
+    grid: list[tuple[str, list[Any]]] = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not raw.strip():
+            raise ScenarioError(f"--grid {cut(repr(item))}: expected key.path=v1,v2 or key.path=[v1, v2]")
+        if raw.strip().startswith("["):
+            values = parse_yaml_text(raw, f"--grid {cut(key)}")
+            if not isinstance(values, list) or not values:
+                raise ScenarioError(f"--grid {cut(key)}: {cut(raw)} is not a non-empty YAML flow list")
+        else:
+            values = [parse_yaml_text(text, f"--grid {cut(key)}") for text in raw.split(",")]
+        if key in {k for k, _ in grid}:
+            raise ScenarioError(f"--grid {cut(key)}: given twice (give every value in one --grid)")
+        grid.append((key, values))
+    return grid
+
+
+def points(grid: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    keys = [key for key, _ in grid]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(values for _, values in grid))]
+
+
+def run_point(task: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """One point's row: its grid values, then every summary figure (flattened), or its error."""
+    from splitsim.advisor import flatten
+    from splitsim.api import simulate
+    from splitsim.scenario import load_scenario
+
+    path, point = task
+    row: dict[str, Any] = {key: _cell(value) for key, value in point.items()}
+    try:
+        result = simulate(load_scenario(path, [f"{key}={json.dumps(value)}" for key, value in point.items()]),
+                          trace_window_s=0.0)
+    except ScenarioError as err:
+        return {**row, "error": str(err)}
+    return {**row, "error": "", **flatten({k: v for k, v in result.summary.items() if k != "scenario"})}
+
+
+def _cell(value: Any) -> Any:
+    return value if isinstance(value, int | float | str) and not isinstance(value, bool) else json.dumps(value)
+
+
+def sweep(path: str | Path, grid: list[tuple[str, list[Any]]], jobs: int | None = None) -> Any:
+    """The grid's points simulated (in `jobs` processes; default every core), as a DataFrame in grid order."""
+    import pandas as pd
+
+    tasks = [(str(path), point) for point in points(grid)]
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    if workers == 1:
+        rows = [run_point(task) for task in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(pool.map(run_point, tasks))
+    return pd.DataFrame(rows)
+
+
+def add_parser(sub: argparse._SubParsersAction, positive_int: Any) -> None:
+    parser = sub.add_parser("sweep", help="simulate a scenario over a grid of overrides",
+                            description="One row per point of the grid (the product of every --grid, the first "
+                                        "slowest) in sweep.csv, with a plot of output throughput.")
+    parser.add_argument("scenario", type=Path, help="scenario YAML")
+    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                        help="a key's values; a bracketed value is a YAML flow list: key=[a, {b: 1, c: 2}]")
+    parser.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/sweep-<scenario>)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from splitsim.csvfile import write_csv
+    from splitsim.scenario import load_scenario
+
+    grid = parse_grid(args.grid)
+    load_scenario(args.scenario)  # the base scenario itself reads, before any point runs
+    out_dir = args.out or Path("runs") / f"sweep-{args.scenario.stem}"
+    check_out_path(out_dir)
+    started = time.perf_counter()
+    table = sweep(args.scenario, grid, args.jobs)
+    wall = time.perf_counter() - started
+
+    def write(folder: Path) -> None:
+        write_csv(table, folder / "sweep.csv")
+        (folder / "run.json").write_text(json.dumps({"scenario": str(args.scenario), "grid": args.grid,
+                                                     "points": len(table), "wall_time_s": wall}, indent=2) + "\n")
+        if "throughput_tokens_per_s" in table:
+            sweep_figure(table, [key for key, _ in grid]).savefig(folder / "sweep.png", dpi=110)
+
+    replace_folder(out_dir, write)
+    failed = int((table["error"] != "").sum())
+    print(f"{len(table)} points in {wall:.1f} s ({failed} refused: see the error column); "
+          f"wrote {out_dir}/sweep.csv, run.json and sweep.png")
+    return 0
+
+
+def sweep_figure(table: Any, keys: list[str]) -> Any:
+    """Output throughput and TPOT p50 against the first grid key, one line per value of the others."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    ok = table[table["error"] == ""]
+    groups = ok.groupby(keys[1:], sort=False) if len(keys) > 1 else [("", ok)]
+    for label, part in groups:
+        name = ", ".join(f"{k}={v}" for k, v in zip(keys[1:], label if isinstance(label, tuple) else (label,),
+                                                    strict=False)) or "all"
+        x = [str(v) for v in part[keys[0]]]
+        axes[0].plot(x, part["throughput_tokens_per_s"], "o-", label=name)
+        axes[1].plot(x, [1e3 * v if isinstance(v, float) and not math.isnan(v) else None
+                         for v in part["tpot_s.p50"]], "o-", label=name)
+    axes[0].set_ylabel("output tokens/s")
+    axes[1].set_ylabel("TPOT p50 (ms)")
+    for ax in axes:
+        ax.set_xlabel(keys[0])
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
