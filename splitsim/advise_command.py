@@ -20,11 +20,14 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
         description="Enumerate every TP × PP × DP (and placement order, weight and KV precision) that uses the "
                     "GPUs, prune what cannot run (with the reason), simulate the rest with the same workload "
                     "and seed, and rank them. Writes candidates.csv and advice.json.")
-    advise.add_argument("--model", required=True, help="catalog name, config.json path or folder")
-    advise.add_argument("--cluster", required=True, help="cluster preset or YAML")
+    advise.add_argument("--model", help="catalog name, config.json path or folder")
+    advise.add_argument("--cluster", help="cluster preset or YAML")
+    advise.add_argument("--scenario", type=Path,
+                        help="take the model, cluster, request lengths, scheduler, memory, SLO and seed from a "
+                             "scenario YAML (flags given as well win)")
     advise.add_argument("--gpus", type=positive_int, help="GPUs every candidate uses (default: all of the cluster's)")
-    advise.add_argument("--isl", type=positive_int, default=1024, help="prompt tokens per request (default 1024)")
-    advise.add_argument("--osl", type=positive_int, default=1024, help="output tokens per request (default 1024)")
+    advise.add_argument("--isl", type=positive_int, help="prompt tokens per request (default 1024)")
+    advise.add_argument("--osl", type=positive_int, help="output tokens per request (default 1024)")
     load = advise.add_mutually_exclusive_group()
     load.add_argument("--rate", type=positive_float, help="requests/s (Poisson) for the whole deployment")
     load.add_argument("--concurrency", type=positive_int, help="clients in a closed loop")
@@ -39,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
                              "most requests/s per GPU meeting them; latency: lowest mean E2E at the given load")
     advise.add_argument("--max-num-seqs", type=positive_int, help="pin the batch's sequences (default: vLLM's)")
     advise.add_argument("--max-batched-tokens", type=positive_int, help="pin the batch's tokens (default: vLLM's)")
-    advise.add_argument("--seed", type=int, default=0)
+    advise.add_argument("--seed", type=int, help="the runs' random seed (default 0)")
     advise.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
     advise.add_argument("--out", type=Path, help="output folder (default: runs/advice-<model>)")
     advise.add_argument("--json", action="store_true", help="end with advice.json on one line")
@@ -61,6 +64,14 @@ def question_from_args(args: argparse.Namespace) -> Any:
     from splitsim.models.spec import load_model
     from splitsim.sim.slo import parse_slo_arg
 
+    given = _from_scenario(args.scenario) if args.scenario is not None else {}
+    args.model = args.model or given.get("model")
+    args.cluster = args.cluster or given.get("cluster")
+    for flag, value in (("--model", args.model), ("--cluster", args.cluster)):
+        if not value:
+            raise ScenarioError(f"{flag}: required (or a --scenario that names it)")
+    if not isinstance(args.cluster, str):
+        raise ScenarioError("--scenario: give the cluster as a preset name or YAML path for the advisor")
     try:
         cluster = load_cluster(args.cluster)
     except ValueError as err:
@@ -73,7 +84,7 @@ def question_from_args(args: argparse.Namespace) -> Any:
     if gpus > cluster.num_gpus:
         raise ScenarioError(f"--gpus {gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
                             f"(valid: 1 to {cluster.num_gpus})")
-    slo = parse_slo_arg(args.slo) if args.slo is not None else None
+    slo = parse_slo_arg(args.slo) if args.slo is not None else given.get("slo")
     objective: Objective = args.objective or (
         "goodput" if slo is not None and slo.thresholds_s else "throughput_per_gpu")
     if objective == "latency" and args.rate is None and args.concurrency is None:
@@ -82,9 +93,12 @@ def question_from_args(args: argparse.Namespace) -> Any:
         raise ScenarioError("--objective goodput: give per-request thresholds, e.g. --slo ttft=2,tpot=0.05")
     scheduler = {key: value for key, value in (("max_num_seqs", args.max_num_seqs),
                                                ("max_batched_tokens", args.max_batched_tokens)) if value}
-    base = {"name": "advice", "model": args.model, "cluster": args.cluster, "sim": {"seed": args.seed},
-            "scheduler": {"policy": "chunked", **scheduler},
-            "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": args.isl, "output_tokens": args.osl}}
+    lengths = {"prompt_tokens": args.isl or given.get("prompt_tokens", 1024),
+               "output_tokens": args.osl or given.get("output_tokens", 1024)}
+    base = {"name": "advice", "model": args.model, "cluster": args.cluster,
+            "sim": {"seed": given.get("seed", 0) if args.seed is None else args.seed},
+            "scheduler": {"policy": "chunked", **given.get("scheduler", {}), **scheduler},
+            "memory": given.get("memory", {}), "workload": {"num_requests": 1, "rate": 0, **lengths}}
     load = {"rate": args.rate} if args.rate is not None else \
         {"concurrency": args.concurrency} if args.concurrency is not None else None
     return Question(base=base, gpus=gpus, weights=_choices("--precision", args.precision, get_args(WeightDtype)),
@@ -144,3 +158,22 @@ def _wires(cluster_ref: str) -> str:
     if cluster.inter_node is not None:
         words += f", {cluster.num_nodes} nodes over {cluster.inter_node.name}"
     return words
+
+
+def _from_scenario(path: Path) -> dict[str, Any]:
+    """What the advisor takes from a scenario file: model, cluster, lengths, scheduler/memory knobs, SLO, seed."""
+    from splitsim.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    workload = scenario.workload
+    if workload.trace is not None:
+        raise ScenarioError(f"--scenario {path}: a trace workload is not an advisor input yet (give lengths)")
+    scheduler = {k: v for k, v in scenario.scheduler.model_dump(exclude_none=True).items()
+                 if k in ("policy", "max_num_seqs", "max_batched_tokens")}
+    return {"model": scenario.model, "cluster": scenario.cluster, "slo": scenario.slo, "seed": scenario.sim.seed,
+            "prompt_tokens": _length(workload.prompt_tokens), "output_tokens": _length(workload.output_tokens),
+            "scheduler": scheduler, "memory": scenario.memory.model_dump(exclude_none=True)}
+
+
+def _length(spec: Any) -> Any:
+    return spec if isinstance(spec, int) or spec is None else spec.model_dump()

@@ -341,9 +341,19 @@ def saturating_clients(data: dict[str, Any]) -> int:
     in flight (max_num_seqs in each of its PP slots) and what its KV cache holds at the workload's lengths."""
     plan = build_plan(scenario_from_dict(data))
     lengths = data.get("workload", {})
-    tokens = int(lengths.get("prompt_tokens", 1024)) + int(lengths.get("output_tokens", 1024))
+    tokens = _typical(lengths.get("prompt_tokens", 1024)) + _typical(lengths.get("output_tokens", 1024))
     per_replica = min(plan.scheduler.max_num_seqs * plan.pp, math.floor(plan.max_concurrency(tokens)))
     return max(1, per_replica) * plan.dp
+
+
+def _typical(spec: Any) -> int:
+    """A request length of a workload spec, for sizing a load: the number, or a distribution's mean (capped)."""
+    if isinstance(spec, dict):
+        if spec.get("dist") == "uniform":
+            return int((spec["low"] + spec["high"]) // 2)
+        mean = spec["median"] * math.exp(spec["sigma"] ** 2 / 2)
+        return int(min(mean, spec.get("max") or mean))
+    return int(spec)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

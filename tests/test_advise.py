@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+import yaml
 
 from helpers import error_line, ideal_cluster, scenario_dict
 from splitsim import simulate
@@ -239,3 +240,24 @@ def test_judged_points_know_their_throughput_to_two_percent(tmp_path, capsys):
     _, table = _advise(tmp_path, capsys, "--jobs", "1")
     done = table[table["status"] == "evaluated"]
     assert ((done["steady_state_precision"] <= 0.02) | (done["rounds"] >= 12)).all()
+
+
+def test_a_scenario_supplies_what_the_flags_leave_out(tmp_path, capsys):
+    from splitsim.cli import main
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(yaml.safe_dump(scenario_dict(
+        cluster="h100-nvlink-node", workload={"num_requests": 5, "rate": 1, "prompt_tokens": 96, "output_tokens": 48},
+        scheduler={"policy": "chunked", "max_num_seqs": 8}, slo={"tpot_p99": 0.5})))
+    assert main(["advise", "--scenario", str(scenario), "--gpus", "1", "--out", str(tmp_path / "a"), "--json",
+                 "-q", "--jobs", "1"]) == 0
+    advice = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    table = pd.read_csv(tmp_path / "a" / "candidates.csv")
+    assert advice["best"]["max_num_seqs"] == 8  # the scenario's pinned knob, not refined
+    assert set(table["max_num_seqs"]) == {8}
+    assert "slo.given.tpot_p99" in table.columns
+
+
+def test_advise_needs_a_model_and_a_cluster(tmp_path, capsys):
+    err = error_line(capsys, ["advise", "--cluster", "h100-nvlink-node", "--out", str(tmp_path / "a")])
+    assert "--model: required (or a --scenario that names it)" in err

@@ -409,3 +409,17 @@ def test_any_advise_flag_is_answered_or_refused_in_one_line(tmp_path, capsys, da
     code = _exit(["advise", *[part for pair in flags.items() for part in pair], "-q", "--out", str(out)])
     _check(capsys, code, out / "advice.json", (flag, flag.lstrip("-"), "--"))
     assert code == 0 or not out.exists()
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_sweep_grid_is_swept_or_refused_in_one_line(tmp_path, capsys, data):
+    folder = _fresh(tmp_path)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(BASE_SCENARIO))
+    key = data.draw(st.sampled_from([".".join(map(str, p)) for p in _paths(BASE_SCENARIO)] + ["nope", ""]))
+    values = data.draw(FLAG_VALUES | st.sampled_from(["1,2", "[1, 2]", "[", "[]", "{a: 1}", "inf,nan"]))
+    out = folder / "sweep"
+    code = _exit(["sweep", str(scenario), "--grid", f"{key}={values}", "--jobs", "1", "--out", str(out)])
+    _check(capsys, code, out / "sweep.csv", ("--grid", "s.yaml", "scenario"))
+    assert code == 0 or not out.exists()
