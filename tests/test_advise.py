@@ -261,3 +261,38 @@ def test_a_scenario_supplies_what_the_flags_leave_out(tmp_path, capsys):
 def test_advise_needs_a_model_and_a_cluster(tmp_path, capsys):
     err = error_line(capsys, ["advise", "--cluster", "h100-nvlink-node", "--out", str(tmp_path / "a")])
     assert "--model: required (or a --scenario that names it)" in err
+
+
+def test_every_found_load_meets_the_slo_and_the_ranking_is_reproduced(tmp_path, capsys):
+    """For every candidate: a run of its own at the found load meets the SLO (on the steady state), one at the
+    next load the search tried does not; and ranking candidates by runs of their found loads, long enough
+    for ±2 %, gives the advisor's order up to ties within those ±2 %."""
+    slo = {"ttft_p99": 0.04, "tpot_p99": 0.008}
+    _, table = _advise(tmp_path, capsys, "--slo", "ttft_p99=0.04,tpot_p99=0.008", "--jobs", "2")
+    table = table[table["status"] == "evaluated"].reset_index(drop=True)
+
+    def run(row, clients: int, rounds: int) -> dict:
+        data = scenario_dict(model="llama-3-8b", cluster="h100-nvlink-node",
+                             parallel={"tp": int(row["tp"]), "pp": int(row["pp"]), "dp": int(row["dp"]),
+                                       "order": row["order"]},
+                             precision={"weights": row["weights"], "kv_cache": row["kv_cache"]}, slo=slo,
+                             scheduler={"policy": "chunked", "max_num_seqs": int(row["max_num_seqs"]),
+                                        "max_batched_tokens": int(row["max_batched_tokens"])})
+        data["workload"] = {"num_requests": rounds * clients, "concurrency": clients, "prompt_tokens": 128,
+                            "output_tokens": 64}
+        return simulate(scenario_from_dict(data)).summary
+
+    def meets(summary: dict) -> bool:
+        steady = summary["steady_state"]
+        return steady["ttft_s"]["p99"] <= slo["ttft_p99"] and steady["tpot_s"]["p99"] <= slo["tpot_p99"]
+
+    throughput = []
+    for _, row in table.iterrows():
+        clients = int(row["load.concurrency"])
+        assert meets(run(row, clients, 3)), row["tp"]
+        if not pd.isna(row["slo_missed_at_concurrency"]):
+            assert not meets(run(row, int(row["slo_missed_at_concurrency"]), 3))
+        steady = run(row, clients, int(row["rounds"]))["steady_state"]
+        throughput.append(steady["output_throughput_tokens_per_s"] / 2)
+    for i in range(len(throughput) - 1):  # the advisor's order, or a tie within the precision
+        assert throughput[i] >= throughput[i + 1] * (1 - 0.02) - 1e-9, (i, throughput)
