@@ -7,9 +7,11 @@ Reference question (issue 9): Llama-3-70B on h100-nvlink-node (8 GPUs), 1,024 pr
 --slo ttft_p99=2,tpot_p99=0.03, --precision bf16,fp8. AIConfigurator answers a similar question in 14.6 s on
 this kind of machine (issue 9's measurement).
 
-Measured here (2 cores): 20 candidates, 16 simulated, 4 pruned; 88 simulations in 29.1 s with two processes
-(27.2 s → 19.5 s before the ±2 % rule lengthened the judged runs; one process: 1.4× slower). Best:
-TP4×PP1×DP2 fp8 at 296 clients, 1,224 output tok/s per GPU. Not yet within AIConfigurator's 14.6 s.
+Measured here (2 cores): 24 candidates (16 layouts × precisions simulated, 4 pruned, then 4 scheduler-knob
+variants of the best); 119 simulations in 32.0 s with two processes, 41.8 s with one (1.3×: the two vCPUs
+slow each other). Each judged point's throughput known to ±1.8 % at worst. Best: TP4×PP1×DP2 fp8,
+max_batched_tokens 16384, at 296 clients, 1,225 output tok/s per GPU. Not yet within AIConfigurator's 14.6 s:
+the ±2 % rule and the knob refinement cost ~13 s of it (19.5 s without them).
 """
 
 from __future__ import annotations
