@@ -441,8 +441,9 @@ CATEGORY_WORDS = {"compute": "computing", "tp_comm": "in TP all-reduces", "pp_co
 
 
 def explain(advice: Advice, wires: str) -> str:
-    """One paragraph: why the best won, from its GPU-time breakdown and the wires, against the runner-up;
-    every number is a column of candidates.csv."""
+    """One paragraph: why the best won, from its GPU-time breakdown and the wires, against the runner-up (the
+    best other layout: a variant of the best's scheduler knobs is not a rival); every number is a column of
+    candidates.csv."""
     best = advice.best
     if best is None:
         return ""
@@ -454,8 +455,10 @@ def explain(advice: Advice, wires: str) -> str:
     load = ", ".join(f"{k} {v:g}" for k, v in best.load.items())
     parts = [f"{c.label} gives {figure} at {load}."]
     parts.append(f"Its GPUs spend {_breakdown(m)} ({wires}).")
-    if len(advice.ranked) > 1:
-        runner = advice.ranked[1]
+    layout = _layout(c)
+    others = [e for e in advice.ranked if _layout(e.candidate) != layout]  # knob variants are not rivals
+    if others:
+        runner = others[0]
         r = runner.metrics
         gap = (best.score - runner.score) / abs(best.score) if best.score else 0.0
         worst = max(CATEGORY_WORDS, key=lambda k: r.get(f"gpu_time_fraction.{k}", 0.0)
@@ -465,6 +468,10 @@ def explain(advice: Advice, wires: str) -> str:
                      f"{r.get(f'gpu_time_fraction.{worst}', 0.0):.0%} {CATEGORY_WORDS[worst]} "
                      f"({delta:+.0%} against the best).")
     return " ".join(parts)
+
+
+def _layout(candidate: Candidate) -> tuple[Any, ...]:
+    return candidate.tp, candidate.pp, candidate.dp, candidate.order, candidate.weights, candidate.kv_cache
 
 
 def _breakdown(metrics: dict[str, Any]) -> str:
