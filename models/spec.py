@@ -184,6 +184,17 @@ def catalog_names() -> tuple[str, ...]:
     return tuple(sorted(entry.name for entry in root.iterdir() if entry.is_dir()))
 
 
+def hub_id(ref: str) -> str:
+    """The Hugging Face repository a catalog model's config came from (its `_source`), for commands such as
+    `vllm serve`; other references as given."""
+    if ref not in catalog_names():
+        return ref
+    path = Path(str(resources.files("splitsim.models") / _CATALOG / ref / "config.json"))
+    source = str(read_json_file(path, "model config").get("_source", ""))
+    repo = source.split(" ", 1)[0]
+    return repo if repo.count("/") == 1 else ref
+
+
 def load_model(ref: str) -> ModelSpec:
     """A catalog name, a `config.json` path, or a folder holding one."""
     if ref in catalog_names():

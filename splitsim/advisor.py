@@ -373,7 +373,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:
     """The `vllm serve` command line (vLLM v0.11.0 flags) that deploys this candidate."""
     c, m = evaluated.candidate, evaluated.metrics
-    flags = [f"vllm serve {model}", f"--tensor-parallel-size {c.tp}", f"--pipeline-parallel-size {c.pp}",
+    from splitsim.models.spec import hub_id
+
+    flags = [f"vllm serve {hub_id(model)}", f"--tensor-parallel-size {c.tp}", f"--pipeline-parallel-size {c.pp}",
              f"--data-parallel-size {c.dp}", f"--max-num-seqs {m['max_num_seqs']}",
              f"--max-num-batched-tokens {m['max_batched_tokens']}"]
     if c.weights == "fp8":

@@ -184,6 +184,10 @@ def test_the_explanation_quotes_candidates_csv(tmp_path, capsys):
     assert f"scores {gap:.1%} lower" in printed
     assert "8 GPUs per node on nvlink4-nvswitch" in printed
     assert (tmp_path / "a" / "pareto.png").stat().st_size > 10_000
+    # the deploy line names the Hub repository the catalog config came from, with the best's figures
+    assert (f"vllm serve meta-llama/Meta-Llama-3-8B --tensor-parallel-size {best['tp']} "
+            f"--pipeline-parallel-size {best['pp']} --data-parallel-size {best['dp']} "
+            f"--max-num-seqs {best['max_num_seqs']} --max-num-batched-tokens {best['max_batched_tokens']}") in printed
 
 
 def test_pareto_front_keeps_the_undominated():
