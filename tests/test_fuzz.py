@@ -111,6 +111,14 @@ def _check(capsys, code: int, out: Path, names: tuple[str, ...]) -> None:
     assert not out.exists()
 
 
+def _base_scenario(tmp_path: Path) -> tuple[Path, Path]:
+    """A fresh folder holding the valid base scenario as s.yaml."""
+    folder = _fresh(tmp_path)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(BASE_SCENARIO))
+    return folder, scenario
+
+
 def _fresh(tmp_path: Path) -> Path:
     """A clean folder per example (pytest's tmp_path is shared by every example of one test)."""
     folder = tmp_path / f"ex{len(list(tmp_path.iterdir()))}"
@@ -223,9 +231,7 @@ FLAG_VALUES = st.one_of(st.text(max_size=10), st.sampled_from(["nan", "inf", "-1
 @FUZZ
 @given(data=st.data())
 def test_any_command_line_flag_is_accepted_or_refused_in_one_line(tmp_path, capsys, data):
-    folder = _fresh(tmp_path)
-    scenario = folder / "s.yaml"
-    scenario.write_text(yaml.safe_dump(BASE_SCENARIO))
+    folder, scenario = _base_scenario(tmp_path)
     flag = data.draw(st.sampled_from(["--trace-window", "--trace-start", "--slo", "--set"]))
     value = data.draw(FLAG_VALUES)
     if flag == "--set":
@@ -414,9 +420,7 @@ def test_any_advise_flag_is_answered_or_refused_in_one_line(tmp_path, capsys, da
 @FUZZ
 @given(data=st.data())
 def test_any_sweep_grid_is_swept_or_refused_in_one_line(tmp_path, capsys, data):
-    folder = _fresh(tmp_path)
-    scenario = folder / "s.yaml"
-    scenario.write_text(yaml.safe_dump(BASE_SCENARIO))
+    folder, scenario = _base_scenario(tmp_path)
     key = data.draw(st.sampled_from([".".join(map(str, p)) for p in _paths(BASE_SCENARIO)] + ["nope", ""]))
     values = data.draw(FLAG_VALUES | st.sampled_from(["1,2", "[1, 2]", "[", "[]", "{a: 1}", "inf,nan"]))
     out = folder / "sweep"
