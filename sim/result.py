@@ -69,15 +69,9 @@ class Result:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        """The summary flattened to one level (`tpot_s.p99`, `gpu_time_fraction.bubble`, `parallel.tp`…),
-        so a sweep becomes a DataFrame with `pd.DataFrame([r.row() for r in results])`."""
-        flat: dict[str, Any] = {"scenario": self.scenario_name}
-        for key, value in self.summary.items():
-            if isinstance(value, dict):
-                flat.update({f"{key}.{inner}": v for inner, v in value.items()})
-            else:
-                flat[key] = value
-        return flat
+        """The summary flattened (`tpot_s.p99`, `gpu_time_fraction.bubble`, `parallel.tp`…), so runs become a
+        DataFrame with `pd.DataFrame([r.row() for r in results])`."""
+        return {"scenario": self.scenario_name, **flatten(self.summary)}
 
 
 def steady_state(requests: pd.DataFrame, start: Moment | None, end: Moment | None) -> dict[str, Any] | None:
@@ -141,3 +135,17 @@ def summarize(requests: pd.DataFrame, records: RunRecords, totals: dict[str, flo
     summary.update(extra)
     summary["scenario"] = described
     return summary
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested summary fields as dotted columns (`ttft_s.p50`); lists as their text."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = " ".join(map(str, value))
+        else:
+            flat[name] = value
+    return flat

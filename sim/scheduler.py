@@ -209,12 +209,11 @@ class Scheduler:
             if len(self.gaps) > GAP_LOG_LIMIT:
                 self._trim_gaps()
         else:  # the same tokens, each request with its own gap and its own events
+            needs_block = self.needs_block
             for request in decode:
                 self._gap(request, now - request.last_token_s)
                 request.last_token_s = now
                 request.generated += 1
-            needs_block = self.needs_block
-            for request in decode:
                 if request.generated == request.output:
                     finished.append(request)
                 elif request.generated > request.room:

@@ -31,6 +31,7 @@ from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
+from splitsim.sim.result import flatten
 from splitsim.sim.slo import Slo
 
 Objective = Literal["throughput_per_gpu", "goodput", "latency"]
@@ -354,20 +355,6 @@ def _typical(spec: Any) -> int:
         mean = spec["median"] * math.exp(spec["sigma"] ** 2 / 2)
         return int(min(mean, spec.get("max") or mean))
     return int(spec)
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested summary fields as dotted columns (`ttft_s.p50`); lists as their text."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, list | tuple):
-            flat[name] = " ".join(map(str, value))
-        else:
-            flat[name] = value
-    return flat
 
 
 def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:

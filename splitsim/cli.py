@@ -11,7 +11,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -192,24 +192,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text[:40]} is not a finite number > 0")
-    return value
+def _float_type(low: float, strict: bool, what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number above `low` (or at least it, unless `strict`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+        if not (math.isfinite(value) and (value > low if strict else value >= low)):
+            raise argparse.ArgumentTypeError(f"{text[:40]} is not {what}")
+        return value
+    return parse
 
 
-def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text[:40]} is not a finite number of seconds ≥ 0")
-    return value
+_positive_float = _float_type(0.0, True, "a finite number > 0")
+_nonnegative_float = _float_type(0.0, False, "a finite number of seconds ≥ 0")
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -50,9 +50,9 @@ def points(grid: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
 
 def run_point(task: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     """One point's row: its grid values, then every summary figure (flattened), or its error."""
-    from splitsim.advisor import flatten
     from splitsim.api import simulate
     from splitsim.scenario import load_scenario
+    from splitsim.sim.result import flatten
 
     path, point = task
     row: dict[str, Any] = {key: _cell(value) for key, value in point.items()}
