@@ -58,7 +58,8 @@ class _Replica:
         self.occupancy = Occupancy()
         self.slots = [_Slot(plan.scheduler, KvPool(plan.kv_blocks_per_slot, plan.block_size), self.occupancy, itl)
                       for _ in range(plan.pp)]
-        self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]
+        self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]  # layer mode's
+        self.stage_free_s = [0.0] * plan.pp  # stage mode: when each stage's last batch lets go of it
         self.costs = [StageCosts(plan, index, stage) for stage in range(plan.pp)]
         self.outstanding = 0
 
@@ -182,7 +183,7 @@ class Engine:
                 span = self._span(replica, slot, batch) if self.ff_enabled else "off"
                 if isinstance(span, str):
                     self.fast_forward.fallbacks[span] += 1
-                    yield env.timeout(self._stage_seconds(replica, 0, batch))
+                    yield env.timeout(self._stage_seconds(replica, 0, batch, env.now))
                 else:
                     apply_span(slot, batch, span, self.itl, recorder, index)
                     skipped = span.steps - 1
@@ -197,7 +198,10 @@ class Engine:
             else:
                 reason = "off" if not self.ff_enabled else "layer_granularity" if self.layer_mode else "pipeline"
                 self.fast_forward.fallbacks[reason] += 1
-                yield from self._pipeline(replica, batch)
+                if self.layer_mode:
+                    yield from self._pipeline(replica, batch)
+                else:
+                    yield env.timeout(_delay_to(env.now, self._through_stages(replica, batch)))
             recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)
             self.fast_forward.steps_total += 1
@@ -230,8 +234,31 @@ class Engine:
         self.recomputed_tokens += sum(r.prompt + r.generated for r in requests)
         replica.wake_idle_slots()  # their blocks are free again
 
+    def _through_stages(self, replica: _Replica, batch: Batch) -> float:
+        """Stage granularity: the batch's whole way through the pipeline, timed now; returns when it leaves.
+
+        Nothing but this replica's batches uses its stages, a batch holds its stage until it has the next one
+        and has sent to it, and batches enter in turn, so none overtakes another: each stage serves them in
+        the order they enter, and the previous batch's times (known when it entered) fix this one's. The times
+        are the float sums `_pipeline`'s events would make, and each stage's records come in the same order."""
+        rec, r, free = self.recorder, replica.index, replica.stage_free_s
+        start = max(self.env.now, free[0])
+        end = start + self._stage_seconds(replica, 0, batch, start)
+        for s in range(1, self.plan.pp):
+            start = max(end, free[s])  # stage s taken once the batch is done on s-1 and s is free
+            send, gather = replica.costs[s - 1].handoff_times(batch.shape.num_tokens)
+            sent = start + send
+            rec.busy(r, s - 1, start, sent, "pp_comm", "handoff")
+            free[s - 1] = sent
+            received = sent + gather if gather else sent
+            rec.busy(r, s, start, received, "pp_comm", "handoff_recv")
+            end = received + self._stage_seconds(replica, s, batch, received)
+        free[-1] = end
+        return end
+
     def _pipeline(self, replica: _Replica, batch: Batch) -> Process:
-        """The batch through every stage: hand-off into stage s, then stage s's work."""
+        """Layer granularity: the batch through every stage, hand-off into stage s, then stage s's work, as
+        events (links are shared, so transfers contend)."""
         stages, pp = replica.stages, self.plan.pp
         held = None
         if pp > 1:
@@ -243,7 +270,7 @@ class Engine:
                 yield receiving
                 yield from self._handoff(replica, s, batch.shape.num_tokens, held)
                 held = receiving
-            yield from self._stage_work(replica, s, batch)
+            yield from self._stage_layers(replica, s, batch)
         if held is not None:
             stages[-1].release(held)
 
@@ -252,30 +279,17 @@ class Engine:
         env, rec, r = self.env, self.recorder, replica.index
         send, gather = replica.costs[s - 1].handoff_times(tokens)
         start = env.now
-        if self.layer_mode:
-            yield from self._over_links(self._links(self.plan.tp_group(r, s - 1) + self.plan.tp_group(r, s)), send)
-        else:
-            yield env.timeout(send)
+        yield from self._over_links(self._links(self.plan.tp_group(r, s - 1) + self.plan.tp_group(r, s)), send)
         rec.busy(r, s - 1, start, env.now, "pp_comm", "handoff")
         replica.stages[s - 1].release(held)
         if gather:
-            if self.layer_mode:
-                yield from self._over_links(self._links(self.plan.tp_group(r, s)), gather)
-            else:
-                yield env.timeout(gather)
+            yield from self._over_links(self._links(self.plan.tp_group(r, s)), gather)
         rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
 
-    def _stage_work(self, replica: _Replica, s: int, batch: Batch) -> Process:
-        if self.layer_mode:
-            yield from self._stage_layers(replica, s, batch)
-        else:
-            yield self.env.timeout(self._stage_seconds(replica, s, batch))
-
-    def _stage_seconds(self, replica: _Replica, s: int, batch: Batch) -> float:
-        """Stage granularity: the stage's busy time, recorded from now, as one delay."""
+    def _stage_seconds(self, replica: _Replica, s: int, batch: Batch, start: float) -> float:
+        """Stage granularity: the stage's busy time, recorded from `start`, as one delay."""
         last = s == self.plan.pp - 1
         compute, comm = replica.costs[s].stage_time(batch.shape, batch.num_logits if last else 0)
-        start = self.env.now
         rec = self.recorder
         rec.busy(replica.index, s, start, start + compute, "compute", "layers")
         if comm:
