@@ -75,7 +75,9 @@ class LogHistogram:
         self.counts += np.bincount(index, minlength=self.counts.size)
         batch_sum = float(batch.sum())
         deviation = batch - batch_sum / n
-        self._combine(n, batch_sum, batch_sum / n, float(np.dot(deviation, deviation)), low, high)
+        # Not np.dot: BLAS splits a long dot over its threads, so the last bits would depend on the machine
+        # (and threads of two worker processes would fight over the cores).
+        self._combine(n, batch_sum, batch_sum / n, float(np.square(deviation).sum()), low, high)
 
     def _combine(self, n: int, total: float, mean: float, m2: float, low: float, high: float) -> None:
         both = self.count + n
