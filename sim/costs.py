@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,14 @@ class TimedOp:
     seconds: float
 
 
+_CACHES: dict[Any, dict[Any, Any]] = {}
+
+
+def _shared(key: Any) -> dict[Any, Any]:
+    """The process's cache for `key` (what the cached times depend on besides the token count)."""
+    return _CACHES.setdefault(key, {})
+
+
 class StageCosts:
     """Cost of one stage of one replica (every replica's stage s costs the same: same GPUs' kind)."""
 
@@ -40,13 +49,18 @@ class StageCosts:
         self.is_first = stage == 0
         self.is_last = stage == plan.pp - 1
         self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
-        self._gemms: dict[int, tuple[float, ...]] = {}
-        self._elementwise: dict[int, tuple[float, ...]] = {}
-        self._allreduce: dict[int, float] = {}
-        self._per_token: dict[int, tuple[float, float]] = {}
-        self._lm_head: dict[int, float] = {}
-        self._handoff: dict[int, tuple[float, float]] = {}
-        self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = {}
+        # Caches shared by every StageCosts of the same model, number formats, GPU (and TP group, for the
+        # collectives) in this process: an advisor's runs of many layouts and loads price each shape once.
+        layer = (plan.model, plan.sharding, self.gpu)
+        comm = (plan.model, plan.cluster, tuple(self.group))
+        self._gemms: dict[int, tuple[float, ...]] = _shared(("gemms", layer))
+        self._elementwise: dict[int, tuple[float, ...]] = _shared(("elementwise", layer))
+        self._lm_head: dict[int, float] = _shared(("lm_head", layer))
+        self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
+        self._allreduce: dict[int, float] = _shared(("allreduce", comm))
+        self._per_token: dict[int, tuple[float, float]] = _shared(("edges", layer, comm))
+        self._handoff: dict[int, tuple[float, float]] = _shared(
+            ("handoff", comm, tuple(self.next_group or ())))
         # Decode attention is linear in (Σ context, sequences): take its coefficients from models/ once.
         unit_ctx = model_ops.attention(plan.model, BatchShape(decode_context=1), plan.sharding)[1]
         unit_seq = model_ops.attention(plan.model, BatchShape(num_decode=1), plan.sharding)[1]
@@ -109,22 +123,21 @@ class StageCosts:
 
     def edge_times(self, tokens: int) -> tuple[float, float]:
         """(compute, tp_comm) of the embedding on the first stage: lookup, then a vocab-parallel all-reduce."""
+        if not self.is_first:
+            return 0.0, 0.0
         cached = self._per_token.get(tokens)
         if cached is None:
-            compute = comm = 0.0
-            if self.is_first:
-                compute = self._op_time(model_ops.embedding(self.plan.model, tokens, self.plan.sharding))
-                comm = self.allreduce_time(tokens)
-            cached = self._per_token[tokens] = (compute, comm)
+            compute = self._op_time(model_ops.embedding(self.plan.model, tokens, self.plan.sharding))
+            cached = self._per_token[tokens] = (compute, self.allreduce_time(tokens))
         return cached
 
     def lm_head_time(self, num_logits: int) -> float:
+        if not self.is_last or not num_logits:
+            return 0.0
         cached = self._lm_head.get(num_logits)
         if cached is None:
-            cached = 0.0
-            if self.is_last and num_logits:
-                cached = self._op_time(model_ops.lm_head(self.plan.model, num_logits, self.plan.sharding))
-            self._lm_head[num_logits] = cached
+            cached = self._lm_head[num_logits] = self._op_time(
+                model_ops.lm_head(self.plan.model, num_logits, self.plan.sharding))
         return cached
 
     def handoff_times(self, tokens: int) -> tuple[float, float]:

@@ -1,7 +1,8 @@
 """`splitsim advise`: simulate every layout that can run for a model on a cluster, rank them, say why.
 
 Every candidate (`splitsim.candidates`) that survives pruning is a full simulation of the same workload with
-the same seed, run in a process pool. Objectives:
+the same seed, run in a process pool (`splitsim.pool`), best bound first; a candidate whose closed-form bound
+(`sim/bounds.py`) is below the best score found before it is not simulated. Objectives:
 - `throughput_per_gpu` (default): steady-state output tokens/s per GPU. With no load given, at saturation: a
   closed loop of as many clients as the candidate can run at once (its batch slots or its KV cache, the
   smaller), three requests each, so the steady state is measured between ramp-up and drain (the summary's
@@ -12,16 +13,15 @@ the same seed, run in a process pool. Objectives:
 - `latency`: the lowest mean end-to-end latency at the given load (ties broken by TPOT p50), not per GPU.
 
 Each judged point's steady-state throughput is known to ±2 % (95 % confidence, batch means; the run is
-lengthened until it is); search points run three requests per client. Not yet (issue 9, later steps):
-refining the scheduler knobs around the best, sweeps and Ray, --trace/--scenario inputs.
+lengthened until it is); search points run three requests per client. Then the best layout's scheduler knobs
+are halved and doubled.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -29,7 +29,9 @@ import numpy as np
 
 from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
+from splitsim.pool import Workers, local_workers
 from splitsim.scenario import scenario_from_dict
+from splitsim.sim.bounds import Bound, decode_bound
 from splitsim.sim.plan import build_plan
 from splitsim.sim.result import flatten
 from splitsim.sim.slo import Slo
@@ -84,24 +86,117 @@ def advise(question: Question, jobs: int | None = None,
     """Enumerate, prune, simulate each survivor (in `jobs` processes; default: every core), rank."""
     considered = consider(question.base, question.gpus, list(question.weights), list(question.kv_caches))
     advice = Advice(question, [], [c for c in considered if c.pruned is not None])
-    _simulate([c.candidate for c in considered if c.pruned is None], advice, jobs, on_done)
-    if advice.best is not None:  # then the scheduler knobs the engine chose, halved and doubled around the best
-        variants = [Considered(v, prune_reason(question.base, v)) for v in knob_variants(question, advice.best)]
-        advice.pruned += [v for v in variants if v.pruned is not None]
-        _simulate([v.candidate for v in variants if v.pruned is None], advice, jobs, on_done)
+    with local_workers(jobs) as workers:
+        _simulate([c.candidate for c in considered if c.pruned is None], advice, workers, on_done)
+        if advice.best is not None:  # then the scheduler knobs the engine chose, halved and doubled around the best
+            variants = [Considered(v, prune_reason(question.base, v)) for v in knob_variants(question, advice.best)]
+            advice.pruned += [v for v in variants if v.pruned is not None]
+            _simulate([v.candidate for v in variants if v.pruned is None], advice, workers, on_done)
     return advice
 
 
-def _simulate(candidates: list[Candidate], advice: Advice, jobs: int | None,
+def _simulate(candidates: list[Candidate], advice: Advice, workers: Workers,
               on_done: Callable[[Candidate], None] | None) -> None:
-    for candidate, outcome in _run_all([(advice.question, c) for c in candidates], jobs):
-        if isinstance(outcome, str):
+    """Simulate `candidates` in the order of their bound (sim/bounds.py), best first, skipping each whose bound
+    is below the best score found before it. That rule is sequential, so the outcome does not depend on
+    the workers: they run candidates ahead of it while earlier ones are still running, and a result the rule
+    would have skipped is dropped."""
+    question = advice.question
+    limits = {c: candidate_limit(question, c) for c in candidates}
+    order = sorted(candidates, key=lambda c: (-limits[c][0], c))
+    start = advice.ranked[0] if advice.ranked else None
+    outcomes: dict[Candidate, Evaluated | str] = {}
+
+    def walk() -> Iterator[tuple[Candidate, Evaluated | None]]:
+        """The sequential rule over the outcomes so far: each candidate with the best before it, until one
+        that is neither skipped nor done."""
+        best = start
+        for candidate in order:
+            yield candidate, best
+            if _skipped(limits[candidate][0], best):
+                continue
+            outcome = outcomes.get(candidate)
+            if outcome is None:
+                return
+            if isinstance(outcome, Evaluated) and outcome.score > _score(best):
+                best = outcome
+
+    queue = list(order)
+    pending: dict[Future[Any], Candidate] = {}
+    while queue or pending:
+        settled = list(walk())[-1][1]  # the best before the first candidate not yet decided
+        while queue and len(pending) < workers.size:
+            candidate = queue.pop(0)
+            if not _skipped(limits[candidate][0], settled):
+                pending[workers.submit(_evaluate_or_error, (question, candidate))] = candidate
+            elif on_done is not None:
+                on_done(candidate)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            candidate = pending.pop(future)
+            outcomes[candidate] = future.result()
+            if on_done is not None:
+                on_done(candidate)
+    for candidate, best in walk():
+        limit, bound = limits[candidate]
+        outcome = outcomes.get(candidate)
+        if _skipped(limit, best) or outcome is None:
+            advice.pruned.append(Considered(candidate, bound_reason(question, limit, bound, best)))
+        elif isinstance(outcome, str):
             advice.failed.append((candidate, outcome))
         else:
             advice.ranked.append(outcome)
-        if on_done is not None:
-            on_done(candidate)
     advice.ranked.sort(key=lambda e: (-e.score, e.candidate))
+
+
+def _score(evaluated: Evaluated | None) -> float:
+    return -math.inf if evaluated is None else evaluated.score
+
+
+def _skipped(limit: float, best: Evaluated | None) -> bool:
+    """A candidate is not simulated when its bound is below the best so far, or says it cannot meet the SLO."""
+    return limit == -math.inf or limit < _score(best)
+
+
+def candidate_limit(question: Question, candidate: Candidate) -> tuple[float, Bound]:
+    """The best score the candidate could get (sim/bounds.py), and the bound it comes from. Under the
+    throughput objective a percentile TPOT or ITL limit (p50 or above: the steady state's batches) caps the
+    batch; a candidate no batch of which meets it scores 0 at best, and is skipped even against a best of 0."""
+    data = candidate.scenario(question.base)
+    plan = build_plan(scenario_from_dict(data))
+    workload = question.base.get("workload", {})
+    step_limit = math.inf
+    if question.objective == "throughput_per_gpu" and question.slo is not None:
+        step_limit = min((p.limit_s for p in question.slo.percentiles
+                          if p.metric in ("tpot", "itl") and p.percentile >= 50), default=math.inf)
+    output_tokens = _shortest(workload.get("output_tokens", 1024))
+    bound = decode_bound(plan, _shortest(workload.get("prompt_tokens", 1024)), output_tokens, step_limit)
+    limit = bound.limits(question.objective, output_tokens)
+    return (-math.inf if limit == 0 and step_limit < math.inf else limit), bound
+
+
+def bound_reason(question: Question, limit: float, bound: Bound, best: Evaluated | None) -> str:
+    """Why a candidate was not simulated: its bound against the best before it, in the objective's terms."""
+    if limit == -math.inf:
+        return (f"bound: no batch meets the SLO's time per output token: one decode step takes at least "
+                f"{bound.step_s * 1e3:.1f} ms")
+    label = best.candidate.label if best is not None else ""
+    match question.objective:
+        case "latency":
+            best_e2e = best.metrics["e2e_s.mean"] if best is not None else math.nan
+            return (f"bound: E2E at least {bound.e2e_s:.2f} s ({bound.decode_steps} decode steps of at least "
+                    f"{bound.step_s * 1e3:.1f} ms), above {label}'s mean {best_e2e:.2f} s")
+        case "goodput":
+            return f"bound: at most {limit:.3g} requests/s per GPU, below {label}'s {_score(best):.3g}"
+    return (f"bound: at most {limit:.0f} output tok/s per GPU from its decode steps alone, below {label}'s "
+            f"{_score(best):.0f}")
+
+
+def _shortest(spec: Any) -> int:
+    """The fewest tokens a workload length spec gives: the number, a uniform's low, 1 for a log-normal."""
+    if isinstance(spec, dict):
+        return int(spec["low"]) if spec.get("dist") == "uniform" else 1
+    return int(spec)
 
 
 def knob_variants(question: Question, best: Evaluated) -> list[Candidate]:
@@ -117,16 +212,6 @@ def knob_variants(question: Question, best: Evaluated) -> list[Candidate]:
         variants += [replace(best.candidate, max_num_seqs=seqs, max_batched_tokens=n) for n in (tokens // 2, tokens * 2)
                      if n >= 1]
     return variants
-
-
-def _run_all(tasks: list[tuple[Question, Candidate]], jobs: int | None) -> Iterator[tuple[Candidate, Any]]:
-    workers = min(jobs or os.cpu_count() or 1, len(tasks)) or 1
-    if workers == 1:
-        for task in tasks:
-            yield task[1], _evaluate_or_error(task)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from zip((task[1] for task in tasks), pool.map(_evaluate_or_error, tasks))
 
 
 def _evaluate_or_error(task: tuple[Question, Candidate]) -> Evaluated | str:
