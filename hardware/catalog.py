@@ -59,7 +59,9 @@ def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_cluster(spec: str | dict[str, Any]) -> ClusterSpec:
+def load_cluster(spec: str | dict[str, Any] | ClusterSpec) -> ClusterSpec:
+    if isinstance(spec, ClusterSpec):  # resolved inputs carry the spec itself
+        return spec
     return ClusterSpec.model_validate(resolve_cluster(spec))
 
 

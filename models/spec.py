@@ -195,8 +195,11 @@ def hub_id(ref: str) -> str:
     return repo if repo.count("/") == 1 else ref
 
 
-def load_model(ref: str) -> ModelSpec:
-    """A catalog name, a `config.json` path, or a folder holding one."""
+def load_model(ref: str | ModelSpec) -> ModelSpec:
+    """A catalog name, a `config.json` path, a folder holding one, or the spec itself (as resolved inputs
+    carry it to a worker)."""
+    if isinstance(ref, ModelSpec):
+        return ref
     if ref in catalog_names():
         path = Path(str(resources.files("splitsim.models") / _CATALOG / ref / "config.json"))
         name = ref

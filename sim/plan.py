@@ -250,8 +250,24 @@ def with_profile(cluster: ClusterSpec, profile: HardwareProfile, path: str | Pat
         raise ScenarioError(message) from None
 
 
+def resolve_inputs(scenario: Scenario) -> Scenario:
+    """The scenario with its model and cluster specs in place of their names or paths (a hardware profile
+    applied to the cluster): what a worker on another machine needs, with no file of ours to read. A trace
+    stays a path."""
+    model, cluster = _inputs(scenario)
+    return scenario.model_copy(update={"model": model, "cluster": cluster, "hardware_profile": None})
+
+
 def build_plan(scenario: Scenario) -> Plan:
     """Resolve the model and cluster, then check layout and memory (in that order)."""
+    plan = Plan(scenario, *_inputs(scenario))
+    plan.check_layout()
+    plan.check_memory()
+    return plan
+
+
+def _inputs(scenario: Scenario) -> tuple[ModelSpec, ClusterSpec]:
+    """The scenario's model and cluster (with its hardware profile), or one line saying why not."""
     try:
         model = load_model(scenario.model)
     except ValueError as err:
@@ -271,7 +287,4 @@ def build_plan(scenario: Scenario) -> Plan:
         raise ScenarioError(f"cluster: {err}") from None
     if scenario.hardware_profile is not None:
         cluster = with_profile(cluster, read_profile(scenario.hardware_profile), scenario.hardware_profile)
-    plan = Plan(scenario, model, cluster)
-    plan.check_layout()
-    plan.check_memory()
-    return plan
+    return model, cluster

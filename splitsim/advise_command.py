@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 from splitsim.errors import ScenarioError
 from splitsim.models.precision import KvDtype, WeightDtype
+from splitsim.pool import add_workers_flags
 from splitsim.writing import check_out_path, replace_folder
 
 
@@ -43,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
     advise.add_argument("--max-num-seqs", type=positive_int, help="pin the batch's sequences (default: vLLM's)")
     advise.add_argument("--max-batched-tokens", type=positive_int, help="pin the batch's tokens (default: vLLM's)")
     advise.add_argument("--seed", type=int, help="the runs' random seed (default 0)")
-    advise.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
+    add_workers_flags(advise, positive_int)
     advise.add_argument("--out", type=Path, help="output folder (default: runs/advice-<model>)")
     advise.add_argument("--json", action="store_true", help="end with advice.json on one line")
     advise.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -126,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or Path("runs") / f"advice-{Path(args.model).name}"
     check_out_path(out_dir)
     with tqdm(unit="candidate", desc="simulating", leave=False, disable=args.quiet or None, file=sys.stderr) as bar:
-        advice = advise(question, jobs=args.jobs, on_done=lambda _: bar.update())
+        advice = advise(question, jobs=args.jobs, on_done=lambda _: bar.update(), ray=args.ray)
     summary = advice_json(advice)
 
     def write(folder: Path) -> None:

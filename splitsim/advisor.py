@@ -29,7 +29,9 @@ import numpy as np
 
 from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
-from splitsim.pool import Workers, local_workers
+from splitsim.hardware.catalog import load_cluster
+from splitsim.models.spec import load_model
+from splitsim.pool import Workers, workers_for
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.bounds import Bound, decode_bound
 from splitsim.sim.plan import build_plan
@@ -82,26 +84,43 @@ class Advice:
 
 
 def advise(question: Question, jobs: int | None = None,
-           on_done: Callable[[Candidate], None] | None = None) -> Advice:
-    """Enumerate, prune, simulate each survivor (in `jobs` processes; default: every core), rank."""
-    considered = consider(question.base, question.gpus, list(question.weights), list(question.kv_caches))
+           on_done: Callable[[Candidate], None] | None = None, ray: str | None = None,
+           on_workers: Callable[[Workers], None] | None = None) -> Advice:
+    """Enumerate, prune, simulate each survivor (in `jobs` processes, default every core; or on the Ray
+    cluster at `ray`, e.g. "auto"), rank. `on_workers` sees the workers once they are up."""
+    resolved = replace(question, base=resolve_base(question.base))  # what the tasks carry: specs, not paths
+    considered = consider(resolved.base, question.gpus, list(question.weights), list(question.kv_caches))
     advice = Advice(question, [], [c for c in considered if c.pruned is not None])
-    with local_workers(jobs) as workers:
-        _simulate([c.candidate for c in considered if c.pruned is None], advice, workers, on_done)
+    with workers_for(jobs, ray) as workers:
+        if on_workers is not None:
+            on_workers(workers)
+        _simulate([c.candidate for c in considered if c.pruned is None], advice, resolved, workers, on_done)
         if advice.best is not None:  # then the scheduler knobs the engine chose, halved and doubled around the best
-            variants = [Considered(v, prune_reason(question.base, v)) for v in knob_variants(question, advice.best)]
+            variants = [Considered(v, prune_reason(resolved.base, v)) for v in knob_variants(question, advice.best)]
             advice.pruned += [v for v in variants if v.pruned is not None]
-            _simulate([v.candidate for v in variants if v.pruned is None], advice, workers, on_done)
+            _simulate([v.candidate for v in variants if v.pruned is None], advice, resolved, workers, on_done)
     return advice
 
 
-def _simulate(candidates: list[Candidate], advice: Advice, workers: Workers,
+def resolve_base(base: dict[str, Any]) -> dict[str, Any]:
+    """The question's scenario mapping with the model's and cluster's specs in place of their names or paths."""
+    try:
+        model = load_model(base["model"])
+    except ValueError as err:
+        raise ScenarioError(f"model: {err}") from None
+    try:
+        cluster = load_cluster(base["cluster"])
+    except ValueError as err:
+        raise ScenarioError(f"cluster: {str(err).splitlines()[0]}") from None
+    return {**base, "model": model, "cluster": cluster}
+
+
+def _simulate(candidates: list[Candidate], advice: Advice, question: Question, workers: Workers,
               on_done: Callable[[Candidate], None] | None) -> None:
     """Simulate `candidates` in the order of their bound (sim/bounds.py), best first, skipping each whose bound
     is below the best score found before it. That rule is sequential, so the outcome does not depend on
     the workers: they run candidates ahead of it while earlier ones are still running, and a result the rule
-    would have skipped is dropped."""
-    question = advice.question
+    would have skipped is dropped. `question` is the advice's, resolved."""
     limits = {c: candidate_limit(question, c) for c in candidates}
     order = sorted(candidates, key=lambda c: (-limits[c][0], c))
     start = advice.ranked[0] if advice.ranked else None

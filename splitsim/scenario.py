@@ -16,7 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, parse_yaml_text, read_yaml_file
+from splitsim.hardware.cluster import ClusterSpec
 from splitsim.models.precision import KvDtype, WeightDtype
+from splitsim.models.spec import ModelSpec
 from splitsim.sim.slo import Slo
 from splitsim.sim.workload import Lengths
 
@@ -164,8 +166,8 @@ def _check_name(name: str) -> str:
 
 class Scenario(_Strict):
     name: str = Field("scenario", description="names the output folder runs/<name>: one plain file name")
-    model: str = Field(description="catalog name, config.json path, or a folder holding one")
-    cluster: str | dict[str, Any] = Field(description="preset name, YAML path, or an inline spec")
+    model: str | ModelSpec = Field(description="catalog name, config.json path, or a folder holding one")
+    cluster: str | dict[str, Any] | ClusterSpec = Field(description="preset name, YAML path, or an inline spec")
     parallel: Parallel = Parallel()
     workload: Workload
     precision: Precision = Precision()

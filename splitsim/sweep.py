@@ -3,8 +3,9 @@
 `--grid key=v1,v2` gives a key its values (each parsed as YAML, as `--set` parses them); a bracketed value
 is a YAML flow list, for values that hold commas (`--grid 'workload.output_tokens=[64, {dist: uniform,
 low: 1, high: 128}]'`). Points are the product of the grids in the order given (the first key slowest).
-Each point is a full simulation, in a process pool; a point the simulator refuses is a row with its
-`error`. `sweep.csv` holds only figures that depend on the scenario and seed (wall time goes to run.json).
+Each point is a full simulation, in a process pool or on a Ray cluster (tasks carry the point's scenario
+with its model and cluster specs resolved here); a point the simulator refuses is a row with its `error`.
+`sweep.csv` holds only figures that depend on the scenario and seed (wall time goes to run.json).
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import itertools
 import json
 import math
 import os
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, parse_yaml_text
+from splitsim.pool import add_workers_flags, workers_for
 from splitsim.writing import check_out_path, replace_folder
 
 
@@ -48,17 +51,29 @@ def points(grid: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*(values for _, values in grid))]
 
 
-def run_point(task: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+def point_task(path: str | Path, point: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """What a worker needs for one point: its grid values and its scenario, resolved (or why it has none)."""
+    from splitsim.scenario import load_scenario
+    from splitsim.sim.plan import resolve_inputs
+
+    try:
+        scenario = load_scenario(path, [f"{key}={json.dumps(value)}" for key, value in point.items()])
+        return point, resolve_inputs(scenario)
+    except ScenarioError as err:
+        return point, str(err)
+
+
+def run_point(task: tuple[dict[str, Any], Any]) -> dict[str, Any]:
     """One point's row: its grid values, then every summary figure (flattened), or its error."""
     from splitsim.api import simulate
-    from splitsim.scenario import load_scenario
     from splitsim.sim.result import flatten
 
-    path, point = task
+    point, scenario = task
     row: dict[str, Any] = {key: _cell(value) for key, value in point.items()}
     try:
-        result = simulate(load_scenario(path, [f"{key}={json.dumps(value)}" for key, value in point.items()]),
-                          trace_window_s=0.0)
+        if isinstance(scenario, str):
+            raise ScenarioError(scenario)
+        result = simulate(scenario, trace_window_s=0.0)
     except ScenarioError as err:
         return {**row, "error": str(err)}
     return {**row, "error": "", **flatten({k: v for k, v in result.summary.items() if k != "scenario"})}
@@ -68,17 +83,20 @@ def _cell(value: Any) -> Any:
     return value if isinstance(value, int | float | str) and not isinstance(value, bool) else json.dumps(value)
 
 
-def sweep(path: str | Path, grid: list[tuple[str, list[Any]]], jobs: int | None = None) -> Any:
-    """The grid's points simulated (in `jobs` processes; default every core), as a DataFrame in grid order."""
+def sweep(path: str | Path, grid: list[tuple[str, list[Any]]], jobs: int | None = None, ray: str | None = None,
+          on_done: Callable[[], None] | None = None) -> Any:
+    """The grid's points simulated (in `jobs` processes, default every core; or on the Ray cluster at `ray`),
+    as a DataFrame in grid order."""
     import pandas as pd
 
-    tasks = [(str(path), point) for point in points(grid)]
-    workers = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
-    if workers == 1:
-        rows = [run_point(task) for task in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            rows = list(pool.map(run_point, tasks))
+    tasks = [point_task(path, point) for point in points(grid)]
+    rows: list[dict[str, Any]] = []
+    with workers_for(min(jobs or os.cpu_count() or 1, len(tasks)), ray) as workers:
+        futures = [workers.submit(run_point, task) for task in tasks]
+        for future in futures:
+            rows.append(future.result())
+            if on_done is not None:
+                on_done()
     return pd.DataFrame(rows)
 
 
@@ -89,12 +107,15 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any) -> None:
     parser.add_argument("scenario", type=Path, help="scenario YAML")
     parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
                         help="a key's values; a bracketed value is a YAML flow list: key=[a, {b: 1, c: 2}]")
-    parser.add_argument("--jobs", type=positive_int, help="processes (default: every core)")
+    add_workers_flags(parser, positive_int)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/sweep-<scenario>)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from splitsim.csvfile import write_csv
     from splitsim.scenario import load_scenario
 
@@ -103,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out or Path("runs") / f"sweep-{args.scenario.stem}"
     check_out_path(out_dir)
     started = time.perf_counter()
-    table = sweep(args.scenario, grid, args.jobs)
+    with tqdm(total=math.prod(len(values) for _, values in grid), unit="point", desc="simulating", leave=False,
+              disable=args.quiet or None, file=sys.stderr) as bar:
+        table = sweep(args.scenario, grid, args.jobs, args.ray, on_done=bar.update)
     wall = time.perf_counter() - started
 
     def write(folder: Path) -> None:

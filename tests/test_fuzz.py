@@ -427,3 +427,23 @@ def test_any_sweep_grid_is_swept_or_refused_in_one_line(tmp_path, capsys, data):
     code = _exit(["sweep", str(scenario), "--grid", f"{key}={values}", "--jobs", "1", "--out", str(out)])
     _check(capsys, code, out / "sweep.csv", ("--grid", "s.yaml", "scenario"))
     assert code == 0 or not out.exists()
+
+
+RAY_ADDRESSES = (st.text(max_size=10).filter(lambda v: ":" not in v and v != "auto")  # no lookup of a random host
+                 | st.sampled_from(["127.0.0.1:1", "ray://127.0.0.1:1", "localhost:1", ":1", "127.0.0.1:", "1.2:x"]))
+
+
+@settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))
+@given(data=st.data())
+def test_any_ray_address_but_a_running_cluster_is_refused_in_one_line(tmp_path, capsys, data):
+    """`--ray auto` starts a local instance (tests/test_ray.py); any other address must answer, or the
+    command says so in one line, at once."""
+    folder, scenario = _base_scenario(tmp_path)
+    address = data.draw(RAY_ADDRESSES)
+    out = folder / "out"
+    command = data.draw(st.sampled_from([
+        ["advise", "--model", "llama-3-8b", "--cluster", "h100-nvlink-node", "--gpus", "1", "-q"],
+        ["sweep", str(scenario), "--grid", "sim.seed=0,1", "-q"]]))
+    code = _exit([*command, "--ray", address, "--out", str(out)])
+    _check(capsys, code, out / "never", ("--ray",))
+    assert code == 2 and not out.exists()
