@@ -59,7 +59,25 @@ class LogNormal(_Dist):
         return np.clip(np.rint(values), 1, self.max).astype(np.int64)
 
 
-Lengths = Annotated[StrictInt, Field(gt=0, le=MAX_TOKENS)] | Annotated[Uniform | LogNormal, Field(discriminator="dist")]
+class Replay(_Dist):
+    """Given lengths, in order, repeated from the first once they run out: a trace's lengths, at a load of
+    the caller's choosing (the advisor's `--trace`)."""
+
+    dist: Literal["replay"]
+    values: list[Annotated[StrictInt, Field(gt=0, le=MAX_TOKENS)]] = Field(min_length=1, max_length=10_000_000)
+
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.resize(np.asarray(self.values, dtype=np.int64), n)
+
+    def described(self) -> dict[str, Any]:
+        """What summary.json says of it: not every value."""
+        values = np.asarray(self.values)
+        return {"dist": "replay", "count": int(values.size), "mean": float(values.mean()), "min": int(values.min()),
+                "max": int(values.max())}
+
+
+Lengths = (Annotated[StrictInt, Field(gt=0, le=MAX_TOKENS)]
+           | Annotated[Uniform | LogNormal | Replay, Field(discriminator="dist")])
 
 
 def draw_lengths(spec: Lengths, rng: np.random.Generator, n: int) -> np.ndarray:

@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
     advise.add_argument("--gpus", type=positive_int, help="GPUs every candidate uses (default: all of the cluster's)")
     advise.add_argument("--isl", type=positive_int, help="prompt tokens per request (default 1024)")
     advise.add_argument("--osl", type=positive_int, help="output tokens per request (default 1024)")
+    advise.add_argument("--trace", type=Path,
+                        help="take the request lengths from a trace CSV, in its order (repeated if a run needs "
+                             "more); its arrival times are not used: the load is searched, or --rate/--concurrency")
+    advise.add_argument("--overlong", choices=["refuse", "truncate", "skip"], default="refuse",
+                        help="a trace request longer than the model's context: an error (default), shortened, or "
+                             "left out")
     load = advise.add_mutually_exclusive_group()
     load.add_argument("--rate", type=positive_float, help="requests/s (Poisson) for the whole deployment")
     load.add_argument("--concurrency", type=positive_int, help="clients in a closed loop")
@@ -65,7 +71,7 @@ def question_from_args(args: argparse.Namespace) -> Any:
     from splitsim.models.spec import load_model
     from splitsim.sim.slo import parse_slo_arg
 
-    given = _from_scenario(args.scenario) if args.scenario is not None else {}
+    given = _from_scenario(args.scenario, args.overlong) if args.scenario is not None else {}
     args.model = args.model or given.get("model")
     args.cluster = args.cluster or given.get("cluster")
     for flag, value in (("--model", args.model), ("--cluster", args.cluster)):
@@ -78,7 +84,7 @@ def question_from_args(args: argparse.Namespace) -> Any:
     except ValueError as err:
         raise ScenarioError(f"--cluster {args.cluster[:80]}: {str(err).splitlines()[0]}") from None
     try:
-        load_model(args.model)
+        model = load_model(args.model)
     except ValueError as err:
         raise ScenarioError(f"--model {args.model[:80]}: {str(err).splitlines()[0]}") from None
     gpus = args.gpus or cluster.num_gpus
@@ -94,6 +100,10 @@ def question_from_args(args: argparse.Namespace) -> Any:
         raise ScenarioError("--objective goodput: give per-request thresholds, e.g. --slo ttft=2,tpot=0.05")
     scheduler = {key: value for key, value in (("max_num_seqs", args.max_num_seqs),
                                                ("max_batched_tokens", args.max_batched_tokens)) if value}
+    if args.trace is not None:
+        if args.isl or args.osl:
+            raise ScenarioError("--trace: gives the lengths; drop --isl and --osl")
+        given |= _trace_lengths(args.trace, model.max_position_embeddings, args.overlong)
     lengths = {"prompt_tokens": args.isl or given.get("prompt_tokens", 1024),
                "output_tokens": args.osl or given.get("output_tokens", 1024)}
     base = {"name": "advice", "model": args.model, "cluster": args.cluster,
@@ -161,19 +171,34 @@ def _wires(cluster_ref: str) -> str:
     return words
 
 
-def _from_scenario(path: Path) -> dict[str, Any]:
+def _from_scenario(path: Path, overlong: str) -> dict[str, Any]:
     """What the advisor takes from a scenario file: model, cluster, lengths, scheduler/memory knobs, SLO, seed."""
+    from splitsim.models.spec import load_model
     from splitsim.scenario import load_scenario
 
     scenario = load_scenario(path)
     workload = scenario.workload
-    if workload.trace is not None:
-        raise ScenarioError(f"--scenario {path}: a trace workload is not an advisor input yet (give lengths)")
+    context = load_model(scenario.model).max_position_embeddings
+    lengths = _trace_lengths(Path(workload.trace), context, overlong) if workload.trace is not None else {
+        "prompt_tokens": _length(workload.prompt_tokens), "output_tokens": _length(workload.output_tokens)}
     scheduler = {k: v for k, v in scenario.scheduler.model_dump(exclude_none=True).items()
                  if k in ("policy", "max_num_seqs", "max_batched_tokens")}
     return {"model": scenario.model, "cluster": scenario.cluster, "slo": scenario.slo, "seed": scenario.sim.seed,
-            "prompt_tokens": _length(workload.prompt_tokens), "output_tokens": _length(workload.output_tokens),
-            "scheduler": scheduler, "memory": scenario.memory.model_dump(exclude_none=True)}
+            **lengths, "scheduler": scheduler, "memory": scenario.memory.model_dump(exclude_none=True)}
+
+
+def _trace_lengths(path: Path, context: int, overlong: str) -> dict[str, Any]:
+    """A trace's prompt and output lengths, in file order, as replayed length specs; requests longer than the
+    model's `context` refused, truncated or skipped."""
+    from splitsim.sim.trace import apply_overlong, read_trace
+
+    try:
+        rows, _ = apply_overlong(read_trace(path, num_requests=None), context, overlong)  # type: ignore[arg-type]
+    except ScenarioError as err:  # in the flags' words
+        raise ScenarioError(str(err).replace(f"workload.overlong = {overlong!r}: ", f"--overlong {overlong}: ")
+                            .replace("(valid: refuse", "(--overlong: refuse")) from None
+    return {"prompt_tokens": {"dist": "replay", "values": rows.prompt_tokens.tolist()},
+            "output_tokens": {"dist": "replay", "values": rows.output_tokens.tolist()}}
 
 
 def _length(spec: Any) -> Any:

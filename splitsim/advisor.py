@@ -212,10 +212,16 @@ def bound_reason(question: Question, limit: float, bound: Bound, best: Evaluated
 
 
 def _shortest(spec: Any) -> int:
-    """The fewest tokens a workload length spec gives: the number, a uniform's low, 1 for a log-normal."""
-    if isinstance(spec, dict):
-        return int(spec["low"]) if spec.get("dist") == "uniform" else 1
-    return int(spec)
+    """The fewest tokens a workload length spec gives: the number, a uniform's low, the shortest replayed, 1 for
+    a log-normal."""
+    if not isinstance(spec, dict):
+        return int(spec)
+    match spec.get("dist"):
+        case "uniform":
+            return int(spec["low"])
+        case "replay":
+            return int(min(spec["values"]))
+    return 1
 
 
 def knob_variants(question: Question, best: Evaluated) -> list[Candidate]:
@@ -456,6 +462,8 @@ def _typical(spec: Any) -> int:
     if isinstance(spec, dict):
         if spec.get("dist") == "uniform":
             return int((spec["low"] + spec["high"]) // 2)
+        if spec.get("dist") == "replay":
+            return int(np.mean(spec["values"]))
         mean = spec["median"] * math.exp(spec["sigma"] ** 2 / 2)
         return int(min(mean, spec.get("max") or mean))
     return int(spec)

@@ -19,7 +19,7 @@ from splitsim.sim.records import RequestLog
 from splitsim.sim.result import Result, gpu_time_totals, requests_frame, summarize
 from splitsim.sim.scheduler import Request
 from splitsim.sim.timeline import gpu_intervals, trace_events
-from splitsim.sim.workload import RequestStream, stream_from_rows, synthetic_stream, trace_stream
+from splitsim.sim.workload import Replay, RequestStream, stream_from_rows, synthetic_stream, trace_stream
 
 DEFAULT_TRACE_WINDOW_S = 2.0
 
@@ -106,7 +106,9 @@ def _leaves(tree: Any, prefix: str = "") -> Any:
 
 
 def _lengths(spec: Any) -> Any:
-    return spec if isinstance(spec, int) else spec.model_dump()
+    if isinstance(spec, int):
+        return spec
+    return spec.described() if isinstance(spec, Replay) else spec.model_dump()
 
 
 def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float = DEFAULT_TRACE_WINDOW_S,

@@ -89,9 +89,15 @@ def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: lis
 
 
 def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
-    """The simulator's one-line refusal of this candidate, or None if it can run."""
+    """The simulator's one-line refusal of this candidate, or None if it can run: it must hold its weights and
+    the longest request (every one of replayed lengths: a trace's)."""
     from splitsim.api import make_requests
 
+    workload = base.get("workload", {})
+    replayed = [len(spec["values"]) for spec in (workload.get("prompt_tokens"), workload.get("output_tokens"))
+                if isinstance(spec, dict) and spec.get("dist") == "replay"]
+    if replayed:
+        base = {**base, "workload": {**workload, "num_requests": max(replayed)}}
     try:
         scenario = scenario_from_dict(candidate.scenario(base))
         plan = build_plan(scenario)

@@ -339,3 +339,41 @@ def test_candidates_skipped_by_their_bound_never_beat_the_best(slo):
     assert advice.best is not None and skipped
     for candidate in skipped:
         assert evaluate(question, candidate).score < advice.best.score, candidate.label
+
+
+def test_a_trace_gives_the_lengths_in_its_order(tmp_path, capsys):
+    """A trace of equal requests advises exactly as --isl/--osl of those lengths (its arrival times are not
+    the load); a trace of two kinds of request is replayed in order, each candidate judged on both."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "".join(f"{i * 0.1},128,64\n" for i in range(50)))
+    same = [flag for flag in SMALL if flag not in ("--isl", "128", "--osl", "64")]
+    from splitsim.cli import main
+
+    assert main(["advise", *same, "--trace", str(trace), "--out", str(tmp_path / "t"), "--jobs", "1"]) == 0
+    assert main(["advise", *SMALL, "--out", str(tmp_path / "l"), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "t/candidates.csv").read_bytes() == (tmp_path / "l/candidates.csv").read_bytes()
+
+    mixed = tmp_path / "m.csv"
+    mixed.write_text("arrival_s,prompt_tokens,output_tokens\n0,512,16\n0,32,200\n")
+    assert main(["advise", *same, "--trace", str(mixed), "--out", str(tmp_path / "m"), "--jobs", "1"]) == 0
+    capsys.readouterr()
+    best = pd.read_csv(tmp_path / "m/candidates.csv").iloc[0]
+    # a closed loop of C clients sends 3·C requests (or more, for precision), alternating the two rows
+    n = int(best["num_requests"])
+    assert n % best["load.concurrency"] == 0
+    assert best["throughput_tokens_per_s"] * best["duration_s"] == pytest.approx((n + 1) // 2 * 16 + n // 2 * 200,
+                                                                                  rel=1e-9)
+
+
+def test_a_trace_longer_than_the_context_is_refused_or_handled_as_asked(tmp_path, capsys):
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0,100,20\n1,9000,20\n")  # llama-3-8b: 8192
+    argv = ["advise", *[f for f in SMALL if f not in ("--isl", "128", "--osl", "64")], "--trace", str(trace),
+            "--jobs", "1", "--out", str(tmp_path / "a")]
+    err = error_line(capsys, argv)
+    assert "--overlong refuse" in err and "request 2 (line 3)" in err and not (tmp_path / "a").exists()
+    from splitsim.cli import main
+
+    assert main([*argv, "--overlong", "skip"]) == 0
+    assert "--isl" in error_line(capsys, [*argv, "--isl", "64"])

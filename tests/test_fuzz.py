@@ -398,6 +398,12 @@ def test_any_validate_run_flag_is_measured_or_refused_in_one_line(tmp_path, caps
     assert code == 0 or not out.exists()
 
 
+def _tiny_trace(folder: Path) -> str:
+    path = folder / "t.csv"
+    path.write_text("arrival_s,prompt_tokens,output_tokens\n0,16,8\n0.5,24,4\n")
+    return str(path)
+
+
 ADVISE_FLAGS = {"--gpus": "1", "--isl": "16", "--osl": "8", "--max-num-seqs": "4", "--precision": "bf16",
                 "--kv-cache": "bf16", "--objective": "throughput_per_gpu", "--seed": "0", "--jobs": "1"}
 
@@ -407,8 +413,12 @@ ADVISE_FLAGS = {"--gpus": "1", "--isl": "16", "--osl": "8", "--max-num-seqs": "4
 def test_any_advise_flag_is_answered_or_refused_in_one_line(tmp_path, capsys, data):
     folder = _fresh(tmp_path)
     flags = dict(ADVISE_FLAGS)
-    flag = data.draw(st.sampled_from([*flags, "--rate", "--concurrency", "--num-requests", "--model", "--cluster"]))
-    flags[flag] = data.draw(FLAG_VALUES | st.sampled_from(["2", "fp8", "bf16,fp8", "latency", "nope", "4,4"]))
+    flag = data.draw(st.sampled_from([*flags, "--rate", "--concurrency", "--num-requests", "--model", "--cluster",
+                                      "--trace", "--overlong"]))
+    flags[flag] = data.draw(FLAG_VALUES | st.sampled_from(["2", "fp8", "bf16,fp8", "latency", "nope", "4,4", "skip",
+                                                           _tiny_trace(folder)]))
+    if flag == "--trace":
+        del flags["--isl"], flags["--osl"]
     flags.setdefault("--model", "llama-3-8b")
     flags.setdefault("--cluster", "h100-nvlink-node")
     out = folder / "advice"
