@@ -11,6 +11,7 @@ with its model and cluster specs resolved here); a point the simulator refuses i
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import itertools
 import json
 import math
@@ -20,6 +21,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, parse_yaml_text
@@ -129,18 +132,67 @@ def run(args: argparse.Namespace) -> int:
         table = sweep(args.scenario, grid, args.jobs, args.ray, on_done=bar.update)
     wall = time.perf_counter() - started
 
+    keys = [key for key, _ in grid]
+    written = ["sweep.csv", "run.json"]
+    if importlib.util.find_spec("pyarrow") is not None:
+        written.append("sweep.parquet")
+    if "throughput_tokens_per_s" in table:
+        written += ["sweep.png", "sweep-heatmap.png"] if len(keys) > 1 else ["sweep.png"]
+
     def write(folder: Path) -> None:
         write_csv(table, folder / "sweep.csv")
         (folder / "run.json").write_text(json.dumps({"scenario": str(args.scenario), "grid": args.grid,
                                                      "points": len(table), "wall_time_s": wall}, indent=2) + "\n")
-        if "throughput_tokens_per_s" in table:
-            sweep_figure(table, [key for key, _ in grid]).savefig(folder / "sweep.png", dpi=110)
+        if "sweep.parquet" in written:
+            parquet_table(table, keys).to_parquet(folder / "sweep.parquet", index=False)
+        if "sweep.png" in written:
+            sweep_figure(table, keys).savefig(folder / "sweep.png", dpi=110)
+        if "sweep-heatmap.png" in written:
+            heatmap_figure(table, keys).savefig(folder / "sweep-heatmap.png", dpi=110)
 
     replace_folder(out_dir, write)
     failed = int((table["error"] != "").sum())
     print(f"{len(table)} points in {wall:.1f} s ({failed} refused: see the error column); "
-          f"wrote {out_dir}/sweep.csv, run.json and sweep.png")
+          f"wrote {out_dir}/: {', '.join(written)}")
     return 0
+
+
+def parquet_table(table: Any, keys: list[str]) -> Any:
+    """The table for Parquet, whose columns hold one type: a grid column mixing numbers and other values
+    (e.g. 64 and a distribution) as text, as sweep.csv shows them."""
+    mixed = [key for key in keys if table[key].map(type).nunique() > 1]
+    return table.astype({key: str for key in mixed})
+
+
+def heatmap_figure(table: Any, keys: list[str]) -> Any:
+    """Output throughput over the first two grid keys, one panel per value of the others (up to six); a
+    refused point is a blank cell."""
+    from matplotlib.figure import Figure
+
+    rest = keys[2:]
+    groups = list(table.groupby(rest, sort=False)) if rest else [("", table)]
+    shown = groups[:6]
+    fig = Figure(figsize=(5 * len(shown), 4.2))
+    axes = fig.subplots(1, len(shown), squeeze=False)[0]
+    for ax, (label, part) in zip(axes, shown):
+        grid = part.pivot_table(index=keys[1], columns=keys[0], values="throughput_tokens_per_s", sort=False,
+                                aggfunc="first", dropna=False)
+        image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(grid.shape[1]), [str(v) for v in grid.columns], rotation=30, fontsize=8)
+        ax.set_yticks(range(grid.shape[0]), [str(v) for v in grid.index], fontsize=8)
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel(keys[1])
+        for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
+            if np.isfinite(value):
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=7, color="white")
+        values = label if isinstance(label, tuple) else (label,)
+        ax.set_title(", ".join(f"{k}={v}" for k, v in zip(rest, values, strict=False)) or "output tokens/s",
+                     fontsize=9)
+        fig.colorbar(image, ax=ax, label="output tokens/s")
+    if len(groups) > len(shown):
+        fig.suptitle(f"first {len(shown)} of {len(groups)} panels (every point is in sweep.csv)", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def sweep_figure(table: Any, keys: list[str]) -> Any:

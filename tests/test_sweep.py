@@ -37,7 +37,20 @@ def test_sweep_rows_are_the_runs_of_their_points_in_grid_order(tmp_path):
     assert (table["error"].iloc[2:] == "").all()
     direct = simulate(load_scenario(SCENARIO, ["parallel.tp=8", "workload.num_requests=60"])).summary
     assert float(table["throughput_tokens_per_s"].iloc[3]) == direct["throughput_tokens_per_s"]  # %.17g: exact
-    assert sorted(p.name for p in out.iterdir()) == ["run.json", "sweep.csv", "sweep.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "sweep-heatmap.png", "sweep.csv", "sweep.parquet",
+                                                     "sweep.png"]
+    parquet = pd.read_parquet(out / "sweep.parquet")  # the same table, typed
+    assert parquet["throughput_tokens_per_s"].iloc[3] == direct["throughput_tokens_per_s"]
+    assert parquet["error"].tolist() == table["error"].tolist() and list(parquet.columns) == list(table.columns)
+
+
+def test_a_grid_mixing_numbers_and_mappings_is_text_in_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(SCENARIO), "--grid", "workload.output_tokens=[16, {dist: uniform, low: 8, high: 24}]",
+                 "--grid", "workload.num_requests=20", "--jobs", "1", "--out", str(out), "-q"]) == 0
+    column = pd.read_parquet(out / "sweep.parquet")["workload.output_tokens"]
+    assert column.tolist() == ["16", '{"dist": "uniform", "low": 8, "high": 24}']
 
 
 @pytest.mark.parametrize(("grid", "words"), [
