@@ -58,7 +58,8 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
     kv_seqs = plan.kv_blocks_per_slot * plan.block_size // context
     largest = max(1, min(sched.max_num_seqs, sched.max_batched_tokens, kv_seqs))
     sizes = np.arange(1, largest + 1)
-    stage_s = np.array([[_decode_step_s(cost, b, context) for cost in costs] for b in sizes])  # [size, stage]
+    stage_s = np.array([[_decode_step_s(cost, b, context) for cost in costs]  # [size, stage]
+                        for b in range(1, largest + 1)])
     round_s, slowest_s = stage_s.sum(axis=1), stage_s.max(axis=1)
     meets = round_s <= step_limit_s
     decode_rate = float((sizes[meets] / slowest_s[meets]).max()) if meets.any() else 0.0

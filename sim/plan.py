@@ -276,6 +276,7 @@ def _inputs(scenario: Scenario) -> tuple[ModelSpec, ClusterSpec]:
         cluster = load_cluster(scenario.cluster)
     except ValidationError as err:
         message = describe_validation_error(err, ClusterSpec)
+        assert not isinstance(scenario.cluster, ClusterSpec)  # a spec given as such is not validated again
         files = cluster_files(scenario.cluster)
         part = str(err.errors()[0]["loc"][0]) if err.errors()[0]["loc"] else ""
         if part in files:  # a field of a GPU or fabric file: name the file, and the field inside it
