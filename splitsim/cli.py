@@ -174,11 +174,22 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                                description="Fit the cost model's parameters (GEMM and memory efficiency, "
                                            "collective and send/recv alpha-beta, per-op overhead) to a folder "
                                            "written by `splitsim validate run`, or to a Vidur profiling folder.")
-    calibrate.add_argument("measurements", type=Path, nargs="+",
-                           help="measurement folder(s), or one Vidur profiling folder (compute/ and network/)")
+    calibrate.add_argument("measurements", type=Path, nargs="*",
+                           help="measurement folder(s), or one Vidur profiling folder (compute/ and network/); "
+                                "none with --aiconfigurator")
     calibrate.add_argument("--out", required=True, type=Path, help="profile YAML to write")
     calibrate.add_argument("--gpu", help="Vidur format: the GPU folder under compute/ (h100, a100)")
     calibrate.add_argument("--network", help="Vidur format: the topology folder under network/ (h100_dgx…)")
+    calibrate.add_argument("--aiconfigurator", metavar="SYSTEM",
+                           help="fit NVIDIA's measured kernel tables for SYSTEM (h100_sxm, h200_sxm, a100_sxm, "
+                                "l40s) from the aiconfigurator-core package (splitsim[aiconfigurator])")
+    calibrate.add_argument("--framework", choices=["vllm", "trtllm", "sglang"],
+                           help="with --aiconfigurator: whose kernels (default vllm)")
+    calibrate.add_argument("--version", help="with --aiconfigurator: the tables' version folder (default: the "
+                                             "newest collection, printed)")
+    calibrate.add_argument("--tables", type=Path, help="with --aiconfigurator: a copy of the package's "
+                                                       "systems/data folder instead of the installed package's")
+    calibrate.add_argument("--json", action="store_true", help="end with the held-out errors on one line")
     calibrate.set_defaults(func=_calibrate)
 
 

@@ -19,6 +19,7 @@ was held out, on the training rows, marked `held_out: false`).
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -35,7 +36,7 @@ from splitsim.hardware.gpu import GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
-from splitsim.validate import fit, measurements, vidur
+from splitsim.validate import aiconfigurator, fit, measurements, vidur
 from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
 from splitsim.writing import check_out_path
 
@@ -356,6 +357,32 @@ def runner_dataset(folders: list[Path]) -> Dataset:
     )
 
 
+# ------------------------------------------------------------------------------- aiconfigurator input
+
+def aiconfigurator_dataset(system: str, framework: str, version: str | None, tables: Path | None) -> Dataset:
+    """One system's measured kernel tables (validate/aiconfigurator.py): the engine's GEMMs, its attention
+    kernels and NCCL inside a node. The profile's GEMM efficiency is one for every dtype (schema 1): it is
+    fitted on bf16 and the fp8 rows are all held out, so their error says how far one efficiency is off."""
+    root = aiconfigurator.data_root(tables)
+    if system not in aiconfigurator.SYSTEMS:
+        raise ScenarioError(f"--aiconfigurator {system}: not a system with a splitsim GPU preset "
+                            f"(valid: {', '.join(aiconfigurator.systems(root))})")
+    gpu_name, cluster = aiconfigurator.SYSTEMS[system]
+    chosen = [aiconfigurator.pick_table(root, system, "gemm", framework, version),
+              aiconfigurator.pick_table(root, system, "attention", framework, version)]
+    gemm = aiconfigurator.gemm_rows(chosen[0], framework)
+    gemm["train"] &= gemm["dtype"] == "bf16"
+    collectives = None
+    if (root / system / "comm" / "nccl").is_dir():
+        chosen.append(aiconfigurator.pick_table(root, system, "comm", "nccl"))
+        collectives = aiconfigurator.collective_rows(chosen[-1])
+    return Dataset(
+        gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
+        collectives=collectives, fitted_on=[f"aiconfigurator-core {system}/{t.op}/{t.framework}/{t.version}"
+                                            for t in chosen],
+        description=f"aiconfigurator-core tables for {system} ({'; '.join(t.describe() for t in chosen)})")
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 
 def load_dataset(paths: list[Path], gpu: str | None, network: str | None) -> Dataset:
@@ -412,11 +439,26 @@ def format_report(cal: Calibration, out: Path) -> str:
 
 def calibrate_command(args: argparse.Namespace) -> int:
     check_out_path(args.out, folder=False)
-    data = load_dataset(list(args.measurements), args.gpu, args.network)
+    if args.aiconfigurator is not None:
+        if args.measurements:
+            raise ScenarioError(f"{args.measurements[0]}: --aiconfigurator fits the package's tables alone")
+        data = aiconfigurator_dataset(args.aiconfigurator, args.framework or "vllm", args.version, args.tables)
+        print(f"fitting {data.description}")
+    else:
+        if not args.measurements:
+            raise ScenarioError("calibrate: give measurement folders, or --aiconfigurator SYSTEM")
+        for flag in ("framework", "version", "tables"):
+            if getattr(args, flag) is not None:
+                raise ScenarioError(f"--{flag}: only with --aiconfigurator")
+        data = load_dataset(list(args.measurements), args.gpu, args.network)
     cal = calibrate(data, args.out.stem)
     cal.profile.write(args.out)
     print(format_report(cal, args.out))
     warnings = [n for n in cal.notes if n.startswith("warning")]
     for warning in warnings:  # stdout, as a run's notes: stderr is for errors only
         print(f"splitsim: {warning}")
+    if args.json:
+        kinds = {**cal.profile.errors, **{f"gemm {op}": stats for op, stats in cal.gemm_by_op.items()}}
+        print(json.dumps({"held_out": {kind: {"median": s.median, "worst": s.max, "n": s.rows}
+                                       for kind, s in kinds.items() if s.held_out}}, separators=(",", ":")))
     return 0

@@ -1,0 +1,89 @@
+"""Calibration from aiconfigurator-core's measured kernel tables (issue 10), on the excerpt in tests/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import error_line
+from splitsim.cli import main
+from splitsim.validate import aiconfigurator as aic
+
+pytest.importorskip("pyarrow", reason="the tables are parquet (pip install 'splitsim[test]')")
+
+EXCERPT = Path(__file__).resolve().parent / "data" / "aiconfigurator" / "excerpt"
+
+
+def test_the_newest_collection_is_chosen_and_a_copy_is_skipped():
+    nccl = aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl")
+    assert nccl.version == "2.29.2" and "newest collected" in nccl.reason and "2.30.0 skipped" in nccl.reason
+    assert aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl", "2.30.0").reason == "as asked"
+    assert aic.pick_table(EXCERPT, "h100_sxm", "gemm", "vllm").version == "0.24.0"
+    assert aic._version_key("1.3.0rc20") > aic._version_key("1.3.0rc11") > aic._version_key("1.2.0")
+    assert aic._version_key("0.5.14") > aic._version_key("0.5.9")
+
+
+def test_held_out_shapes_and_sizes_never_appear_in_the_fit():
+    gemm = aic.gemm_rows(aic.pick_table(EXCERPT, "h100_sxm", "gemm", "vllm"), "vllm")
+    fitted = set(zip(gemm.loc[gemm["train"], "n"], gemm.loc[gemm["train"], "k"]))
+    held = set(zip(gemm.loc[~gemm["train"], "n"], gemm.loc[~gemm["train"], "k"]))
+    assert fitted and held and not fitted & held  # whole weight shapes are held out, so no (m, n, k) is shared
+    nccl = aic.collective_rows(aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl"))
+    assert not set(nccl.loc[nccl["train"], "nbytes"]) & set(nccl.loc[~nccl["train"], "nbytes"])
+    assert set(nccl["op"]) == {"allreduce", "allgather"} and set(nccl["group_size"]) == {2, 4, 8}
+
+
+def test_attention_rows_carry_the_work_of_their_shapes():
+    """Computed here from the table's columns: causal prefill does 4·h·d·s(s+1)/2 FLOPs per prompt; a decode
+    reads K and V of step + 1 positions (2·h_kv·d·2 bytes each) and its query and output."""
+    import pandas as pd
+
+    table = aic.pick_table(EXCERPT, "h100_sxm", "attention", "vllm")
+    rows = aic.attention_rows(table)
+    context = pd.read_parquet(table.path / "context_attention_perf.parquet").iloc[0]
+    b, s, h, d = (int(context[c]) for c in ("batch_size", "isl", "num_heads", "head_dim"))
+    first = rows[rows["phase"] == "prefill"].iloc[0]
+    assert first["flops"] == 4 * h * d * s * (s + 1) / 2 * b
+    assert first["seconds"] == context["latency"] / 1e3
+    gen = pd.read_parquet(table.path / "generation_attention_perf.parquet").iloc[0]
+    b, step, h, kv, d = (int(gen[c]) for c in ("batch_size", "step", "num_heads", "num_key_value_heads", "head_dim"))
+    decode = rows[rows["phase"] == "decode"].iloc[0]
+    assert decode["nbytes"] == b * (step + 1 + 1) * 2 * kv * d * 2 + 2 * b * h * d * 2  # + the new token's K/V
+
+
+def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys):
+    out = tmp_path / "h100.yaml"
+    assert main(["calibrate", "--aiconfigurator", "h100_sxm", "--tables", str(EXCERPT), "--out", str(out),
+                 "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "comm/nccl 2.29.2 (newest collected; newer 2.30.0 skipped" in printed
+    held_out = json.loads(printed.strip().splitlines()[-1])["held_out"]
+    assert {"gemm", "gemm bf16", "gemm fp8", "attention", "allreduce", "allgather"} <= set(held_out)
+    assert held_out["gemm bf16"]["median"] < 0.15 and held_out["allreduce"]["median"] < 0.25
+    profile = yaml.safe_load(out.read_text())
+    assert profile["gpu"] == "h100-sxm"
+    assert profile["fitted_on"][0] == "aiconfigurator-core h100_sxm/gemm/vllm/0.24.0"
+    assert 0.3 < profile["efficiency"]["compute"] <= 1.0 and profile["intra_node"]["bw_bytes_per_s"] > 50e9
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--aiconfigurator", "tpu_v5"], "--aiconfigurator tpu_v5: not a system"),
+    (["--aiconfigurator", "h100_sxm", "--version", "9.9"], "--version 9.9: h100_sxm has gemm/vllm tables for 0.24.0"),
+    (["--aiconfigurator", "h100_sxm", "--framework", "sglang"], "no gemm tables for sglang"),
+    (["--framework", "vllm", "runs/x"], "--framework: only with --aiconfigurator"),
+    ([], "give measurement folders, or --aiconfigurator SYSTEM"),
+])
+def test_bad_aiconfigurator_requests_are_one_line(tmp_path, capsys, flags, words):
+    tables = ["--tables", str(EXCERPT)] if "--aiconfigurator" in flags else []
+    err = error_line(capsys, ["calibrate", *flags, *tables, "--out", str(tmp_path / "p.yaml")])
+    assert words in err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_without_the_package_the_error_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(aic.importlib.util, "find_spec", lambda name: None)
+    err = error_line(capsys, ["calibrate", "--aiconfigurator", "h100_sxm", "--out", str(tmp_path / "p.yaml")])
+    assert "pip install 'splitsim[aiconfigurator]'" in err

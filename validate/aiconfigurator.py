@@ -1,0 +1,221 @@
+"""Calibration datasets from NVIDIA's measured kernel tables, as the `aiconfigurator-core` package ships them.
+
+The package (PyPI, Apache-2.0; `pip install 'splitsim[aiconfigurator]'`) holds per-kernel timings under
+`aiconfigurator_core/systems/data/<system>/<op>/<framework>/<version>/*.parquet`, latency in ms, collective
+`message_size` in elements. This module turns one system's tables into a `calibrate.Dataset`:
+
+- GEMMs: `gemm/<framework>/<version>/gemm_perf.parquet`, the kernel the engine runs for each dtype
+  (`GEMM_KERNELS`); every other (n, k) weight shape is held out, so no held-out (m, n, k) is fitted.
+- attention: `attention/<framework>/<version>/{context,generation}_attention_perf.parquet`, full attention
+  (no window) with a bf16 KV cache; FLOPs and bytes from the simulator's own attention op; every other
+  (heads, KV heads, head_dim) shape held out.
+- collectives: `comm/nccl/<version>/nccl_perf.parquet`, fp16 all_reduce and all_gather over 2-8 GPUs of
+  one node; every other message size held out.
+
+Versions: a version folder may be a forward-filled copy of an older collection (its rows carry another
+version, sometimes twice). The default is the newest folder whose rows are its own, preferring those whose
+`collection_meta.yaml` says `provenance: collected`; the choice is reported.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from splitsim.errors import ScenarioError
+from splitsim.models.ops import BatchShape, Sharding, attention
+from splitsim.models.spec import ModelSpec
+from splitsim.validate import fit
+
+PACKAGE = "aiconfigurator_core"
+# aiconfigurator system -> (splitsim GPU preset, a cluster preset the profile should apply to)
+SYSTEMS: dict[str, tuple[str, str | None]] = {
+    "h100_sxm": ("h100-sxm", "h100-nvlink-node"),
+    "h200_sxm": ("h200", None),
+    "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
+    "l40s": ("l40s", "l40s-pcie-node"),
+}
+FRAMEWORKS = ("vllm", "trtllm", "sglang")
+# The GEMM kernel each engine runs for a dtype (the table's kernel_source; older collections' names after the
+# first), and its weight bytes.
+GEMM_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "vllm": {"bf16": ("torch.nn.functional.linear", "vllm_default"), "fp8": ("CutlassFP8ScaledMMLinearKernel",)},
+    "trtllm": {"bf16": ("torch_flow", "trtllm_default"), "fp8": ("torch_flow",)},
+    "sglang": {"bf16": ("sglang_torch_linear", "sglang"), "fp8": ("sglang_sgl_kernel_fp8_scaled_mm", "sglang")},
+}
+TABLE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0}
+NCCL_OPS = {"all_reduce": "allreduce", "all_gather": "allgather"}
+MS = 1e-3
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table chosen for the fit: where it is, which version, and why that one."""
+
+    op: str
+    framework: str
+    version: str
+    reason: str
+    path: Path
+
+    def describe(self) -> str:
+        return f"{self.op}/{self.framework} {self.version} ({self.reason})"
+
+
+def data_root(given: Path | None = None) -> Path:
+    """The tables' root: `given` (a copy of the package's `systems/data` folder), else the installed package's."""
+    if given is not None:
+        if not given.is_dir():
+            raise ScenarioError(f"--tables {given}: no such folder")
+        return given
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ScenarioError("--aiconfigurator: the aiconfigurator-core package is not installed "
+                            "(pip install 'splitsim[aiconfigurator]', Python 3.11 or later)")
+    return Path(next(iter(spec.submodule_search_locations))) / "systems" / "data"
+
+
+def _version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Sortable: numbers as numbers, so 0.5.14 > 0.5.9 and 1.3.0rc20 > 1.3.0rc11."""
+    return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.findall(r"\d+|[a-z]+", version))
+
+
+def _own_rows(path: Path, version: str) -> bool:
+    """Whether a version folder's rows are its own collection: its tables' `version` column, where they have
+    one, names the folder's version, and its rows are not there twice (a stray repeated measurement is)."""
+    for table in path.glob("*.parquet"):
+        frame = pd.read_parquet(table)
+        if "version" in frame.columns and set(frame["version"].astype(str)) != {version}:
+            return False
+        if len(frame) and frame.duplicated().mean() >= 0.5:
+            return False
+    return True
+
+
+def pick_table(root: Path, system: str, op: str, framework: str, version: str | None = None) -> Table:
+    """The version folder of `<system>/<op>/<framework>` to fit: `version` if given, else the newest collection."""
+    folder = root / system / op / framework
+    versions = sorted((p.name for p in folder.iterdir() if p.is_dir()), key=_version_key) if folder.is_dir() else []
+    if not versions:
+        raise ScenarioError(f"--aiconfigurator {system}: no {op} tables for {framework} "
+                            f"(valid systems: {', '.join(systems(root))})")
+    if version is not None:
+        if version not in versions:
+            raise ScenarioError(f"--version {version}: {system} has {op}/{framework} tables for "
+                                f"{', '.join(versions)}")
+        return Table(op, framework, version, "as asked", folder / version)
+    own = [v for v in versions if _own_rows(folder / v, v)]
+    if not own:
+        raise ScenarioError(f"--aiconfigurator {system}: every {op}/{framework} folder copies another's rows")
+    collected = [v for v in own if _provenance(folder / v) == "collected"]
+    chosen = (collected or own)[-1]
+    skipped = [v for v in versions if _version_key(v) > _version_key(chosen)]
+    reason = "newest collected" if collected else "newest with its own rows"
+    if skipped:
+        reason += f"; newer {', '.join(skipped)} skipped (copied or older collections)"
+    return Table(op, framework, chosen, reason, folder / chosen)
+
+
+def _provenance(path: Path) -> str:
+    meta = path / "collection_meta.yaml"
+    if not meta.is_file():
+        return ""
+    data = yaml.safe_load(meta.read_text())
+    return str(data.get("provenance", "")) if isinstance(data, dict) else ""
+
+
+def systems(root: Path) -> list[str]:
+    """The systems with tables under `root` that map to a splitsim GPU preset."""
+    return [s for s in SYSTEMS if (root / s).is_dir()]
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+def _read(path: Path, required: tuple[str, ...], defaults: dict[str, object] | None = None) -> pd.DataFrame:
+    """A table with the columns we use; older collections lack some optional ones (then their default)."""
+    try:
+        frame = pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise ScenarioError(f"{path}: not a readable parquet table ({str(err).splitlines()[0]})") from None
+    for column, value in (defaults or {}).items():
+        if column not in frame.columns:
+            frame[column] = value
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise ScenarioError(f"{path}: no column {missing[0]} (has {', '.join(map(str, frame.columns))})")
+    return frame
+
+
+def gemm_rows(table: Table, framework: str) -> pd.DataFrame:
+    """GEMM rows (m, n, k, weight_bytes, dtype, op, seconds, train) of the engine's kernel per dtype."""
+    frame = _read(table.path / "gemm_perf.parquet", ("kernel_source", "gemm_dtype", "m", "n", "k", "latency"))
+    parts = []
+    for dtype, kernels in GEMM_KERNELS[framework].items():
+        table_dtype = next(name for name, ours in TABLE_DTYPES.items() if ours == dtype)
+        rows = frame[frame["gemm_dtype"] == table_dtype]
+        kernel = next((k for k in kernels if (rows["kernel_source"] == k).any()), None)
+        part = rows[rows["kernel_source"] == kernel]
+        parts.append(pd.DataFrame({"m": part["m"], "n": part["n"], "k": part["k"],
+                                   "weight_bytes": WEIGHT_BYTES[dtype], "dtype": dtype, "op": dtype,
+                                   "seconds": part["latency"] * MS}))
+    rows = pd.concat(parts, ignore_index=True)
+    if not (rows["dtype"] == "bf16").any():
+        raise ScenarioError(f"{table.path}: no bf16 GEMM rows of {framework}'s kernels "
+                            f"({', '.join(GEMM_KERNELS[framework]['bf16'])})")
+    shapes = rows["n"].astype(np.int64) * 1_000_003 + rows["k"].astype(np.int64)  # one key per (n, k)
+    rows["train"] = fit.every_other(shapes.to_numpy())
+    return rows
+
+
+@functools.cache
+def _attention_model(heads: int, kv_heads: int, head_dim: int) -> ModelSpec:
+    return ModelSpec(name="table", hidden_size=heads * head_dim, intermediate_size=4 * heads * head_dim,
+                     num_layers=1, num_heads=heads, num_kv_heads=kv_heads, head_dim_override=head_dim,
+                     vocab_size=32000, max_position_embeddings=1 << 20)
+
+
+def attention_rows(table: Table) -> pd.DataFrame:
+    """Attention rows (flops, nbytes, phase, op, seconds, train): full attention, bf16 KV cache, the newest
+    kernel; prefill as `batch_size` prompts of `isl` tokens, decode as `batch_size` sequences at context
+    `step` + 1."""
+    rows = []
+    sharding = Sharding(tp=1, weights="bf16", kv_cache="bf16", compute="bf16")
+    for phase, name in (("prefill", "context_attention_perf"), ("decode", "generation_attention_perf")):
+        frame = _read(table.path / f"{name}.parquet",
+                      ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "kv_cache_dtype",
+                       "latency") + (("step",) if phase == "decode" else ()),
+                      {"window_size": 0, "kernel_source": "", "step": 0})
+        frame = frame[(frame["window_size"] == 0) & (frame["kv_cache_dtype"] == "bfloat16")
+                      & (frame["num_heads"] % frame["num_key_value_heads"] == 0)]
+        kernel = sorted(frame["kernel_source"].unique())[0] if len(frame) else None
+        frame = frame[frame["kernel_source"] == kernel]
+        for row in frame.itertuples():
+            model = _attention_model(int(row.num_heads), int(row.num_key_value_heads), int(row.head_dim))
+            batch, length = int(row.batch_size), int(row.isl)
+            shape = (BatchShape(prefill=((length, 0),) * batch) if phase == "prefill" else
+                     BatchShape(num_decode=batch, decode_context=batch * (int(row.step) + 1)))
+            op = attention(model, shape, sharding)[0 if phase == "prefill" else 1]
+            rows.append((op.flops, op.nbytes, phase, f"attention {phase}", float(row.latency) * MS,
+                         (int(row.num_heads), int(row.num_key_value_heads), int(row.head_dim))))
+    frame = pd.DataFrame(rows, columns=["flops", "nbytes", "phase", "op", "seconds", "shape"])
+    keys = frame["shape"].map(lambda s: s[0] * 1_000_000 + s[1] * 1_000 + s[2]).to_numpy()
+    frame["train"] = fit.every_other(keys)
+    return frame.drop(columns="shape")
+
+
+def collective_rows(table: Table) -> pd.DataFrame:
+    """NCCL rows (op, group_size, nbytes, seconds, train): fp16 all_reduce and all_gather inside a node."""
+    frame = _read(table.path / "nccl_perf.parquet", ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency"))
+    frame = frame[frame["op_name"].isin(list(NCCL_OPS)) & (frame["nccl_dtype"] == "half")]
+    rows = pd.DataFrame({"op": frame["op_name"].map(NCCL_OPS), "group_size": frame["num_gpus"].astype(int),
+                         "nbytes": frame["message_size"].astype(float) * 2.0, "seconds": frame["latency"] * MS})
+    rows["train"] = fit.every_other(rows["nbytes"].to_numpy())
+    return rows.reset_index(drop=True)
