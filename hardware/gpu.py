@@ -30,6 +30,30 @@ from splitsim.hardware.units import Exponent, FixedCost, Flops, Fraction, Memory
 ComputeDtype = Literal["bf16", "fp16", "fp8"]
 
 
+class GemmShape(BaseModel):
+    """One compute dtype's own GEMM efficiency and small-m shape (its kernels differ: an fp8 GEMM is not a
+    bf16 one at twice the peak); memory efficiency and launch cost stay the GPU's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute: Fraction = Field(description="η_peak of this dtype's GEMMs")
+    tile_m: int = Field(128, gt=0, le=1024, strict=True)
+    tile_n: int = Field(128, gt=0, le=1024, strict=True)
+    wave_exponent: Exponent = 1.0
+    m_half: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False)
+
+
+class AttentionKernel(BaseModel):
+    """A roofline of its own for prefill or decode attention: t = max(F / (P·η_c), B / (M·η_m)) + t_launch
+    (prefill kernels are compute-bound, decode kernels read the KV cache)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute: Fraction = Field(description="η_c")
+    memory: Fraction = Field(description="η_m")
+    launch_s: FixedCost
+
+
 class Efficiency(BaseModel):
     """Fitted fractions of the datasheet peaks, and where they were fitted."""
 
@@ -47,8 +71,30 @@ class Efficiency(BaseModel):
                                                            "default: memory")
     elementwise_launch_s: FixedCost | None = Field(None, description="their fixed cost; default: launch_s")
     launch_s: FixedCost = Field(description="fixed cost per kernel (launch, tail)")
+    gemm_by_dtype: dict[ComputeDtype, GemmShape] = Field(
+        default_factory=dict, description="a compute dtype's own GEMM figures (profile schema 2); others use "
+                                          "compute, tile_*, wave_exponent, m_half")
+    attention_prefill: AttentionKernel | None = Field(None, description="default: η_c attention, η_m memory")
+    attention_decode: AttentionKernel | None = Field(None, description="default: η_c attention, η_m memory")
     source: str
     assumed: bool = Field(False, description="true where no measurement of this GPU exists yet")
+
+    def __hash__(self) -> int:  # frozen, but a dict field: hash what it says (cost caches key on the GPU)
+        return hash(self.model_dump_json())
+
+    def gemm_shape(self, dtype: ComputeDtype) -> tuple[float, int, int, float, float]:
+        """(η_peak, tile_m, tile_n, γ, m½) of `dtype`'s GEMMs: its own, or the defaults."""
+        own = self.gemm_by_dtype.get(dtype)
+        if own is not None:
+            return own.compute, own.tile_m, own.tile_n, own.wave_exponent, own.m_half
+        return self.compute, self.tile_m, self.tile_n, self.wave_exponent, self.m_half
+
+    def attention_kernel(self, phase: str) -> tuple[float, float, float]:
+        """(η_c, η_m, t_launch) of prefill or decode attention: its own, or η_c attention with the GEMMs' η_m
+        and launch cost."""
+        own = self.attention_prefill if phase == "prefill" else self.attention_decode
+        return (own.compute, own.memory, own.launch_s) if own is not None else \
+            (self.attention, self.memory, self.launch_s)
 
 
 class GpuSpec(BaseModel):
@@ -76,12 +122,12 @@ class GpuSpec(BaseModel):
             return self.fp8_flops_per_s
         return self.bf16_flops_per_s
 
-    def wave_efficiency(self, m: int, n: int) -> float:
-        """Useful fraction of the SM-tiles a GEMM with an m×n output occupies."""
-        eff = self.efficiency
-        tiles = math.ceil(m / eff.tile_m) * math.ceil(n / eff.tile_n)
+    def wave_efficiency(self, m: int, n: int, dtype: ComputeDtype = "bf16") -> float:
+        """Useful fraction of the SM-tiles a GEMM with an m×n output occupies (in `dtype`'s tiles)."""
+        _, tile_m, tile_n, _, _ = self.efficiency.gemm_shape(dtype)
+        tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n)
         waves = math.ceil(tiles / self.num_sms)
-        return (m * n) / (waves * self.num_sms * eff.tile_m * eff.tile_n)
+        return (m * n) / (waves * self.num_sms * tile_m * tile_n)
 
     def gemm_time_s(
         self, m: int, n: int, k: int, *, weight_bytes: float, act_bytes: float = 2.0,
@@ -94,7 +140,8 @@ class GpuSpec(BaseModel):
         flops = 2.0 * m * n * k
         nbytes = (m * k + m * n) * act_bytes + k * n * weight_bytes
         eff = self.efficiency
-        eta = eff.compute * self.wave_efficiency(m, n) ** eff.wave_exponent * m / (m + eff.m_half)
+        eta_peak, _, _, gamma, m_half = eff.gemm_shape(dtype)
+        eta = eta_peak * self.wave_efficiency(m, n, dtype) ** gamma * m / (m + m_half)
         compute = flops / (self.peak_flops_per_s(dtype) * eta)
         memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
         return max(compute, memory) + eff.launch_s
@@ -105,6 +152,13 @@ class GpuSpec(BaseModel):
         eta = eff.elementwise if eff.elementwise is not None else eff.memory
         launch = eff.elementwise_launch_s if eff.elementwise_launch_s is not None else eff.launch_s
         return nbytes / (self.memory_bw_bytes_per_s * eta) + launch
+
+    def attention_time_s(self, flops: float, nbytes: float, phase: str) -> float:
+        """Prefill or decode attention: its roofline (`Efficiency.attention_kernel`)."""
+        eta_c, eta_m, launch_s = self.efficiency.attention_kernel(phase)
+        compute = flops / (self.bf16_flops_per_s * eta_c)
+        memory = nbytes / (self.memory_bw_bytes_per_s * eta_m)
+        return max(compute, memory) + launch_s
 
     def kernel_time_s(self, flops: float, nbytes: float, *, compute_efficiency: float) -> float:
         """Roofline for a non-GEMM kernel (attention, element-wise) with given FLOPs and bytes."""

@@ -21,7 +21,8 @@ from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
 
-PROFILE_SCHEMA = "splitsim.hardware-profile/1"
+PROFILE_SCHEMA = "splitsim.hardware-profile/2"  # 2: per-dtype GEMM figures, per-phase attention
+READ_SCHEMAS = ("splitsim.hardware-profile/1", PROFILE_SCHEMA)  # a schema-1 file is a schema-2 one without them
 
 
 class _Strict(BaseModel):
@@ -70,9 +71,9 @@ def load_profile(path: str | Path) -> HardwareProfile:
         data = read_yaml_file(path, "hardware profile", "schema, name, gpu, efficiency…")
     except ScenarioError as err:
         raise ScenarioError(f"hardware_profile: {err}") from None
-    if data.get("schema") != PROFILE_SCHEMA:
+    if data.get("schema") not in READ_SCHEMAS:
         raise ScenarioError(f"hardware_profile: {shown(path)} has schema {cut(repr(data.get('schema')))}, "
-                            f"expected {PROFILE_SCHEMA!r}")
+                            f"expected one of {', '.join(map(repr, READ_SCHEMAS))}")
     return HardwareProfile.model_validate(data)
 
 

@@ -74,8 +74,7 @@ class StageCosts:
             case "gemm":
                 return self.gpu.gemm_time_s(op.m, op.n, op.k, weight_bytes=op.weight_bytes, dtype=op.dtype)
             case "attention":
-                return self.gpu.kernel_time_s(op.flops, op.nbytes,
-                                              compute_efficiency=self.gpu.efficiency.attention)
+                return self.gpu.attention_time_s(op.flops, op.nbytes, "prefill")  # decode: attention_times
             case "memory":
                 return self.gpu.elementwise_time_s(op.nbytes)
             case "allreduce":
@@ -115,10 +114,9 @@ class StageCosts:
         decode = 0.0
         if batch.num_decode:
             ctx = batch.decode_context
-            decode = self.gpu.kernel_time_s(
+            decode = self.gpu.attention_time_s(
                 self._decode_flops_per_ctx * ctx,
-                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode,
-                compute_efficiency=self.gpu.efficiency.attention)
+                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode, "decode")
         return prefill, decode
 
     def edge_times(self, tokens: int) -> tuple[float, float]:
@@ -170,11 +168,12 @@ class StageCosts:
         gives bit for bit (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
         qkv, o_proj, gate_up, down = self.gemm_times(num_decode)
         input_norm, rope, post_norm, act = self.elementwise_times(num_decode)
-        gpu, eff = self.gpu, self.gpu.efficiency
+        gpu = self.gpu
+        eta_c, eta_m, launch_s = gpu.efficiency.attention_kernel("decode")  # GpuSpec.attention_time_s, vectorised
         flops = self._decode_flops_per_ctx * contexts
         nbytes = self._decode_bytes_per_ctx * contexts + self._decode_bytes_per_seq * num_decode
-        attn_decode = np.maximum(flops / (gpu.bf16_flops_per_s * eff.attention),
-                                 nbytes / (gpu.memory_bw_bytes_per_s * eff.memory)) + eff.launch_s
+        attn_decode = np.maximum(flops / (gpu.bf16_flops_per_s * eta_c),
+                                 nbytes / (gpu.memory_bw_bytes_per_s * eta_m)) + launch_s
         layer_compute = (input_norm + qkv + rope + 0.0 + attn_decode + o_proj + post_norm + gate_up + act + down)
         edge_compute, edge_comm = self.edge_times(num_decode)
         compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_decode)

@@ -62,9 +62,12 @@ def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys)
     assert "comm/nccl 2.29.2 (newest collected; newer 2.30.0 skipped" in printed
     held_out = json.loads(printed.strip().splitlines()[-1])["held_out"]
     assert {"gemm", "gemm bf16", "gemm fp8", "attention", "allreduce", "allgather"} <= set(held_out)
-    assert held_out["gemm bf16"]["median"] < 0.15 and held_out["allreduce"]["median"] < 0.25
+    assert held_out["gemm bf16"]["median"] < 0.1 and held_out["gemm fp8"]["median"] < 0.2  # each dtype its own
+    assert held_out["attention prefill"]["median"] < 0.2 and held_out["attention decode"]["median"] < 0.2
+    assert held_out["allreduce"]["median"] < 0.25
     profile = yaml.safe_load(out.read_text())
-    assert profile["gpu"] == "h100-sxm"
+    assert profile["gpu"] == "h100-sxm" and profile["schema"] == "splitsim.hardware-profile/2"
+    assert set(profile["efficiency"]["gemm_by_dtype"]) == {"fp8"} and profile["efficiency"]["attention_decode"]
     assert profile["fitted_on"][0] == "aiconfigurator-core h100_sxm/gemm/vllm/0.24.0"
     assert 0.3 < profile["efficiency"]["compute"] <= 1.0 and profile["intra_node"]["bw_bytes_per_s"] > 50e9
 

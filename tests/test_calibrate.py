@@ -66,6 +66,47 @@ def test_gemm_fit_recovers_planted_efficiency():
     assert got.attention == base.efficiency.attention  # not the GEMM fit's business
 
 
+def test_a_second_dtype_gets_its_own_gemm_figures_with_memory_and_launch_held():
+    """Schema 2: bf16 rows fit every GEMM figure; fp8 rows planted with other η_peak, tile, γ and m½ (and the
+    same memory system) get those back in gemm_by_dtype."""
+    from splitsim.validate.calibrate import _fit_gemms
+
+    rng = np.random.default_rng(2)
+    fp8 = {"compute": 0.45, "tile_m": 64, "tile_n": 128, "wave_exponent": 0.6, "m_half": 20.0}
+    from splitsim.hardware.gpu import GemmShape
+
+    base, planted = _planted_gpu("h100-sxm", **GPU_PLANT, gemm_by_dtype={"fp8": GemmShape(**fp8)})
+    tokens = [1, 4, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    shapes = [(1536, 4096), (4096, 512), (2752, 4096), (4096, 1376), (10240, 8192), (8192, 1024)]
+    rows = pd.DataFrame([(m, n, k, d) for m in tokens for n, k in shapes for d in ("bf16", "fp8")],
+                        columns=["m", "n", "k", "dtype"])
+    rows["weight_bytes"] = np.where(rows["dtype"] == "fp8", 1.0, 2.0)
+    rows["seconds"] = _noisy([planted.gemm_time_s(m, n, k, weight_bytes=w, dtype=d) for m, n, k, w, d in
+                              zip(rows["m"], rows["n"], rows["k"], rows["weight_bytes"], rows["dtype"])], rng)
+    rows["train"] = True
+    notes: list[str] = []
+    got = _fit_gemms(rows, base, notes).efficiency
+    assert got.compute == pytest.approx(0.62, rel=0.03) and got.memory == pytest.approx(0.81, rel=0.03)
+    own = got.gemm_by_dtype["fp8"]
+    assert (own.tile_m, own.tile_n) == (64, 128)
+    assert own.compute == pytest.approx(0.45, rel=0.05) and own.m_half == pytest.approx(20.0, rel=0.25)
+    assert not notes
+
+
+def test_attention_phases_get_their_own_rooflines():
+    rng = np.random.default_rng(3)
+    gpu = load_gpu("h100-sxm")
+    flops = np.geomspace(1e7, 1e13, 60)
+    nbytes = np.geomspace(1e5, 5e9, 60)[::-1].copy()
+    rows = pd.DataFrame({"flops": flops, "nbytes": nbytes})
+    truth = max  # the roofline, written out: max(F / (P·η_c), B / (M·η_m)) + t_launch
+    rows["seconds"] = _noisy([truth(f / (gpu.bf16_flops_per_s * 0.52), b / (gpu.memory_bw_bytes_per_s * 0.71))
+                              + 11e-6 for f, b in zip(flops, nbytes)], rng)
+    kernel = fit.fit_attention_kernel(rows, gpu)
+    assert kernel.compute == pytest.approx(0.52, rel=0.05) and kernel.memory == pytest.approx(0.71, rel=0.05)
+    assert kernel.launch_s == pytest.approx(11e-6, rel=0.15)
+
+
 def _ring_s(op: str, p: int, nbytes: float, t0: float, alpha: float, bw: float) -> float:
     """The alpha-beta oracle, written out: all-reduce 2(p−1) steps and 2(p−1)/p·S, all-gather half that."""
     phases = 2 if op == "allreduce" else 1

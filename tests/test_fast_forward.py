@@ -135,9 +135,22 @@ def test_fast_forward_gives_what_stepping_gives(tmp_path, case):
         assert exact.meta["kv_blocked_batches"] > 0
 
 
+def _own_decode_attention_cluster() -> dict:
+    """h100-nvlink-node whose GPU has its own decode-attention roofline (profile schema 2)."""
+    from splitsim.hardware.catalog import load_cluster
+
+    cluster = load_cluster("h100-nvlink-node")
+    from splitsim.hardware.gpu import AttentionKernel
+
+    efficiency = cluster.gpu.efficiency.model_copy(update={"attention_decode": AttentionKernel(
+        compute=0.41, memory=0.67, launch_s=13.7e-6)})
+    return cluster.model_copy(update={"gpu": cluster.gpu.model_copy(update={"efficiency": efficiency})}).model_dump()
+
+
 @pytest.mark.parametrize("overrides", [{"parallel": {"tp": 4}}, {"precision": {"weights": "fp8"}},
                                        {"parallel": {"tp": 2, "pp": 2}}, {"cluster": "l40s-pcie-node",
-                                                                          "parallel": {"tp": 4}}])
+                                                                          "parallel": {"tp": 4}},
+                                       {"cluster": _own_decode_attention_cluster()}])
 def test_decode_step_times_are_stage_time_bit_for_bit(overrides):
     plan = build_plan(scenario_from_dict(scenario_dict(**overrides)))
     for stage in range(plan.pp):

@@ -137,3 +137,42 @@ def test_collectives_refuse_groups_uneven_across_nodes():
     for cost in (collectives.allreduce_s, collectives.allgather_s):
         with pytest.raises(ValueError, match="as many GPUs on each node"):
             cost(cluster, list(range(12)), 1e6)
+
+
+def test_a_dtype_with_its_own_gemm_figures_is_priced_with_them():
+    """Schema 2: fp8 GEMMs use their own η_peak, tile, γ and m½; bf16 keeps the defaults. Written out here."""
+    import math
+
+    from splitsim.hardware.catalog import load_gpu
+
+    base = load_gpu("h100-sxm")
+    fp8 = {"compute": 0.55, "tile_m": 64, "tile_n": 128, "wave_exponent": 0.5, "m_half": 30.0}
+    from splitsim.hardware.gpu import GemmShape
+
+    gpu = base.model_copy(update={"efficiency": base.efficiency.model_copy(
+        update={"gemm_by_dtype": {"fp8": GemmShape(**fp8)}})})
+    e = gpu.efficiency
+    m, n, k = 200, 3000, 8192
+    tiles = math.ceil(m / 64) * math.ceil(n / 128)
+    q = m * n / (math.ceil(tiles / gpu.num_sms) * gpu.num_sms * 64 * 128)
+    compute = 2.0 * m * n * k / (gpu.fp8_flops_per_s * 0.55 * q ** 0.5 * m / (m + 30.0))
+    memory = ((m * k + m * n) * 2.0 + k * n * 1.0) / (gpu.memory_bw_bytes_per_s * e.memory)
+    assert gpu.gemm_time_s(m, n, k, weight_bytes=1.0, dtype="fp8") == pytest.approx(max(compute, memory) + e.launch_s,
+                                                                                     rel=1e-12)
+    assert gpu.gemm_time_s(m, n, k, weight_bytes=2.0) == base.gemm_time_s(m, n, k, weight_bytes=2.0)
+
+
+def test_prefill_and_decode_attention_take_their_own_rooflines():
+    from splitsim.hardware.catalog import load_gpu
+
+    base = load_gpu("h100-sxm")
+    e = base.efficiency
+    assert base.attention_time_s(3e12, 1e9, "prefill") == base.kernel_time_s(3e12, 1e9, compute_efficiency=e.attention)
+    from splitsim.hardware.gpu import AttentionKernel
+
+    own = e.model_copy(update={"attention_decode": AttentionKernel(compute=0.3, memory=0.6, launch_s=12e-6)})
+    gpu = base.model_copy(update={"efficiency": own})
+    flops, nbytes = 4e9, 2e9
+    expected = max(flops / (base.bf16_flops_per_s * 0.3), nbytes / (base.memory_bw_bytes_per_s * 0.6)) + 12e-6
+    assert gpu.attention_time_s(flops, nbytes, "decode") == pytest.approx(expected, rel=1e-12)
+    assert gpu.attention_time_s(flops, nbytes, "prefill") == base.attention_time_s(flops, nbytes, "prefill")

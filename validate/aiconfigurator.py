@@ -24,6 +24,7 @@ import importlib.util
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,7 +140,7 @@ def systems(root: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------- rows
 
-def _read(path: Path, required: tuple[str, ...], defaults: dict[str, object] | None = None) -> pd.DataFrame:
+def _read(path: Path, required: tuple[str, ...], defaults: dict[str, Any] | None = None) -> pd.DataFrame:
     """A table with the columns we use; older collections lack some optional ones (then their default)."""
     try:
         frame = pd.read_parquet(path)
@@ -197,14 +198,14 @@ def attention_rows(table: Table) -> pd.DataFrame:
                       & (frame["num_heads"] % frame["num_key_value_heads"] == 0)]
         kernel = sorted(frame["kernel_source"].unique())[0] if len(frame) else None
         frame = frame[frame["kernel_source"] == kernel]
-        for row in frame.itertuples():
-            model = _attention_model(int(row.num_heads), int(row.num_key_value_heads), int(row.head_dim))
-            batch, length = int(row.batch_size), int(row.isl)
-            shape = (BatchShape(prefill=((length, 0),) * batch) if phase == "prefill" else
-                     BatchShape(num_decode=batch, decode_context=batch * (int(row.step) + 1)))
-            op = attention(model, shape, sharding)[0 if phase == "prefill" else 1]
-            rows.append((op.flops, op.nbytes, phase, f"attention {phase}", float(row.latency) * MS,
-                         (int(row.num_heads), int(row.num_key_value_heads), int(row.head_dim))))
+        columns = ("num_heads", "num_key_value_heads", "head_dim", "batch_size", "isl", "step", "latency")
+        for heads, kv_heads, head_dim, batch, length, step, latency in zip(
+                *(frame[c].to_numpy() for c in columns), strict=True):
+            key = (int(heads), int(kv_heads), int(head_dim))
+            shape = (BatchShape(prefill=((int(length), 0),) * int(batch)) if phase == "prefill" else
+                     BatchShape(num_decode=int(batch), decode_context=int(batch) * (int(step) + 1)))
+            op = attention(_attention_model(*key), shape, sharding)[0 if phase == "prefill" else 1]
+            rows.append((op.flops, op.nbytes, phase, f"attention {phase}", float(latency) * MS, key))
     frame = pd.DataFrame(rows, columns=["flops", "nbytes", "phase", "op", "seconds", "shape"])
     keys = frame["shape"].map(lambda s: s[0] * 1_000_000 + s[1] * 1_000 + s[2]).to_numpy()
     frame["train"] = fit.every_other(keys)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster, load_gpu
-from splitsim.hardware.gpu import GpuSpec
+from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
@@ -111,15 +111,14 @@ def calibrate(data: Dataset, name: str) -> Calibration:
     errors: dict[str, ErrorStats] = {}
     where = data.description
     try:
-        gemm_fit = fit.fit_gemm(data.gemm[data.gemm["train"]], data.gpu)
+        gpu = _fit_gemms(data.gemm, data.gpu, notes)
     except ValueError as err:
         raise _fail(where, err) from None
-    gpu = gemm_fit.gpu(data.gpu)
     gemm_s = partial(fit.gemm_times_s, gpu)
     errors["gemm"] = _evaluate(data.gemm, gemm_s)
     by_op = {str(op): _evaluate(part, gemm_s) for op, part in data.gemm.groupby("op")} \
         if "op" in data.gemm.columns else {}
-    efficiency = gemm_fit.efficiency
+    efficiency = gpu.efficiency
     if data.elementwise is not None and len(data.elementwise) >= 2:
         try:
             point = fit.fit_p2p(data.elementwise[data.elementwise["train"]])  # the same α + S/B form
@@ -142,12 +141,18 @@ def calibrate(data: Dataset, name: str) -> Calibration:
             measured = attention_rows["seconds"].to_numpy(float)
             rope_s = np.array([gpu.elementwise_time_s(b) for b in attention_rows["rope_bytes"].to_numpy(float)])
             attention_rows = attention_rows.assign(seconds=np.maximum(measured - rope_s, 0.1 * measured))
-        att = fit.fit_attention(attention_rows[attention_rows["train"]], gpu)
-        efficiency = efficiency.model_copy(update={"attention": att.attention})
-        gpu = gpu.model_copy(update={"efficiency": efficiency})
-        errors["attention"] = _evaluate(attention_rows, partial(fit.attention_times_s, gpu, attention=att.attention))
-        attention_note = ("attention efficiency fitted" if att.fitted else
-                          f"attention efficiency {att.attention:g} kept from {data.gpu.name} (no compute-bound row)")
+        if "phase" in attention_rows.columns:  # prefill and decode kernels apart (profile schema 2)
+            efficiency, attention_note = _fit_attention_phases(attention_rows, gpu, efficiency, errors, where)
+            gpu = gpu.model_copy(update={"efficiency": efficiency})
+        else:
+            att = fit.fit_attention(attention_rows[attention_rows["train"]], gpu)
+            efficiency = efficiency.model_copy(update={"attention": att.attention})
+            gpu = gpu.model_copy(update={"efficiency": efficiency})
+            errors["attention"] = _evaluate(attention_rows,
+                                            partial(fit.attention_times_s, gpu, attention=att.attention))
+            attention_note = ("attention efficiency fitted" if att.fitted else
+                              f"attention efficiency {att.attention:g} kept from {data.gpu.name} "
+                              "(no compute-bound row)")
     notes.append(attention_note)
     gemm_err = errors["gemm"]
     efficiency = efficiency.model_copy(update={"source": (
@@ -172,6 +177,49 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         except ValueError as err:
             notes.append(f"warning: the profile does not apply to cluster {data.cluster}: {err}")
     return Calibration(profile, by_op, notes)
+
+
+def _fit_gemms(rows: pd.DataFrame, gpu: GpuSpec, notes: list[str]) -> GpuSpec:
+    """The GEMM figures: all of them on bf16 rows (or on every row, when they hold one dtype), then each other
+    dtype's own η_peak, γ, m½ and tile with the memory efficiency and launch cost held (profile schema 2)."""
+    train = rows[rows["train"]]
+    dtypes = sorted(set(train["dtype"])) if "dtype" in train.columns else []
+    base = "bf16" if "bf16" in dtypes else (dtypes[0] if dtypes else None)
+    fitted = fit.fit_gemm(train if len(dtypes) < 2 else train[train["dtype"] == base], gpu)
+    gpu = fitted.gpu(gpu)
+    own = {}
+    for dtype in dtypes:
+        part = train[train["dtype"] == dtype]
+        if dtype == base:
+            continue
+        if len(part) < 5:
+            notes.append(f"{dtype} GEMMs: {len(part)} training rows, too few for their own fit: {base}'s used")
+            continue
+        e = gpu.efficiency
+        own[dtype] = fit.gemm_shape(fit.fit_gemm(part, gpu, memory_and_launch=(e.memory, e.launch_s)))
+    if own:
+        gpu = gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"gemm_by_dtype": own})})
+    return gpu
+
+
+def _fit_attention_phases(rows: pd.DataFrame, gpu: GpuSpec, efficiency: Efficiency, errors: dict[str, ErrorStats],
+                          where: str) -> tuple[Efficiency, str]:
+    """Prefill and decode attention, each its own roofline (η_c, η_m, t_launch)."""
+    update = {}
+    for phase, part in rows.groupby("phase"):
+        try:
+            update[f"attention_{phase}"] = fit.fit_attention_kernel(part[part["train"]], gpu)
+        except ValueError as err:
+            raise _fail(where, err) from None
+    efficiency = efficiency.model_copy(update=update)
+    fitted = gpu.model_copy(update={"efficiency": efficiency})
+    predicted = pd.Series(0.0, index=rows.index)
+    for phase, part in rows.groupby("phase"):
+        predict = partial(fit.attention_kernel_times_s, fitted, phase=str(phase))
+        predicted[part.index] = predict(part)
+        errors[f"attention {phase}"] = _evaluate(part, predict)
+    errors["attention"] = _evaluate(rows, lambda r: predicted[r.index].to_numpy())
+    return efficiency, f"attention fitted per phase ({', '.join(k.split('_')[1] for k in update)})"
 
 
 def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
@@ -360,9 +408,8 @@ def runner_dataset(folders: list[Path]) -> Dataset:
 # ------------------------------------------------------------------------------- aiconfigurator input
 
 def aiconfigurator_dataset(system: str, framework: str, version: str | None, tables: Path | None) -> Dataset:
-    """One system's measured kernel tables (validate/aiconfigurator.py): the engine's GEMMs, its attention
-    kernels and NCCL inside a node. The profile's GEMM efficiency is one for every dtype (schema 1): it is
-    fitted on bf16 and the fp8 rows are all held out, so their error says how far one efficiency is off."""
+    """One system's measured kernel tables (validate/aiconfigurator.py): the engine's GEMMs per dtype, its
+    prefill and decode attention kernels and NCCL inside a node."""
     root = aiconfigurator.data_root(tables)
     if system not in aiconfigurator.SYSTEMS:
         raise ScenarioError(f"--aiconfigurator {system}: not a system with a splitsim GPU preset "
@@ -371,7 +418,6 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
     chosen = [aiconfigurator.pick_table(root, system, "gemm", framework, version),
               aiconfigurator.pick_table(root, system, "attention", framework, version)]
     gemm = aiconfigurator.gemm_rows(chosen[0], framework)
-    gemm["train"] &= gemm["dtype"] == "bf16"
     collectives = None
     if (root / system / "comm" / "nccl").is_dir():
         chosen.append(aiconfigurator.pick_table(root, system, "comm", "nccl"))

@@ -29,7 +29,7 @@ import pandas as pd
 from scipy.optimize import least_squares, nnls
 
 from splitsim.hardware.collectives import ring_allgather_s, ring_allreduce_s
-from splitsim.hardware.gpu import Efficiency, GpuSpec
+from splitsim.hardware.gpu import AttentionKernel, Efficiency, GemmShape, GpuSpec
 
 US = 1e-6
 TILES: tuple[tuple[int, int], ...] = tuple((a, b) for a in (64, 128, 256) for b in (64, 128, 256))
@@ -146,26 +146,35 @@ def _gemm_starts(data: _GemmArrays) -> list[list[float]]:
     return [[eta_peak, gamma, m_half, eta_m, launch_us] for gamma in (0.2, 0.8) for m_half in (16.0, 128.0)]
 
 
-def fit_gemm(rows: pd.DataFrame, gpu: GpuSpec, tiles: Sequence[tuple[int, int]] = TILES) -> GemmFit:
-    """η_peak, γ, m½, η_m and t_launch of `gpu` from GEMM timings; the tile from `tiles` by best fit."""
+def fit_gemm(rows: pd.DataFrame, gpu: GpuSpec, tiles: Sequence[tuple[int, int]] = TILES,
+             memory_and_launch: tuple[float, float] | None = None) -> GemmFit:
+    """η_peak, γ, m½, η_m and t_launch of `gpu` from GEMM timings; the tile from `tiles` by best fit.
+    `memory_and_launch` holds η_m and t_launch (s) at given values (a second dtype's fit: the memory system
+    and the launch are the GPU's, the kernels are the dtype's)."""
     if len(rows) < 5:
         raise ValueError(f"a GEMM fit needs at least 5 rows, got {len(rows)}")
     data = _GemmArrays(gpu, rows)
     starts = _gemm_starts(data)
+    lower, upper = _GEMM_LOWER, _GEMM_UPPER
+    if memory_and_launch is not None:
+        held = [memory_and_launch[0], memory_and_launch[1] / US]
+        starts, lower, upper = [start[:3] for start in starts], lower[:3], upper[:3]
     fits: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
     for tile in dict.fromkeys(tiles):
         wave = data.wave(tile)
 
         def residual(x: np.ndarray, wave: np.ndarray = wave) -> np.ndarray:
-            return np.log(data.seconds(x, wave)) - data.log_seconds
+            full = x if memory_and_launch is None else np.concatenate([x, held])
+            return np.log(data.seconds(full, wave)) - data.log_seconds
 
-        x = _least_squares(residual, starts, _GEMM_LOWER, _GEMM_UPPER)
-        fits[tile] = (float(np.sqrt(np.mean(residual(x) ** 2))), x)
+        x = _least_squares(residual, starts, lower, upper)
+        fits[tile] = (float(np.sqrt(np.mean(residual(x) ** 2))),
+                      x if memory_and_launch is None else np.concatenate([x, held]))
     tile = min(fits, key=lambda t: fits[t][0])
     eta_peak, gamma, m_half, eta_m, launch_us = (float(v) for v in fits[tile][1])
     efficiency = gpu.efficiency.model_copy(update={
         "compute": eta_peak, "tile_m": tile[0], "tile_n": tile[1], "wave_exponent": gamma, "m_half": m_half,
-        "memory": eta_m, "launch_s": launch_us * US, "assumed": False,
+        "memory": eta_m, "launch_s": launch_us * US, "assumed": False, "gemm_by_dtype": {},
     })
     fitted = gpu.model_copy(update={"efficiency": efficiency})
     predicted = gemm_times_s(fitted, rows)
@@ -177,6 +186,13 @@ def fit_gemm(rows: pd.DataFrame, gpu: GpuSpec, tiles: Sequence[tuple[int, int]] 
                    {t: rms for t, (rms, _) in fits.items()})
 
 
+def gemm_shape(fitted: GemmFit) -> GemmShape:
+    """A dtype's own GEMM figures (`Efficiency.gemm_by_dtype`) from its fit."""
+    e = fitted.efficiency
+    return GemmShape(compute=e.compute, tile_m=e.tile_m, tile_n=e.tile_n, wave_exponent=e.wave_exponent,
+                     m_half=e.m_half)
+
+
 # ------------------------------------------------------------------------------------------ attention
 
 @dataclass(frozen=True)
@@ -186,6 +202,28 @@ class AttentionFit:
     attention: float
     fitted: bool
     residuals: Residuals
+
+
+def fit_attention_kernel(rows: pd.DataFrame, gpu: GpuSpec) -> AttentionKernel:
+    """η_c, η_m and t_launch of one phase's attention kernels (`GpuSpec.attention_time_s`) from timings."""
+    if len(rows) < 3:
+        raise ValueError(f"an attention fit needs at least 3 rows, got {len(rows)}")
+    flops, nbytes = rows["flops"].to_numpy(float), rows["nbytes"].to_numpy(float)
+    log_seconds = np.log(rows["seconds"].to_numpy(float))
+
+    def seconds(x: np.ndarray) -> np.ndarray:
+        eta_c, eta_m, launch_us = x
+        return np.maximum(flops / (gpu.bf16_flops_per_s * eta_c), nbytes / (gpu.memory_bw_bytes_per_s * eta_m)) \
+            + launch_us * US
+
+    x = _least_squares(lambda x: np.log(seconds(x)) - log_seconds,
+                       [[0.5, 0.5, 5.0], [0.2, 0.9, 20.0], [0.8, 0.3, 2.0]], [1e-4, 1e-4, 0.0], [1.0, 1.0, 1e5])
+    return AttentionKernel(compute=float(x[0]), memory=float(x[1]), launch_s=float(x[2]) * US)
+
+
+def attention_kernel_times_s(gpu: GpuSpec, rows: pd.DataFrame, phase: str) -> np.ndarray:
+    """The simulator's seconds (`GpuSpec.attention_time_s`) for each attention row of `phase`."""
+    return np.array([gpu.attention_time_s(float(f), float(b), phase) for f, b in zip(rows["flops"], rows["nbytes"])])
 
 
 def attention_times_s(gpu: GpuSpec, rows: pd.DataFrame, attention: float) -> np.ndarray:
