@@ -68,7 +68,7 @@ def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys)
     profile = yaml.safe_load(out.read_text())
     assert profile["gpu"] == "h100-sxm" and profile["schema"] == "splitsim.hardware-profile/2"
     assert set(profile["efficiency"]["gemm_by_dtype"]) == {"fp8"} and profile["efficiency"]["attention_decode"]
-    assert profile["fitted_on"][0] == "aiconfigurator-core h100_sxm/gemm/vllm/0.24.0"
+    assert profile["fitted_on"][0] == "aiconfigurator-core tables at excerpt/ h100_sxm/gemm/vllm/0.24.0"
     assert 0.3 < profile["efficiency"]["compute"] <= 1.0 and profile["intra_node"]["bw_bytes_per_s"] > 50e9
 
 

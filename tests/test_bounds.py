@@ -52,8 +52,7 @@ def test_the_bound_is_the_best_batch_on_the_engines_step_times(slack):
 
 def test_a_limit_no_batch_meets_bounds_throughput_at_zero():
     plan = _plan()
-    quickest = min(sum(_step_s(plan, b, 513)) for b in range(1, 65))  # not b = 1 here: see below
-    assert quickest < sum(_step_s(plan, 1, 513))
+    quickest = min(sum(_step_s(plan, b, 513)) for b in range(1, 65))  # not always b = 1 (sim/bounds.py)
     assert decode_bound(plan, 512, 64, quickest * 0.99).tokens_per_s_per_gpu == 0.0
     assert decode_bound(plan, 512, 64, quickest * 1.01).tokens_per_s_per_gpu > 0.0
 

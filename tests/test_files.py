@@ -228,8 +228,16 @@ def test_every_shipped_preset_still_loads():
     from splitsim.models.spec import catalog_names, load_model
 
     root = Path(str(resources.files("splitsim.hardware") / "catalog"))
-    files = sorted(root.glob("**/*.yaml"))
+    files = sorted(p for p in root.glob("**/*.yaml") if p.parent.name != "profiles")
     assert len(files) == sum(len(preset_names(kind)) for kind in ("gpus", "fabrics", "clusters")) >= 15
+    from splitsim.hardware.profile import apply_profile, load_profile
+
+    for path in sorted((root / "profiles").glob("*.yaml")):  # fitted profiles, each for its GPU's cluster
+        profile = load_profile(path)
+        assert profile.name == path.stem
+        node = {"h100-sxm": "h100-nvlink-node", "a100-sxm": "a100-nvlink-node", "l40s": "l40s-pcie-node"}
+        if profile.gpu in node:
+            assert apply_profile(load_cluster(node[profile.gpu]), profile).gpu.efficiency == profile.efficiency
     for path in files:
         assert read_yaml_file(path, "preset")["name"] == path.stem
     for name in preset_names("clusters"):

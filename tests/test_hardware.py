@@ -27,8 +27,9 @@ def test_large_gemm_is_compute_bound_at_the_fitted_efficiency():
     expected = 2 * m * n * k / (q(raw["bf16_flops_per_s"], "flops_per_s") * eta) + q(eff["launch_s"], "seconds")
     got = load_gpu("h100-sxm").gemm_time_s(m, n, k, weight_bytes=2)
     assert got == pytest.approx(expected, rel=1e-12)
-    # Sanity against the datasheet: a big bf16 GEMM runs at 60-80% of 989 TFLOPS.
-    assert 0.6 < 2 * m * n * k / got / 989e12 < 0.8
+    # Against a measurement: aiconfigurator-core 0.12.0, h100_sxm/gemm/vllm/0.24.0, torch.nn.functional.linear
+    # bf16 8192³: 1.5417 ms (713 TFLOPS, 72 % of 989); within the fit's held-out p90 (15 %).
+    assert got == pytest.approx(1.5417e-3, rel=0.15)
 
 
 def test_decode_gemm_is_memory_bound_and_fp8_halves_weight_bytes():
@@ -40,7 +41,14 @@ def test_decode_gemm_is_memory_bound_and_fp8_halves_weight_bytes():
     bf16 = gpu.gemm_time_s(m, n, k, weight_bytes=2)
     fp8 = gpu.gemm_time_s(m, n, k, weight_bytes=1, dtype="fp8")
     assert bf16 == pytest.approx((m * k + m * n) * 2 / bw + k * n * 2 / bw + launch, rel=1e-12)
-    assert fp8 == pytest.approx((m * k + m * n) * 2 / bw + k * n * 1 / bw + launch, rel=1e-12)
+    # fp8 reads half the weight bytes; the preset prices its compute with the bf16 figures at the fp8 peak
+    tiles = math.ceil(m / eff["tile_m"]) * math.ceil(n / eff["tile_n"])
+    quant = m * n / (math.ceil(tiles / raw["num_sms"]) * raw["num_sms"] * eff["tile_m"] * eff["tile_n"])
+    eta = eff["compute"] * quant ** eff["wave_exponent"] * m / (m + eff["m_half"])
+    compute = 2 * m * n * k / (q(raw["fp8_flops_per_s"], "flops_per_s") * eta)
+    assert fp8 == pytest.approx(max(compute, (m * k + m * n) * 2 / bw + k * n * 1 / bw) + launch, rel=1e-12)
+    # Measured (aiconfigurator-core 0.12.0, h100_sxm/gemm/vllm/0.24.0): 46.2 µs bf16, 29.2 µs fp8 (Cutlass).
+    assert bf16 == pytest.approx(46.2e-6, rel=0.15) and fp8 == pytest.approx(29.2e-6, rel=0.15)
 
 
 def test_fp8_compute_needs_fp8_tensor_cores():
@@ -165,7 +173,9 @@ def test_a_dtype_with_its_own_gemm_figures_is_priced_with_them():
 def test_prefill_and_decode_attention_take_their_own_rooflines():
     from splitsim.hardware.catalog import load_gpu
 
-    base = load_gpu("h100-sxm")
+    preset = load_gpu("h100-sxm")
+    base = preset.model_copy(update={"efficiency": preset.efficiency.model_copy(
+        update={"attention_prefill": None, "attention_decode": None})})
     e = base.efficiency
     assert base.attention_time_s(3e12, 1e9, "prefill") == base.kernel_time_s(3e12, 1e9, compute_efficiency=e.attention)
     from splitsim.hardware.gpu import AttentionKernel

@@ -84,6 +84,18 @@ def data_root(given: Path | None = None) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "systems" / "data"
 
 
+def package_version(given: Path | None) -> str:
+    """`aiconfigurator-core X.Y.Z` (the installed package), or what `--tables` names: the figures' source."""
+    if given is not None:
+        return f"aiconfigurator-core tables at {given.name}/"
+    import importlib.metadata
+
+    try:
+        return f"aiconfigurator-core {importlib.metadata.version('aiconfigurator-core')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "aiconfigurator-core"
+
+
 def _version_key(version: str) -> tuple[tuple[int, str], ...]:
     """Sortable: numbers as numbers, so 0.5.14 > 0.5.9 and 1.3.0rc20 > 1.3.0rc11."""
     return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.findall(r"\d+|[a-z]+", version))

@@ -118,6 +118,8 @@ def calibrate(data: Dataset, name: str) -> Calibration:
     errors["gemm"] = _evaluate(data.gemm, gemm_s)
     by_op = {str(op): _evaluate(part, gemm_s) for op, part in data.gemm.groupby("op")} \
         if "op" in data.gemm.columns else {}
+    if "dtype" in data.gemm.columns and data.gemm["dtype"].nunique() > 1:  # each dtype's own error, in the profile
+        errors |= {f"gemm {dtype}": _evaluate(part, gemm_s) for dtype, part in data.gemm.groupby("dtype")}
     efficiency = gpu.efficiency
     if data.elementwise is not None and len(data.elementwise) >= 2:
         try:
@@ -415,6 +417,7 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
         raise ScenarioError(f"--aiconfigurator {system}: not a system with a splitsim GPU preset "
                             f"(valid: {', '.join(aiconfigurator.systems(root))})")
     gpu_name, cluster = aiconfigurator.SYSTEMS[system]
+    package = aiconfigurator.package_version(tables)
     chosen = [aiconfigurator.pick_table(root, system, "gemm", framework, version),
               aiconfigurator.pick_table(root, system, "attention", framework, version)]
     gemm = aiconfigurator.gemm_rows(chosen[0], framework)
@@ -424,9 +427,8 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
         collectives = aiconfigurator.collective_rows(chosen[-1])
     return Dataset(
         gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
-        collectives=collectives, fitted_on=[f"aiconfigurator-core {system}/{t.op}/{t.framework}/{t.version}"
-                                            for t in chosen],
-        description=f"aiconfigurator-core tables for {system} ({'; '.join(t.describe() for t in chosen)})")
+        collectives=collectives, fitted_on=[f"{package} {system}/{t.op}/{t.framework}/{t.version}" for t in chosen],
+        description=f"{package} tables for {system} ({'; '.join(t.describe() for t in chosen)})")
 
 
 # ---------------------------------------------------------------------------------------------- CLI
