@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import PcieFabric
+from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric
 from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
@@ -37,6 +37,8 @@ class LinkFit(_Strict):
     bw_bytes_per_s: LinkBandwidth = Field(description="achieved ring bandwidth B")
     p2p_latency_s: FixedCost = Field(description="α of one send/recv")
     p2p_bw_bytes_per_s: LinkBandwidth = Field(description="achieved send/recv bandwidth")
+    nvls_latency_s: FixedCost | None = Field(None, description="α of an NVLS all-reduce (NVSwitch that reduces)")
+    nvls_bw_bytes_per_s: LinkBandwidth | None = Field(None, description="its achieved bandwidth")
 
 
 class ErrorStats(_Strict):
@@ -103,6 +105,13 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
         fit = profile.intra_node
         fields = _fabric_update(intra.link_bw_bytes_per_s, fit, "intra_node")
         fields["collective_launch_s"] = fit.collective_launch_s
+        nvls_bw = fit.nvls_bw_bytes_per_s
+        if fit.nvls_latency_s is not None and nvls_bw is not None and isinstance(intra, NvSwitchFabric):
+            if nvls_bw > intra.link_bw_bytes_per_s * (1 + 1e-9):
+                raise ValueError(f"hardware_profile: intra_node.nvls_bw_bytes_per_s = {nvls_bw:.4g} B/s exceeds "
+                                 f"the link rate {intra.link_bw_bytes_per_s:.4g} B/s of the cluster's fabric")
+            fields |= {"nvls": True, "nvls_latency_s": fit.nvls_latency_s,
+                       "nvls_bw_efficiency": nvls_bw / intra.link_bw_bytes_per_s}
         if isinstance(intra, PcieFabric) and not intra.p2p:
             fields = {"collective_launch_s": fit.collective_launch_s, "no_p2p_latency_s": fit.latency_s,
                       "no_p2p_bw_bytes_per_s": fit.bw_bytes_per_s}

@@ -181,7 +181,8 @@ FIGURES = [
     ("network", "p2p_latency_s", "latency"),
     ("link-fit", "bw_bytes_per_s", "link_bandwidth"), ("link-fit", "p2p_bw_bytes_per_s", "link_bandwidth"),
     ("link-fit", "latency_s", "fixed_cost"), ("link-fit", "p2p_latency_s", "fixed_cost"),
-    ("link-fit", "collective_launch_s", "fixed_cost"),
+    ("link-fit", "collective_launch_s", "fixed_cost"), ("link-fit", "nvls_latency_s", "fixed_cost"),
+    ("link-fit", "nvls_bw_bytes_per_s", "link_bandwidth"),
 ]
 # Dimensionless figures: efficiencies in (0, 1]; the wave exponent in [0, 1]; m½ ≥ 0 tokens.
 FRACTIONS = [("gpu", f"efficiency.{f}") for f in ("compute", "memory", "attention", "elementwise")] + [

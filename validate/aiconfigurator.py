@@ -43,6 +43,7 @@ SYSTEMS: dict[str, tuple[str, str | None]] = {
     "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
     "l40s": ("l40s", "l40s-pcie-node"),
 }
+NVLS_SYSTEMS = ("h100_sxm", "h200_sxm")  # third-generation NVSwitch: it reduces (NCCL's NVLS algorithm)
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
 # The GEMM kernel each engine runs for a dtype (the table's kernel_source; older collections' names after the
 # first), and its weight bytes.

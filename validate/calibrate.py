@@ -63,6 +63,7 @@ class Dataset:
     inter_p2p: pd.DataFrame | None = None
     fitted_on: list[str] = field(default_factory=list)
     description: str = ""
+    nvls: bool = False  # the node's NVSwitch reduces: fit NVLS all-reduces beside the ring
 
 
 @dataclass
@@ -163,7 +164,7 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         f"{'held-out' if gemm_err.held_out else 'in-sample'} median error {gemm_err.median:.1%}, "
         f"worst {gemm_err.max:.1%}. {attention_note[0].upper()}{attention_note[1:]}.")})
     try:
-        intra = _link(data.collectives, data.p2p, None, errors, "", notes)
+        intra = _link(data.collectives, data.p2p, None, errors, "", notes, nvls=data.nvls)
         launch = intra.collective_launch_s if intra is not None else None
         inter = _link(data.inter_collectives, data.inter_p2p, launch, errors, "_inter_node", notes)
     except ValueError as err:
@@ -225,16 +226,19 @@ def _fit_attention_phases(rows: pd.DataFrame, gpu: GpuSpec, efficiency: Efficien
 
 
 def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
-          errors: dict[str, ErrorStats], suffix: str, notes: list[str]) -> LinkFit | None:
+          errors: dict[str, ErrorStats], suffix: str, notes: list[str], nvls: bool = False) -> LinkFit | None:
     """The LinkFit of one kind of link; ring figures from send/recv (or the reverse) when one is missing."""
     where = "inter-node" if suffix else "intra-node"
     ring = None
     if collectives is not None and len(collectives):
         ring = fit.fit_collectives(collectives[collectives["train"]], launch_s)
+        if nvls:
+            ring = fit.fit_nvls_collectives(collectives[collectives["train"]], ring)
+            notes.append(f"{where}: NVLS all-reduce fitted beside the ring (NCCL picks the faster)")
         for op, part in collectives.groupby("op"):
             errors[f"{op}{suffix}"] = _evaluate(part, partial(
                 fit.collective_times_s, launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
-                bw_bytes_per_s=ring.bw_bytes_per_s))
+                bw_bytes_per_s=ring.bw_bytes_per_s, nvls=ring.nvls))
         if not ring.alpha_identified:
             notes.append(f"{where}: one ring step count and a free t0: α set to 0, t0 holds it")
     point = None
@@ -256,7 +260,9 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
     return LinkFit(collective_launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
                    bw_bytes_per_s=ring.bw_bytes_per_s,
                    p2p_latency_s=point.latency_s if point else ring.latency_s,
-                   p2p_bw_bytes_per_s=point.bw_bytes_per_s if point else ring.bw_bytes_per_s)
+                   p2p_bw_bytes_per_s=point.bw_bytes_per_s if point else ring.bw_bytes_per_s,
+                   nvls_latency_s=ring.nvls[0] if ring.nvls else None,
+                   nvls_bw_bytes_per_s=ring.nvls[1] if ring.nvls else None)
 
 
 # ---------------------------------------------------------------------------------------- Vidur input
@@ -426,6 +432,7 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
         chosen.append(aiconfigurator.pick_table(root, system, "comm", "nccl"))
         collectives = aiconfigurator.collective_rows(chosen[-1])
     return Dataset(
+        nvls=system in aiconfigurator.NVLS_SYSTEMS,
         gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
         collectives=collectives, fitted_on=[f"{package} {system}/{t.op}/{t.framework}/{t.version}" for t in chosen],
         description=f"{package} tables for {system} ({'; '.join(t.describe() for t in chosen)})")

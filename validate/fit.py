@@ -262,6 +262,7 @@ class CollectiveFit:
     bw_bytes_per_s: float
     alpha_identified: bool
     residuals: Residuals
+    nvls: tuple[float, float] | None = None  # (α_nvls, B_nvls) when the switch reduces large all-reduces
 
 
 def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
@@ -273,10 +274,39 @@ def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
     raise ValueError(f"unknown collective {op!r} (valid: allreduce, allgather)")
 
 
-def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float, bw_bytes_per_s: float) -> np.ndarray:
-    """Seconds of each collective row: t₀ + the ring formula of `hardware.collectives`."""
-    return np.array([launch_s + _ring_s(op, int(p), float(s), latency_s, bw_bytes_per_s)
-                     for op, p, s in zip(rows["op"], rows["group_size"], rows["nbytes"])])
+def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float, bw_bytes_per_s: float,
+                       nvls: tuple[float, float] | None = None) -> np.ndarray:
+    """Seconds of each collective row: t₀ + the ring formula of `hardware.collectives`, or, for an all-reduce of
+    more than two GPUs on a switch that reduces (`nvls` = (α_nvls, B_nvls)), the faster of ring and NVLS."""
+    times = []
+    for op, p, s in zip(rows["op"], rows["group_size"], rows["nbytes"]):
+        t = _ring_s(op, int(p), float(s), latency_s, bw_bytes_per_s)
+        if nvls is not None and op == "allreduce" and int(p) > 2:
+            t = min(t, 2 * nvls[0] + float(s) / nvls[1])
+        times.append(launch_s + t)
+    return np.array(times)
+
+
+def fit_nvls_collectives(rows: pd.DataFrame, ring: CollectiveFit) -> CollectiveFit:
+    """t₀, α, B and the NVLS α and B together, from `ring`'s fit: on an NVSwitch that reduces (NVLS), NCCL
+    runs large all-reduces of more than two GPUs in the switch, so one ring cannot follow the curve."""
+    seconds = rows["seconds"].to_numpy(float)
+    steps, volume = _ring_terms(rows)
+    nbytes = rows["nbytes"].to_numpy(float)
+    switch = (rows["op"].to_numpy() == "allreduce") & (rows["group_size"].to_numpy() > 2)
+
+    def model(x: np.ndarray) -> np.ndarray:  # x = (t₀ µs, α µs, s/GB ring, α_nvls µs, s/GB NVLS)
+        ring_s = steps * x[1] * US + volume * x[2] * 1e-9
+        nvls_s = 2 * x[3] * US + nbytes * x[4] * 1e-9
+        return x[0] * US + np.where(switch, np.minimum(ring_s, nvls_s), ring_s)
+
+    start = [ring.collective_launch_s / US, ring.latency_s / US, 1e9 / ring.bw_bytes_per_s]
+    x = _least_squares(lambda x: np.log(model(x) / seconds),
+                       [start + [10.0, start[2] * 0.5], start + [30.0, start[2]]], [0.0] * 5, [np.inf] * 5)
+    nvls = (float(x[3]) * US, 1e9 / float(x[4]))
+    t0, alpha, bw = float(x[0]) * US, float(x[1]) * US, 1e9 / float(x[2])
+    return CollectiveFit(t0, alpha, bw, True, residuals(collective_times_s(rows, t0, alpha, bw, nvls), seconds),
+                         nvls)
 
 
 def _ring_terms(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -44,6 +45,34 @@ def block(profile: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+FABRICS = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml"}
+KEPT_P2P = "send/recv figures stay Vidur's (the tables have no send/recv)"
+
+
+def fabric(text: str, profile: dict) -> str:
+    """The fabric preset with its collective figures from the profile's `intra_node` fit: t₀, ring α and B,
+    NVLS α and B where fitted; send/recv kept."""
+    fit = profile["intra_node"]
+    rate = float(re.search(r"^link_bw_bytes_per_s: ([\d.]+) GB/s", text, re.M).group(1)) * 1e9  # type: ignore[union-attr]
+    figures = {"bw_efficiency": f"{fit['bw_bytes_per_s'] / rate:.4f}", "latency_s": f"{fit['latency_s'] * 1e6:.4g} us",
+               "collective_launch_s": f"{fit['collective_launch_s'] * 1e6:.4g} us"}
+    if fit.get("nvls_latency_s"):
+        figures |= {"nvls_bw_efficiency": f"{fit['nvls_bw_bytes_per_s'] / rate:.4f}",
+                    "nvls_latency_s": f"{fit['nvls_latency_s'] * 1e6:.4g} us"}
+    for key, value in figures.items():
+        text = re.sub(rf"^{key}: .*$", f"{key}: {value}", text, flags=re.M)
+    errors = profile["errors"]
+    held = ", ".join(f"{kind} {errors[kind]['median']:.1%}" for kind in ("allreduce", "allgather") if kind in errors)
+    table = next(entry for entry in profile["fitted_on"] if "/comm/" in entry)
+    source = (f"Collective figures fitted by splitsim calibrate --aiconfigurator to {table} (fp16 all-reduce and "
+              f"all-gather at 2/4/8 GPUs{', NVLS beside the ring' if fit.get('nvls_latency_s') else ''}; "
+              f"hardware/catalog/profiles/{profile['name']}.yaml); held-out median errors {held}. {KEPT_P2P}, "
+              "and the link rate is the datasheet's.")
+    head = text[:text.index("source: >-")]
+    return head + "source: >-\n" + "\n".join(textwrap.wrap(source, 100, initial_indent="  ",
+                                                         subsequent_indent="  ")) + "\n"
+
+
 def main() -> None:
     for source, preset in PRESETS.items():
         profile = yaml.safe_load((HERE / source).read_text())
@@ -52,6 +81,10 @@ def main() -> None:
         head = text[:text.index(MARK)]
         path.write_text(head + block(profile))
         print(f"{preset}: efficiency from {source}")
+    for source, preset in FABRICS.items():
+        path = HERE.parent / "fabrics" / preset
+        path.write_text(fabric(path.read_text(), yaml.safe_load((HERE / source).read_text())))
+        print(f"{preset}: collective figures from {source}")
 
 
 if __name__ == "__main__":
