@@ -457,3 +457,21 @@ def test_any_ray_address_but_a_running_cluster_is_refused_in_one_line(tmp_path, 
     code = _exit([*command, "--ray", address, "--out", str(out)])
     _check(capsys, code, out / "never", ("--ray",))
     assert code == 2 and not out.exists()
+
+
+AICONFIGURATOR = Path(__file__).resolve().parent / "data" / "aiconfigurator" / "excerpt"
+
+
+@settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))  # a success fits the excerpt (~1 s)
+@given(data=st.data())
+def test_any_aiconfigurator_request_is_fitted_or_refused_in_one_line(tmp_path, capsys, data):
+    pytest.importorskip("pyarrow")
+    folder = _fresh(tmp_path)
+    flags = {"--aiconfigurator": "h100_sxm", "--tables": str(AICONFIGURATOR)}
+    flag = data.draw(st.sampled_from(["--aiconfigurator", "--framework", "--version", "--tables"]))
+    flags[flag] = data.draw(FLAG_VALUES | st.sampled_from(["h100_sxm", "l40s", "vllm", "trtllm", "0.24.0", "2.30.0",
+                                                           str(folder), "1.0"]))
+    out = folder / "p.yaml"
+    code = _exit(["calibrate", *[part for pair in flags.items() for part in pair], "--out", str(out), "--json"])
+    _check(capsys, code, out, (flag, flag.lstrip("-"), "--", "aiconfigurator"))
+    assert code == 0 or not out.exists()
