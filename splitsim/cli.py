@@ -89,6 +89,7 @@ def _cost(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--dtype fp8: {gpu.name} has no FP8 tensor cores (valid: bf16, fp16)")
         seconds = gpu.gemm_time_s(args.m, args.n, args.k, weight_bytes=weight_bytes, dtype=args.dtype)
         label = f"gemm {args.m}×{args.k} · {args.k}×{args.n} {args.dtype} on {gpu.name}"
+        result: dict[str, object] = {"seconds": seconds}
     else:
         cluster = load_cluster(args.cluster)
         if not 2 <= args.gpus <= cluster.num_gpus:
@@ -101,10 +102,11 @@ def _cost(args: argparse.Namespace) -> int:
             seconds = collectives.allgather_s(cluster, gpus, args.bytes)
         else:
             seconds = collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes)
-        label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name}"
+        label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name} (NCCL)"
+        result = {"seconds": seconds, "impl": "nccl"}  # engines' own all-reduces: not modelled yet (issue 10)
     print(f"{label}: {seconds * 1e6:.3f} µs")
     if args.json:
-        print(json.dumps({"seconds": seconds}))
+        print(json.dumps(result))
     return 0
 
 

@@ -128,7 +128,9 @@ def test_shared_links_name_nics_and_the_host_bridge():
 def test_cost_cli_prints_seconds_as_json(capsys):
     assert main(["cost", "sendrecv", "--cluster", "h100-ib-2node", "--gpus", "16", "--bytes", "1e6",
                  "--json"]) == 0
-    seconds = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["seconds"]
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    seconds = answer["seconds"]
+    assert answer["impl"] == "nccl"  # which implementation priced it
     ib = catalog_yaml("fabrics", "ib-ndr-rail")
     nic = q(ib["nic_bw_bytes_per_s"], "bytes_per_s") * ib["p2p_bw_efficiency"]
     assert seconds == pytest.approx(q(ib["p2p_latency_s"], "seconds") + 1e6 / nic, rel=1e-12)
