@@ -43,6 +43,12 @@ SYSTEMS: dict[str, tuple[str, str | None]] = {
     "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
     "l40s": ("l40s", "l40s-pcie-node"),
 }
+# L2 cache per GPU (datasheets / architecture whitepapers: H100 and H200 SXM 50 MB, A100 40 MB, L40S 96 MB).
+# The tables time one GEMM over and over, so a weight matrix the L2 holds is read from cache after the
+# first call; serving reads every layer's weights from memory. GEMM rows whose weights are under twice the
+# L2 are left out (`L2_FACTOR`): their memory side would be fitted to the cache.
+L2_BYTES = {"h100_sxm": 50e6, "h200_sxm": 50e6, "a100_sxm": 40e6, "l40s": 96e6}
+L2_FACTOR = 2.0
 NVLS_SYSTEMS = ("h100_sxm", "h200_sxm")  # third-generation NVSwitch: it reduces (NCCL's NVLS algorithm)
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
 # The GEMM kernel each engine runs for a dtype (the table's kernel_source; older collections' names after the
@@ -168,8 +174,13 @@ def _read(path: Path, required: tuple[str, ...], defaults: dict[str, Any] | None
     return frame
 
 
-def gemm_rows(table: Table, framework: str) -> pd.DataFrame:
-    """GEMM rows (m, n, k, weight_bytes, dtype, op, seconds, train) of the engine's kernel per dtype."""
+LAUNCH_ROWS = (16, 65536)  # at most this m and n·k: a GEMM whose time is its launch, cached or not
+
+
+def gemm_rows(table: Table, framework: str, l2_bytes: float = 0.0) -> tuple[pd.DataFrame, float]:
+    """GEMM rows (m, n, k, weight_bytes, dtype, op, seconds, train) of the engine's kernel per dtype, whose
+    weights are at least L2_FACTOR × `l2_bytes` (the rest were read from the L2 cache), and the launch cost:
+    the median time of the bf16 GEMMs so small (`LAUNCH_ROWS`) that they are nothing else."""
     frame = _read(table.path / "gemm_perf.parquet", ("kernel_source", "gemm_dtype", "m", "n", "k", "latency"))
     parts = []
     for dtype, kernels in GEMM_KERNELS[framework].items():
@@ -181,12 +192,16 @@ def gemm_rows(table: Table, framework: str) -> pd.DataFrame:
                                    "weight_bytes": WEIGHT_BYTES[dtype], "dtype": dtype, "op": dtype,
                                    "seconds": part["latency"] * MS}))
     rows = pd.concat(parts, ignore_index=True)
+    tiny = rows[(rows["dtype"] == "bf16") & (rows["m"] <= LAUNCH_ROWS[0]) & (rows["n"] * rows["k"] <= LAUNCH_ROWS[1])]
+    launch_s = float(tiny["seconds"].median()) if len(tiny) else float("nan")
+    rows = rows[rows["n"] * rows["k"] * rows["weight_bytes"] >= L2_FACTOR * l2_bytes].reset_index(drop=True)
     if not (rows["dtype"] == "bf16").any():
         raise ScenarioError(f"{table.path}: no bf16 GEMM rows of {framework}'s kernels "
-                            f"({', '.join(GEMM_KERNELS[framework]['bf16'])})")
+                            f"({', '.join(GEMM_KERNELS[framework]['bf16'])}) with weights of at least "
+                            f"{L2_FACTOR * l2_bytes / 1e6:g} MB (twice the L2 cache)")
     shapes = rows["n"].astype(np.int64) * 1_000_003 + rows["k"].astype(np.int64)  # one key per (n, k)
     rows["train"] = fit.every_other(shapes.to_numpy())
-    return rows
+    return rows, launch_s
 
 
 @functools.cache

@@ -147,29 +147,32 @@ def _gemm_starts(data: _GemmArrays) -> list[list[float]]:
 
 
 def fit_gemm(rows: pd.DataFrame, gpu: GpuSpec, tiles: Sequence[tuple[int, int]] = TILES,
-             memory_and_launch: tuple[float, float] | None = None) -> GemmFit:
+             memory_and_launch: tuple[float, float] | None = None, launch_s: float | None = None) -> GemmFit:
     """η_peak, γ, m½, η_m and t_launch of `gpu` from GEMM timings; the tile from `tiles` by best fit.
     `memory_and_launch` holds η_m and t_launch (s) at given values (a second dtype's fit: the memory system
-    and the launch are the GPU's, the kernels are the dtype's)."""
+    and the launch are the GPU's, the kernels are the dtype's); `launch_s` holds t_launch alone (rows too
+    large to show it)."""
     if len(rows) < 5:
         raise ValueError(f"a GEMM fit needs at least 5 rows, got {len(rows)}")
     data = _GemmArrays(gpu, rows)
     starts = _gemm_starts(data)
     lower, upper = _GEMM_LOWER, _GEMM_UPPER
+    held: list[float] = []
     if memory_and_launch is not None:
         held = [memory_and_launch[0], memory_and_launch[1] / US]
-        starts, lower, upper = [start[:3] for start in starts], lower[:3], upper[:3]
+    elif launch_s is not None:
+        held = [launch_s / US]
+    free = 5 - len(held)
+    starts, lower, upper = [start[:free] for start in starts], lower[:free], upper[:free]
     fits: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
     for tile in dict.fromkeys(tiles):
         wave = data.wave(tile)
 
         def residual(x: np.ndarray, wave: np.ndarray = wave) -> np.ndarray:
-            full = x if memory_and_launch is None else np.concatenate([x, held])
-            return np.log(data.seconds(full, wave)) - data.log_seconds
+            return np.log(data.seconds(np.concatenate([x, held]), wave)) - data.log_seconds
 
         x = _least_squares(residual, starts, lower, upper)
-        fits[tile] = (float(np.sqrt(np.mean(residual(x) ** 2))),
-                      x if memory_and_launch is None else np.concatenate([x, held]))
+        fits[tile] = (float(np.sqrt(np.mean(residual(x) ** 2))), np.concatenate([x, held]))
     tile = min(fits, key=lambda t: fits[t][0])
     eta_peak, gamma, m_half, eta_m, launch_us = (float(v) for v in fits[tile][1])
     efficiency = gpu.efficiency.model_copy(update={

@@ -14,7 +14,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 GPUS = HERE.parent / "gpus"
 PRESETS = {"h100_sxm-vllm.yaml": "h100-sxm.yaml", "h200_sxm-vllm.yaml": "h200.yaml",
-           "a100_sxm-vllm.yaml": "a100-sxm.yaml"}
+           "a100_sxm-vllm.yaml": "a100-sxm.yaml", "l40s-vllm.yaml": "l40s.yaml"}
 MARK = "efficiency:"
 
 
@@ -25,9 +25,11 @@ def block(profile: dict) -> str:
     lines = [MARK, f"  compute: {e['compute']:.4g}", f"  tile_m: {e['tile_m']}", f"  tile_n: {e['tile_n']}",
              f"  wave_exponent: {e['wave_exponent']:.4g}", f"  m_half: {e['m_half']:.4g}",
              f"  memory: {e['memory']:.4g}", f"  launch_s: {us(e['launch_s'])}", f"  attention: {e['attention']:.4g}"]
-    # gemm_by_dtype is left out: the fitted fp8 figures miss decode-sized fp8 GEMMs (m = 64-1,024) by 1.5-2×
-    # (one tile cannot follow CUTLASS's choice of tile by m), worse for the layouts served than the bf16
-    # figures at the fp8 peak are; see README.md.
+    if e.get("gemm_by_dtype"):
+        lines.append("  gemm_by_dtype:")
+        for dtype, g in e["gemm_by_dtype"].items():
+            lines += [f"    {dtype}: {{compute: {g['compute']:.4g}, tile_m: {g['tile_m']}, tile_n: {g['tile_n']}, "
+                      f"wave_exponent: {g['wave_exponent']:.4g}, m_half: {g['m_half']:.4g}}}"]
     for phase in ("attention_prefill", "attention_decode"):
         if e.get(phase):
             a = e[phase]
@@ -35,12 +37,12 @@ def block(profile: dict) -> str:
                          f"launch_s: {us(a['launch_s'])}}}")
     errors = profile["errors"]
     held = ", ".join(f"{kind} {s['median']:.1%}" for kind, s in errors.items()
-                     if s["held_out"] and kind not in ("gemm", "gemm fp8"))
+                     if s["held_out"] and kind != "gemm")
     package, _, first = profile["fitted_on"][0].rpartition(" ")
     tables = ", ".join(entry.rpartition(" ")[2].split("/", 1)[1] for entry in profile["fitted_on"])
     source = (f"Fitted by splitsim calibrate --aiconfigurator {first.split('/')[0]} to {package}'s measured "
               f"tables ({tables}; hardware/catalog/profiles/{profile['name']}.yaml). Held-out median "
-              f"errors: {held}. fp8 GEMMs use the bf16 figures at the fp8 peak (README.md there).")
+              f"errors: {held}.")
     lines += ["  source: >-", *textwrap.wrap(source, 100, initial_indent="    ", subsequent_indent="    ")]
     return "\n".join(lines) + "\n"
 
