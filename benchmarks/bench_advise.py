@@ -8,13 +8,13 @@ Reference question (issue 9): Llama-3-70B on h100-nvlink-node (8 GPUs), 1,024 pr
 --slo ttft_p99=2,tpot_p99=0.03, --precision bf16,fp8. AIConfigurator answers a similar question in 14.6 s on
 this kind of machine (issue 9's measurement).
 
-Measured here (2 cores), with the presets fitted to aiconfigurator-core's tables (issue 10): 24 candidates:
-4 pruned by memory, 7 skipped by their bound (sim/bounds.py), 13 simulated with the knob variants of the
-best; 84 simulations in 4.8 s with two processes, 8.5 s with one (1.8×); `splitsim advise` end to end
-5.7 s. AIConfigurator: 14.6 s. Best: TP4×PP1×DP2 fp8 at 320 clients, 1,328 output tok/s per GPU, each
-judged point ±1.9 % at worst. With the earlier (Vidur-fitted) presets: 94 simulations, 6.5 s / 11.0 s, best
-the same layout at 1,225 tok/s per GPU; on a local Ray instance 9.7 s. Before bounds, one-event pipelines
-and single-threaded sums: 119 simulations in 32.0 s (two processes), 41.8 s (one).
+Measured here (2 cores), with the presets fitted to aiconfigurator-core's tables (issue 10, fp8 GEMMs their
+own): 24 candidates: 4 pruned by memory, 7 skipped by their bound (sim/bounds.py), 13 simulated with the knob
+variants of the best; 91 simulations in 5.9 s with two processes, 10.5 s with one (1.8×); `splitsim
+advise` end to end 7.2 s. AIConfigurator: 14.6 s. Best: TP4×PP1×DP2 fp8 at 266 clients, 1,097 output tok/s
+per GPU, each judged point ±1.9 % at worst. With the earlier (Vidur-fitted) presets: 94 simulations,
+6.5 s / 11.0 s, the same layout at 1,225 tok/s per GPU; on a local Ray instance 9.7 s. Before bounds,
+one-event pipelines and single-threaded sums: 119 simulations in 32.0 s (two processes), 41.8 s (one).
 """
 
 from __future__ import annotations
