@@ -45,8 +45,10 @@ def _load(kind: str, ref: str) -> dict[str, Any]:
     raise ScenarioError(f"unknown {what} {cut(repr(ref))} (valid: {valid}, or a path to a .yaml file)")
 
 
-def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:
-    """A cluster mapping with its GPU and fabrics looked up, ready for `ClusterSpec`."""
+def resolve_cluster(spec: str | dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """A cluster mapping with its GPU and fabrics looked up, ready for `ClusterSpec`. A mapping with `base`
+    (a preset name or YAML path) is that cluster with the mapping's other keys merged in, at every level:
+    `{base: l40s-pcie-node, intra_node: {p2p: true}}` is the preset with peer-to-peer on."""
     data = dict(_load("clusters", spec) if isinstance(spec, str) else spec)
     for key, kind in (("gpu", "gpus"), ("intra_node", "fabrics"), ("inter_node", "fabrics")):
         if isinstance(data.get(key), str):
@@ -56,7 +58,24 @@ def resolve_cluster(spec: str | dict[str, Any]) -> dict[str, Any]:
                 if not isinstance(spec, str):
                     raise
                 raise ScenarioError(f"{shown(_path('clusters', spec))}: {key}: {err}") from None
+    if "base" in data:
+        base = data.pop("base")
+        if not isinstance(base, str | dict) or depth >= 8:
+            raise ScenarioError(f"cluster.base = {cut(repr(base))}: expected a cluster preset name or YAML path "
+                                "(bases nest at most 8 deep)")
+        merged = _merged(resolve_cluster(base, depth + 1), data)
+        if "name" not in data:
+            merged["name"] = f"{merged.get('name', 'cluster')}+custom"  # not the preset: say so in outputs
+        return merged
     return data
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` merged in, mapping into mapping at every level."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_cluster(spec: str | dict[str, Any] | ClusterSpec) -> ClusterSpec:

@@ -237,8 +237,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         value = parse_yaml_text(raw, f"--set {cut(repr(item))}")  # as strict as a file: no alias bombs
         node = data
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
+            if i == 0 and part == "cluster" and isinstance(child, str):  # a named cluster: derive from it
+                child = node[part] = {"base": child}
             if not isinstance(child, dict):
                 raise ScenarioError(f"--set {cut(key)}: {cut(part)} = {cut(repr(child))} is not a mapping")
             node = child

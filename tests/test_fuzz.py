@@ -475,3 +475,24 @@ def test_any_aiconfigurator_request_is_fitted_or_refused_in_one_line(tmp_path, c
     code = _exit(["calibrate", *[part for pair in flags.items() for part in pair], "--out", str(out), "--json"])
     _check(capsys, code, out, (flag, flag.lstrip("-"), "--", "aiconfigurator"))
     assert code == 0 or not out.exists()
+
+
+CLUSTER_KEYS = ["cluster.base", "cluster.name", "cluster.num_nodes", "cluster.gpus_per_node", "cluster.gpu",
+                "cluster.gpu.memory_bytes", "cluster.gpu.efficiency.compute", "cluster.intra_node",
+                "cluster.intra_node.p2p", "cluster.intra_node.bw_efficiency", "cluster.intra_node.kind",
+                "cluster.inter_node", "cluster.nope"]
+
+
+@settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))
+@given(data=st.data())
+def test_any_change_to_a_named_cluster_runs_or_is_refused_in_one_line(tmp_path, capsys, data):
+    """`--set cluster.KEY=V` on a scenario naming a preset derives from it (`base:`)."""
+    folder, scenario = _base_scenario(tmp_path)
+    key = data.draw(st.sampled_from(CLUSTER_KEYS))
+    value = data.draw(FLAG_VALUES | st.sampled_from(["true", "h100-sxm", "l40s-pcie-node", "2", "0.5",
+                                                     "{p2p: true}", "[1]"]))
+    out = folder / "run"
+    code = _exit(["run", str(scenario), "--set", f"{key}={value}", "--out", str(out)])
+    _check(capsys, code, out / "summary.json", ("cluster", "--set", "s.yaml", "scenario", "workload", "memory",
+                                                 "parallel"))
+    assert code == 0 or not out.exists()

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from helpers import SCENARIOS, error_line
+from splitsim import simulate
 from splitsim.scenario import load_scenario
 
 
@@ -197,3 +198,34 @@ def test_a_result_that_cannot_be_real_is_an_error_naming_the_figure():
         check_result(good.assign(ttft_s=[0.1, 0.0]), {})
     with pytest.raises(ScenarioError, match=r"summary itl_s\.p99 = inf is not finite"):
         check_result(good, {"itl_s": {"p50": 1.0, "p99": float("inf")}})
+
+
+def test_a_cluster_derives_from_a_preset_with_base():
+    """`{base: P, intra_node: {p2p: true}}` is preset P with only that changed (and a name that says so);
+    `--set cluster.intra_node.p2p=true` on a scenario naming P gives the same run."""
+    from splitsim.hardware.catalog import load_cluster
+
+    preset = load_cluster("l40s-pcie-node").model_dump()
+    derived = load_cluster({"base": "l40s-pcie-node", "intra_node": {"p2p": True}}).model_dump()
+    assert derived["intra_node"]["p2p"] is True and derived["name"] == "l40s-pcie-node+custom"
+    for data in (preset, derived):
+        data["intra_node"].pop("p2p"), data.pop("name")
+    assert derived == preset
+    path = SCENARIOS / "l40s-pcie-70b.yaml"
+    by_set = simulate(load_scenario(path, ["cluster.intra_node.p2p=true", "workload.num_requests=20"])).summary
+    inline = simulate(load_scenario(path, ['cluster={base: l40s-pcie-node, intra_node: {p2p: true}}',
+                                           "workload.num_requests=20"])).summary
+    assert by_set == inline and by_set["scenario"]["cluster"] == "l40s-pcie-node+custom"
+    plain = simulate(load_scenario(path, ["workload.num_requests=20"])).summary
+    assert by_set["throughput_tokens_per_s"] != plain["throughput_tokens_per_s"]  # P2P changes the all-reduces
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ("cluster.base=nope", "unknown cluster 'nope'"),
+    ("cluster.base=[1]", "cluster.base = [1]: expected a cluster preset name or YAML path"),
+    ("cluster.intra_node.p2p=maybe", "cluster.intra_node.p2p = 'maybe'"),
+])
+def test_a_bad_derived_cluster_is_one_line(tmp_path, capsys, override, words):
+    err = error_line(capsys, ["run", str(SCENARIOS / "l40s-pcie-70b.yaml"), "--set", override, "--out",
+                              str(tmp_path / "r")])
+    assert words in err and not (tmp_path / "r").exists()
