@@ -29,12 +29,10 @@ import numpy as np
 
 from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
-from splitsim.hardware.catalog import load_cluster
-from splitsim.models.spec import load_model
 from splitsim.pool import Workers, workers_for
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.bounds import Bound, decode_bound
-from splitsim.sim.plan import build_plan
+from splitsim.sim.plan import build_plan, resolve_inputs
 from splitsim.sim.result import flatten
 from splitsim.sim.slo import Slo
 
@@ -104,15 +102,8 @@ def advise(question: Question, jobs: int | None = None,
 
 def resolve_base(base: dict[str, Any]) -> dict[str, Any]:
     """The question's scenario mapping with the model's and cluster's specs in place of their names or paths."""
-    try:
-        model = load_model(base["model"])
-    except ValueError as err:
-        raise ScenarioError(f"model: {err}") from None
-    try:
-        cluster = load_cluster(base["cluster"])
-    except ValueError as err:
-        raise ScenarioError(f"cluster: {str(err).splitlines()[0]}") from None
-    return {**base, "model": model, "cluster": cluster}
+    resolved = resolve_inputs(scenario_from_dict(base))
+    return {**base, "model": resolved.model, "cluster": resolved.cluster}
 
 
 def _simulate(candidates: list[Candidate], advice: Advice, question: Question, workers: Workers,

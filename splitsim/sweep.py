@@ -73,9 +73,9 @@ def run_point(task: tuple[dict[str, Any], Any]) -> dict[str, Any]:
 
     point, scenario = task
     row: dict[str, Any] = {key: _cell(value) for key, value in point.items()}
+    if isinstance(scenario, str):  # refused when its scenario was read
+        return {**row, "error": scenario}
     try:
-        if isinstance(scenario, str):
-            raise ScenarioError(scenario)
         result = simulate(scenario, trace_window_s=0.0)
     except ScenarioError as err:
         return {**row, "error": str(err)}
