@@ -12,6 +12,11 @@
   S/g across the n nodes on each rail, all-gather inside the node. Each phase runs at the speed of the
   links it crosses; rails share a NIC when a node has fewer NICs than the group has GPUs on it.
 
+The engine's own all-reduce (`custom_allreduce_s`, vLLM's rules, `fabric.CustomAllReduce`'s forms):
+- one-shot                α₁ + (p−1)·S/B₁          (each GPU reads every peer's input)
+- two-shot                α₂ + 2(p−1)/p·S/B₂       (reduce-scatter, then all-gather)
+- symmetric memory        α₃ + S/B₃                (multimem: the switch reduces)
+
 `shared_links` names the links a transfer crosses that other, independent transfers may cross too
 (NICs, the PCIe host bridge): the engine's layer mode turns them into resources.
 """
@@ -22,7 +27,9 @@ from collections.abc import Sequence
 from itertools import groupby
 
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric, SharedMemoryFabric
+from splitsim.hardware.fabric import CustomAllReduce, NvSwitchFabric, PcieFabric, SharedMemoryFabric
+
+KIB = 2.0**10
 
 
 def ring_allreduce_s(p: int, nbytes: float, alpha_s: float, bw_bytes_per_s: float) -> float:
@@ -112,6 +119,53 @@ def allreduce_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> flo
     reduce_scatter = ring_allgather_s(per_node, nbytes, alpha, bw)
     # the closing all-gather costs what the reduce-scatter did
     return _launch_s(cluster) + reduce_scatter + inter + reduce_scatter
+
+
+def custom_allreduce_regime(custom: CustomAllReduce, p: int, nbytes: float, peer_links: bool) -> str:
+    """Which of the engine's all-reduces vLLM runs for `nbytes` over `p` GPUs of one node: "one_shot",
+    "two_shot", "symm_mem" or "nccl". `peer_links`: the GPUs are all joined by NVLink, or are 2 with P2P.
+
+    vLLM (custom_all_reduce.py, `CustomAllreduce`): sizes 2, 4, 6, 8 only; more than two GPUs need
+    NVLink between all of them; inputs below `max_bytes`. csrc/custom_all_reduce.cuh (`REDUCE_CASE`):
+    two GPUs always one-shot; up to 4 GPUs one-shot below 512 KiB, up to 8 below 256 KiB; two-shot
+    above. Then symmetric memory (symm_mem.py) below its own limit, and NCCL for the rest.
+    """
+    if not peer_links or p not in (2, 4, 6, 8):
+        return "nccl"
+    if nbytes < custom.max_bytes.get(p, 0.0):
+        one_shot = p == 2 or (p <= 4 and nbytes < 512 * KIB) or nbytes < 256 * KIB
+        return "one_shot" if one_shot else "two_shot"
+    if nbytes < custom.symm_mem_max_bytes.get(p, 0.0):
+        return "symm_mem"
+    return "nccl"
+
+
+def custom_regime_s(custom: CustomAllReduce, regime: str, p: int, nbytes: float) -> float:
+    """Seconds of one of the engine's own all-reduces (not "nccl")."""
+    match regime:
+        case "one_shot":
+            return custom.one_shot_latency_s + (p - 1) * nbytes / custom.one_shot_bw_bytes_per_s
+        case "two_shot":
+            return custom.two_shot_latency_s + 2 * (p - 1) / p * nbytes / custom.two_shot_bw_bytes_per_s
+        case "symm_mem":
+            assert custom.symm_mem_latency_s is not None and custom.symm_mem_bw_bytes_per_s is not None
+            return custom.symm_mem_latency_s + nbytes / custom.symm_mem_bw_bytes_per_s
+    raise ValueError(f"unknown all-reduce regime {regime!r}")
+
+
+def engine_allreduce(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> tuple[float, str]:
+    """(seconds, regime) of an all-reduce as the engine runs it: its own kernels where vLLM's rules allow
+    them and the fabric has their figures, NCCL (`allreduce_s`) otherwise."""
+    fabric = cluster.intra_node
+    custom = fabric.custom_allreduce
+    p = len(gpus)
+    if custom is None or p <= 1 or len(_nodes(cluster, gpus)) > 1:
+        return allreduce_s(cluster, gpus, nbytes), "nccl"
+    peer_links = isinstance(fabric, NvSwitchFabric) or (isinstance(fabric, PcieFabric) and fabric.p2p and p == 2)
+    regime = custom_allreduce_regime(custom, p, nbytes, peer_links)
+    if regime == "nccl":
+        return allreduce_s(cluster, gpus, nbytes), regime
+    return custom_regime_s(custom, regime, p, nbytes), regime
 
 
 def allgather_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> float:

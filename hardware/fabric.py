@@ -13,7 +13,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from splitsim.hardware.units import FixedCost, Fraction, Latency, LinkBandwidth
+from splitsim.hardware.units import BufferSize, FixedCost, Fraction, Latency, LinkBandwidth
+
+MIB = 2.0**20
+ENGINE_MAX_BYTES = 8 * MIB  # vLLM's CustomAllreduce(max_size=8192 * 1024), custom_all_reduce.py
 
 
 class _Fabric(BaseModel):
@@ -27,8 +30,42 @@ class _Fabric(BaseModel):
     source: str
 
 
+class CustomAllReduce(BaseModel):
+    """The serving engine's own all-reduce inside a node, as vLLM runs it (`hardware.collectives` holds the
+    switch points, from vLLM's source): its custom kernels read the peers' buffers directly — one-shot,
+    t = α₁ + (p−1)·S/B₁, or two-shot (reduce-scatter then all-gather), t = α₂ + 2(p−1)/p·S/B₂ — below
+    `max_bytes`; then PyTorch symmetric memory (the switch reduces, t = α₃ + S/B₃) below
+    `symm_mem_max_bytes` where the GPU has it; NCCL above. α and B are fitted to measured tables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    one_shot_latency_s: Latency
+    one_shot_bw_bytes_per_s: LinkBandwidth = Field(description="rate each GPU reads its peers' inputs")
+    two_shot_latency_s: Latency
+    two_shot_bw_bytes_per_s: LinkBandwidth
+    max_bytes: dict[int, BufferSize] = Field(
+        default_factory=lambda: {p: ENGINE_MAX_BYTES for p in (2, 4, 6, 8)},
+        description="per group size: inputs below it take the custom kernels (vLLM's supported sizes 2, 4, 6, 8)")
+    symm_mem_latency_s: Latency | None = None
+    symm_mem_bw_bytes_per_s: LinkBandwidth | None = None
+    symm_mem_max_bytes: dict[int, BufferSize] = Field(
+        default_factory=dict, description="per group size: inputs below it, and not custom, take symmetric memory")
+    source: str
+
+    def __hash__(self) -> int:  # the dicts make pydantic's own hash fail; caches key on fabrics
+        return hash(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _symm_mem_complete(self) -> CustomAllReduce:
+        if self.symm_mem_max_bytes and (self.symm_mem_latency_s is None or self.symm_mem_bw_bytes_per_s is None):
+            raise ValueError("symm_mem_max_bytes: needs symm_mem_latency_s and symm_mem_bw_bytes_per_s")
+        return self
+
+
 class _NodeFabric(_Fabric):
     collective_launch_s: FixedCost = Field(0.0, description="fixed cost of one collective call")
+    custom_allreduce: CustomAllReduce | None = Field(
+        None, description="the engine's own all-reduce figures; without them every all-reduce is NCCL's")
 
 
 class _SwitchedFabric(_NodeFabric):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import NvSwitchFabric, PcieFabric
+from splitsim.hardware.fabric import CustomAllReduce, NvSwitchFabric, PcieFabric
 from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
@@ -39,6 +39,7 @@ class LinkFit(_Strict):
     p2p_bw_bytes_per_s: LinkBandwidth = Field(description="achieved send/recv bandwidth")
     nvls_latency_s: FixedCost | None = Field(None, description="α of an NVLS all-reduce (NVSwitch that reduces)")
     nvls_bw_bytes_per_s: LinkBandwidth | None = Field(None, description="its achieved bandwidth")
+    custom_allreduce: CustomAllReduce | None = Field(None, description="the engine's own all-reduce, fitted")
 
 
 class ErrorStats(_Strict):
@@ -115,6 +116,8 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
         if isinstance(intra, PcieFabric) and not intra.p2p:
             fields = {"collective_launch_s": fit.collective_launch_s, "no_p2p_latency_s": fit.latency_s,
                       "no_p2p_bw_bytes_per_s": fit.bw_bytes_per_s}
+        if fit.custom_allreduce is not None:
+            fields["custom_allreduce"] = fit.custom_allreduce
         update["intra_node"] = intra.model_copy(update=fields)
     if profile.inter_node is not None and cluster.inter_node is not None:
         net = cluster.inter_node

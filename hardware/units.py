@@ -78,7 +78,7 @@ def _finite(number: int | float) -> float:
 
 # ------------------------------------------------------------------------------- plausible figures
 
-FigureKind = Literal["memory", "memory_bandwidth", "link_bandwidth", "flops", "latency", "fixed_cost"]
+FigureKind = Literal["memory", "buffer", "memory_bandwidth", "link_bandwidth", "flops", "latency", "fixed_cost"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,9 @@ PLAUSIBLE: dict[FigureKind, Plausible] = {
                         "Google Coral Edge TPU: 8 MB SRAM",
                         "a 2-socket Xeon host (cpu-core): 8 TB RAM; Rubin Ultra, announced: 1 TB HBM4e",
                         "80 GB", ("GB", "GiB")),
+    "buffer": Plausible("bytes", "buffer size", 1e3, 16e12,
+                        "a 4 KiB memory page", "the largest plausible memory",
+                        "8 MiB", ("KiB", "MiB")),
     "memory_bandwidth": Plausible("bytes_per_s", "memory bandwidth", 10e9, 100e12,
                                   "Raspberry Pi 5, LPDDR4X: 17 GB/s",
                                   "AMD Instinct MI400, announced: 19.6 TB/s HBM4",
@@ -183,6 +186,7 @@ def _figure(kind: FigureKind) -> BeforeValidator:
 
 
 Memory = Annotated[float, _figure("memory")]
+BufferSize = Annotated[float, _figure("buffer")]
 MemoryBandwidth = Annotated[float, _figure("memory_bandwidth")]
 LinkBandwidth = Annotated[float, _figure("link_bandwidth")]
 Flops = Annotated[float, _figure("flops")]

@@ -52,7 +52,7 @@ class StageCosts:
         # Caches shared by every StageCosts of the same model, number formats, GPU (and TP group, for the
         # collectives) in this process: an advisor's runs of many layouts and loads price each shape once.
         layer = (plan.model, plan.sharding, self.gpu)
-        comm = (plan.model, plan.cluster, tuple(self.group))
+        comm = (plan.model, plan.cluster, tuple(self.group), plan.engine)
         self._gemms: dict[int, tuple[float, ...]] = _shared(("gemms", layer))
         self._elementwise: dict[int, tuple[float, ...]] = _shared(("elementwise", layer))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
@@ -78,6 +78,8 @@ class StageCosts:
             case "memory":
                 return self.gpu.elementwise_time_s(op.nbytes)
             case "allreduce":
+                if self.plan.engine.custom_allreduce:
+                    return collectives.engine_allreduce(self.plan.cluster, self.group, op.nbytes)[0]
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")
 
@@ -143,7 +145,7 @@ class StageCosts:
         cached = self._handoff.get(tokens)
         if cached is None:
             assert self.next_group is not None
-            nbytes = tokens * self.plan.model.hidden_size * ACTIVATION_BYTES
+            nbytes = self.plan.engine.handoff_tensors * tokens * self.plan.model.hidden_size * ACTIVATION_BYTES
             cached = self._handoff[tokens] = collectives.handoff_s(
                 self.plan.cluster, self.group, self.next_group, nbytes)
         return cached

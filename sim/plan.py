@@ -22,7 +22,7 @@ from splitsim.models.ops import Sharding
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import Scenario, describe_validation_error
-from splitsim.sim.defaults import resolve_memory, resolve_scheduler
+from splitsim.sim.defaults import ENGINES, resolve_memory, resolve_scheduler
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
@@ -68,8 +68,9 @@ class Plan:
         self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
         self.order = par.order
         self.granularity = scenario.sim.granularity
-        self.scheduler = resolve_scheduler(scenario.scheduler, scenario.memory, cluster.gpu)
-        memory = resolve_memory(scenario.memory)
+        self.engine = ENGINES[scenario.engine]
+        self.scheduler = resolve_scheduler(scenario.scheduler, scenario.memory, cluster.gpu, self.engine)
+        memory = resolve_memory(scenario.memory, self.engine)
         self.gpu_utilization = memory.gpu_utilization
         self.block_size = memory.block_size
         weights = scenario.precision.weights or model.default_weight_dtype

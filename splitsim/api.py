@@ -68,6 +68,9 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
                       "max_batched_tokens": sched.max_batched_tokens},
         "memory": {"gpu_utilization": plan.gpu_utilization, "block_size": plan.block_size,
                    "kv_allocation": sched.kv_allocation},
+        "engine": {"name": plan.engine.name,
+                   "allreduce": "custom, NCCL beyond its limits" if plan.engine.custom_allreduce else "nccl",
+                   "handoff_tensors": plan.engine.handoff_tensors},
         "granularity": plan.granularity, "seed": scenario.sim.seed,
         "hardware_profile": Path(scenario.hardware_profile).name if scenario.hardware_profile else None,
     }

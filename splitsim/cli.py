@@ -81,6 +81,7 @@ def _notes(scenario: Scenario) -> list[str]:
 def _cost(args: argparse.Namespace) -> int:
     from splitsim.hardware import collectives
     from splitsim.hardware.catalog import load_cluster, load_gpu
+    from splitsim.sim.defaults import ENGINES
 
     if args.op == "gemm":
         gpu = load_gpu(args.gpu)
@@ -96,14 +97,18 @@ def _cost(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--gpus = {args.gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
                                 f"(valid: 2 to {cluster.num_gpus})")
         gpus = list(range(args.gpus))
+        regime = "nccl"
         if args.op == "allreduce":
-            seconds = collectives.allreduce_s(cluster, gpus, args.bytes)
+            custom = args.impl == "custom" or (args.engine is not None and ENGINES[args.engine].custom_allreduce)
+            seconds, regime = (collectives.engine_allreduce(cluster, gpus, args.bytes) if custom
+                               else (collectives.allreduce_s(cluster, gpus, args.bytes), "nccl"))
         elif args.op == "allgather":
             seconds = collectives.allgather_s(cluster, gpus, args.bytes)
         else:
             seconds = collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes)
-        label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name} (NCCL)"
-        result = {"seconds": seconds, "impl": "nccl"}  # engines' own all-reduces: not modelled yet (issue 10)
+        how = "NCCL" if regime == "nccl" else f"the engine's own, {regime.replace('_', '-')}"
+        label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name} ({how})"
+        result = {"seconds": seconds, "impl": "nccl" if regime == "nccl" else "custom", "regime": regime}
     print(f"{label}: {seconds * 1e6:.3f} µs")
     if args.json:
         print(json.dumps(result))
@@ -266,7 +271,14 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--n", type=_positive_int, help="columns of the weight")
     cost.add_argument("--k", type=_positive_int, help="inner dimension")
     cost.add_argument("--dtype", choices=["bf16", "fp16", "fp8"], default="bf16")
-    cost.add_argument("--json", action="store_true", help='end with a line {"seconds": x}')
+    impl = cost.add_mutually_exclusive_group()
+    impl.add_argument("--impl", choices=["nccl", "custom"], default=None,
+                      help="allreduce: NCCL (default), or the engine's own all-reduce where vLLM's rules allow it "
+                           "(NCCL beyond them)")
+    impl.add_argument("--engine", choices=["vllm", "sglang", "trtllm", "ideal"], default=None,
+                      help="allreduce: whatever this serving engine runs (vllm, sglang: custom; trtllm, ideal: NCCL)")
+    cost.add_argument("--json", action="store_true",
+                      help='end with a line {"seconds": x} (collectives: and "impl": nccl | custom, "regime")')
     cost.set_defaults(func=_cost)
 
     advise_command.add_parser(sub, _positive_int, _positive_float)
@@ -285,6 +297,8 @@ def _check_cost_args(parser: argparse.ArgumentParser, args: argparse.Namespace) 
     missing = [f"--{name}" for name in needed if getattr(args, name) is None]
     if missing:
         parser.error(f"cost {args.op} needs {', '.join(missing)}")
+    if args.op != "allreduce" and (args.impl is not None or args.engine is not None):
+        parser.error(f"--impl and --engine choose an all-reduce: not for cost {args.op}")
     if args.op != "gemm" and not (args.bytes >= 0 and math.isfinite(args.bytes)):
         parser.error(f"--bytes = {args.bytes:g}: give a finite number of bytes, 0 or more")
 

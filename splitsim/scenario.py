@@ -174,6 +174,9 @@ class Scenario(_Strict):
     scheduler: Scheduler = Scheduler()
     memory: Memory = Memory()
     sim: SimOptions = SimOptions()
+    engine: Literal["vllm", "sglang", "trtllm", "ideal"] = Field(
+        "vllm", description="the serving engine: its all-reduce, hand-offs and default knobs (sim/defaults.py); "
+                            "ideal: the physics alone")
     hardware_profile: str | None = Field(None, description="path to a calibrated profile YAML")
     slo: Slo | None = Field(None, description="service-level objectives, e.g. {ttft: 0.5, tpot: 0.05, ttft_p99: 2}")
 

@@ -70,9 +70,11 @@ def ideal_cluster(gpus_per_node: int = 8, num_nodes: int = 1) -> dict[str, Any]:
 
 
 def scenario_dict(**overrides: Any) -> dict[str, Any]:
-    """A small scenario; keyword arguments replace top-level keys (nested dicts merge)."""
+    """A small scenario; keyword arguments replace top-level keys (nested dicts merge). `engine: ideal`: the
+    closed-form oracles hold the physics alone (test_serving_engine.py tests what an engine adds)."""
     base: dict[str, Any] = {
         "name": "test",
+        "engine": "ideal",
         "model": "llama-3-8b",
         "cluster": "h100-nvlink-node",
         "parallel": {"tp": 1, "pp": 1, "dp": 1},

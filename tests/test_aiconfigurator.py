@@ -34,6 +34,8 @@ def test_held_out_shapes_and_sizes_never_appear_in_the_fit():
     nccl = aic.collective_rows(aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl"))
     assert not set(nccl.loc[nccl["train"], "nbytes"]) & set(nccl.loc[~nccl["train"], "nbytes"])
     assert set(nccl["op"]) == {"allreduce", "allgather"} and set(nccl["group_size"]) == {2, 4, 8}
+    custom = aic.custom_allreduce_rows(aic.pick_table(EXCERPT, "h100_sxm", "comm", "vllm"))
+    assert len(custom) and not set(custom.loc[custom["train"], "nbytes"]) & set(custom.loc[~custom["train"], "nbytes"])
 
 
 def test_weights_the_l2_holds_are_left_out_and_the_launch_comes_from_the_smallest_gemms():
@@ -79,11 +81,15 @@ def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys)
     assert held_out["gemm bf16"]["median"] < 0.1 and held_out["gemm fp8"]["median"] < 0.1  # each dtype its own
     assert held_out["attention prefill"]["median"] < 0.2 and held_out["attention decode"]["median"] < 0.2
     assert held_out["allreduce"]["median"] < 0.25
+    assert held_out["allreduce custom"]["median"] < 0.1 and held_out["allreduce custom"]["n"] >= 10
     profile = yaml.safe_load(out.read_text())
     assert profile["gpu"] == "h100-sxm" and profile["schema"] == "splitsim.hardware-profile/2"
     assert set(profile["efficiency"]["gemm_by_dtype"]) == {"fp8"} and profile["efficiency"]["attention_decode"]
     assert profile["fitted_on"][0] == "aiconfigurator-core tables at excerpt/ h100_sxm/gemm/vllm/0.24.0"
     assert 0.3 < profile["efficiency"]["compute"] <= 1.0 and profile["intra_node"]["bw_bytes_per_s"] > 50e9
+    custom = profile["intra_node"]["custom_allreduce"]  # with the limits of the H100 fabric preset (vLLM's, sm90)
+    assert custom["max_bytes"]["8"] == 256 * 1024 and custom["symm_mem_max_bytes"]["8"] == 64 * 2**20
+    assert 3e-6 < custom["one_shot_latency_s"] < 6e-6 and 100e9 < custom["one_shot_bw_bytes_per_s"] < 450e9
 
 
 @pytest.mark.parametrize(("flags", "words"), [

@@ -39,7 +39,7 @@ PACKAGE = "aiconfigurator_core"
 # aiconfigurator system -> (splitsim GPU preset, a cluster preset the profile should apply to)
 SYSTEMS: dict[str, tuple[str, str | None]] = {
     "h100_sxm": ("h100-sxm", "h100-nvlink-node"),
-    "h200_sxm": ("h200", None),
+    "h200_sxm": ("h200", "h200-nvlink-node"),
     "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
     "l40s": ("l40s", "l40s-pcie-node"),
 }
@@ -49,8 +49,12 @@ SYSTEMS: dict[str, tuple[str, str | None]] = {
 # L2 are left out (`L2_FACTOR`): their memory side would be fitted to the cache.
 L2_BYTES = {"h100_sxm": 50e6, "h200_sxm": 50e6, "a100_sxm": 40e6, "l40s": 96e6}
 L2_FACTOR = 2.0
+NVLINK = {"h100_sxm": True, "h200_sxm": True, "a100_sxm": True, "l40s": False}  # every GPU pair on NVLink
 NVLS_SYSTEMS = ("h100_sxm", "h200_sxm")  # third-generation NVSwitch: it reduces (NCCL's NVLS algorithm)
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
+# Engines whose own all-reduce follows vLLM's kernels and rules (SGLang's custom_all_reduce.py is derived from
+# vLLM's); TRT-LLM's own all-reduce strategies are not modelled yet.
+CUSTOM_ALLREDUCE_FRAMEWORKS = ("vllm", "sglang")
 # The GEMM kernel each engine runs for a dtype (the table's kernel_source; older collections' names after the
 # first), and its weight bytes.
 GEMM_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -245,6 +249,18 @@ def collective_rows(table: Table) -> pd.DataFrame:
     frame = _read(table.path / "nccl_perf.parquet", ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency"))
     frame = frame[frame["op_name"].isin(list(NCCL_OPS)) & (frame["nccl_dtype"] == "half")]
     rows = pd.DataFrame({"op": frame["op_name"].map(NCCL_OPS), "group_size": frame["num_gpus"].astype(int),
+                         "nbytes": frame["message_size"].astype(float) * 2.0, "seconds": frame["latency"] * MS})
+    rows["train"] = fit.every_other(rows["nbytes"].to_numpy())
+    return rows.reset_index(drop=True)
+
+
+def custom_allreduce_rows(table: Table) -> pd.DataFrame:
+    """The engine's own all-reduce as it runs inside CUDA graphs (group_size, nbytes, seconds, train): bf16
+    rows of the `*_graph` backend; the table's message size is in elements."""
+    frame = _read(table.path / "custom_allreduce_perf.parquet", ("num_gpus", "message_size", "latency"),
+                  {"backend": "graph", "allreduce_dtype": "bfloat16"})
+    frame = frame[frame["backend"].astype(str).str.endswith("graph") & (frame["allreduce_dtype"] == "bfloat16")]
+    rows = pd.DataFrame({"group_size": frame["num_gpus"].astype(int),
                          "nbytes": frame["message_size"].astype(float) * 2.0, "seconds": frame["latency"] * MS})
     rows["train"] = fit.every_other(rows["nbytes"].to_numpy())
     return rows.reset_index(drop=True)

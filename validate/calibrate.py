@@ -32,6 +32,7 @@ from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster, load_gpu
+from splitsim.hardware.fabric import CustomAllReduce
 from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
@@ -65,6 +66,9 @@ class Dataset:
     description: str = ""
     nvls: bool = False  # the node's NVSwitch reduces: fit NVLS all-reduces beside the ring
     gemm_launch_s: float | None = None  # a GEMM's launch cost measured apart (then held in the fit)
+    custom_allreduce: pd.DataFrame | None = None  # the engine's own all-reduce: group_size, nbytes, seconds
+    custom_rules: CustomAllReduce | None = None  # its size limits (vLLM's, from the cluster's fabric preset)
+    nvlink: bool = True  # every pair of GPUs on NVLink (else PCIe: the engine's own all-reduce for 2 GPUs only)
 
 
 @dataclass
@@ -168,6 +172,8 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         intra = _link(data.collectives, data.p2p, None, errors, "", notes, nvls=data.nvls)
         launch = intra.collective_launch_s if intra is not None else None
         inter = _link(data.inter_collectives, data.inter_p2p, launch, errors, "_inter_node", notes)
+        if intra is not None and data.custom_allreduce is not None and data.custom_rules is not None:
+            intra = intra.model_copy(update={"custom_allreduce": _fit_custom_allreduce(data, errors, notes)})
     except ValueError as err:
         raise _fail(where, err) from None
     try:
@@ -226,6 +232,19 @@ def _fit_attention_phases(rows: pd.DataFrame, gpu: GpuSpec, efficiency: Efficien
         errors[f"attention {phase}"] = _evaluate(part, predict)
     errors["attention"] = _evaluate(rows, lambda r: predicted[r.index].to_numpy())
     return efficiency, f"attention fitted per phase ({', '.join(k.split('_')[1] for k in update)})"
+
+
+def _fit_custom_allreduce(data: Dataset, errors: dict[str, ErrorStats], notes: list[str]) -> CustomAllReduce:
+    """The engine's all-reduce regimes (validate/fit.py), judged on the held-out sizes of its own rows."""
+    assert data.custom_allreduce is not None and data.custom_rules is not None
+    rows = data.custom_allreduce
+    rows = rows[fit.custom_regimes(rows, data.custom_rules, data.nvlink) != "nccl"]
+    table = next((entry for entry in data.fitted_on if "/comm/" in entry and "/comm/nccl/" not in entry),
+                 data.description)
+    custom = fit.fit_custom_allreduce(rows[rows["train"]], data.custom_rules, f"Fitted to {table}", notes,
+                                      data.nvlink)
+    errors["allreduce custom"] = _evaluate(rows, partial(fit.custom_allreduce_times_s, custom, nvlink=data.nvlink))
+    return custom
 
 
 def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
@@ -430,15 +449,29 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
     chosen = [aiconfigurator.pick_table(root, system, "gemm", framework, version),
               aiconfigurator.pick_table(root, system, "attention", framework, version)]
     gemm, launch_s = aiconfigurator.gemm_rows(chosen[0], framework, aiconfigurator.L2_BYTES[system])
-    collectives = None
+    collectives = custom = rules = None
     if (root / system / "comm" / "nccl").is_dir():
         chosen.append(aiconfigurator.pick_table(root, system, "comm", "nccl"))
         collectives = aiconfigurator.collective_rows(chosen[-1])
-    return Dataset(
+    if framework in aiconfigurator.CUSTOM_ALLREDUCE_FRAMEWORKS and (root / system / "comm" / framework).is_dir():
+        chosen.append(aiconfigurator.pick_table(root, system, "comm", framework))
+        custom = aiconfigurator.custom_allreduce_rows(chosen[-1])
+        rules = _custom_rules(cluster)
+    return Dataset(custom_allreduce=custom, custom_rules=rules, nvlink=aiconfigurator.NVLINK[system],
         nvls=system in aiconfigurator.NVLS_SYSTEMS, gemm_launch_s=None if launch_s != launch_s else launch_s,
         gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
         collectives=collectives, fitted_on=[f"{package} {system}/{t.op}/{t.framework}/{t.version}" for t in chosen],
         description=f"{package} tables for {system} ({'; '.join(t.describe() for t in chosen)})")
+
+
+def _custom_rules(cluster: str | None) -> CustomAllReduce:
+    """The size limits of the engine's all-reduce on this system: its cluster preset's fabric's, or vLLM's
+    defaults (custom kernels below 8 MiB, no symmetric memory); the α and B here are placeholders."""
+    fabric = load_cluster(cluster).intra_node if cluster is not None else None
+    if fabric is not None and fabric.custom_allreduce is not None:
+        return fabric.custom_allreduce
+    return CustomAllReduce(one_shot_latency_s=1e-6, one_shot_bw_bytes_per_s=1e11, two_shot_latency_s=1e-6,
+                           two_shot_bw_bytes_per_s=1e11, source="vLLM's default limits")
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -52,6 +52,7 @@ class _Predictor:
             "model": model.name, "cluster": cluster_name, "parallel": {"tp": tp, "pp": pp},
             "precision": {"weights": dtype, "kv_cache": dtype},
             "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": 1, "output_tokens": 1},
+            "engine": "ideal",  # the runner: torch.distributed all-reduces, a hand-off of the hidden state alone
         })
         self.plan = Plan(scenario, model, cluster)
         self.plan.check_layout()  # tp·pp within the cluster, heads divisible: else one ScenarioError line

@@ -13,6 +13,8 @@ with the residuals of the rows it saw. The forward models are the simulator's ow
 - collectives (`hardware.collectives`): t = t₀ + 2(p−1)α + 2(p−1)/p · S/B (all-reduce) and
   t = t₀ + (p−1)α + (p−1)/p · S/B (all-gather, S the gathered size), over several group sizes p.
 - send/recv: t = α + S/B.
+- the engine's own all-reduce (`hardware.collectives.custom_allreduce_regime`): each regime's α and B
+  (one-shot, two-shot, symmetric memory) on the rows vLLM's rules send to it; the switch points are vLLM's.
 
 Rows are DataFrames: GEMMs `m, n, k, weight_bytes, seconds` (optional `dtype`, default bf16); attention
 `flops, nbytes, seconds`; collectives `op` (allreduce | allgather), `group_size, nbytes, seconds`;
@@ -28,7 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, nnls
 
-from splitsim.hardware.collectives import ring_allgather_s, ring_allreduce_s
+from splitsim.hardware.collectives import custom_allreduce_regime, custom_regime_s, ring_allgather_s, ring_allreduce_s
+from splitsim.hardware.fabric import CustomAllReduce
 from splitsim.hardware.gpu import AttentionKernel, Efficiency, GemmShape, GpuSpec
 
 US = 1e-6
@@ -390,3 +393,64 @@ def fit_p2p(rows: pd.DataFrame) -> P2pFit:
         raise ValueError("the send/recv rows show no time growing with size: bandwidth cannot be fitted")
     latency, bw = float(alpha_us) * US, 1.0 / (float(inverse_bw) * 1e-9)
     return P2pFit(latency, bw, residuals(p2p_times_s(rows, latency, bw), seconds))
+
+
+# ------------------------------------------------------------------------ the engine's own all-reduce
+
+_REGIME_FACTOR = {"one_shot": lambda p: p - 1.0, "two_shot": lambda p: 2.0 * (p - 1.0) / p,
+                  "symm_mem": lambda p: np.ones_like(p)}
+
+
+def custom_regimes(rows: pd.DataFrame, rules: CustomAllReduce, nvlink: bool = True) -> np.ndarray:
+    """Each row's regime under vLLM's rules (`rules` gives the size limits; its α and B are not used).
+    Without `nvlink` between all GPUs (PCIe), only groups of two take the engine's own kernels."""
+    return np.array([custom_allreduce_regime(rules, int(p), float(s), peer_links=nvlink or int(p) == 2)
+                     for p, s in zip(rows["group_size"], rows["nbytes"])])
+
+
+def custom_allreduce_times_s(custom: CustomAllReduce, rows: pd.DataFrame, nvlink: bool = True) -> np.ndarray:
+    """Seconds of each row that one of the engine's own all-reduces runs (NaN for NCCL's rows)."""
+    regimes = custom_regimes(rows, custom, nvlink)
+    return np.array([custom_regime_s(custom, r, int(p), float(s)) if r != "nccl" else np.nan
+                     for r, p, s in zip(regimes, rows["group_size"], rows["nbytes"])])
+
+
+def fit_custom_allreduce(rows: pd.DataFrame, rules: CustomAllReduce, source: str, notes: list[str] | None = None,
+                         nvlink: bool = True) -> CustomAllReduce:
+    """α and B of each regime of the engine's all-reduce, from rows (group_size, nbytes, seconds) of the
+    engine's own all-reduce (NCCL's rows, above its limits, are left out). A regime with too few rows to
+    tell α from B takes the other custom regime's figures (said in `notes`)."""
+    regimes = custom_regimes(rows, rules, nvlink)
+    p = rows["group_size"].to_numpy(float)
+    nbytes = rows["nbytes"].to_numpy(float)
+    seconds = rows["seconds"].to_numpy(float)
+    fitted: dict[str, tuple[float, float]] = {}
+    for regime, factor in _REGIME_FACTOR.items():
+        mask = regimes == regime
+        if len(np.unique(nbytes[mask])) < 2:
+            continue
+        design = np.column_stack([np.ones(mask.sum()) * US, factor(p[mask]) * nbytes[mask] * 1e-9])
+        measured = seconds[mask]
+        start = np.maximum(_linear_start(design, measured), 1e-6)
+
+        def residual(x: np.ndarray, design: np.ndarray = design, measured: np.ndarray = measured) -> np.ndarray:
+            return np.log(design @ x / measured)
+
+        x = _least_squares(residual, [start, start * 2.0], [0.0, 0.0], [np.inf, np.inf])
+        bw = 1e9 / x[1] if x[1] > 0 else np.inf
+        if bw > 4e12:  # no size dependence in these rows: B cannot be told from them
+            continue
+        fitted[regime] = (max(float(x[0]) * US, 50e-9), float(bw))
+    for regime, other in (("one_shot", "two_shot"), ("two_shot", "one_shot")):
+        if regime not in fitted:
+            if other not in fitted:
+                raise ValueError("the custom all-reduce rows do not identify α and B of either custom regime")
+            fitted[regime] = fitted[other]
+            if notes is not None:
+                notes.append(f"custom all-reduce: too few {regime.replace('_', '-')} rows: {other}'s figures used")
+    update: dict[str, object] = {"source": source}
+    for regime, (alpha, bw) in fitted.items():
+        update |= {f"{regime}_latency_s": alpha, f"{regime}_bw_bytes_per_s": bw}
+    if "symm_mem" not in fitted:
+        update |= {"symm_mem_max_bytes": {}, "symm_mem_latency_s": None, "symm_mem_bw_bytes_per_s": None}
+    return CustomAllReduce.model_validate(rules.model_dump() | update)

@@ -75,6 +75,31 @@ def fabric(text: str, profile: dict) -> str:
                                                          subsequent_indent="  ")) + "\n"
 
 
+CUSTOM = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml",
+          "l40s-vllm.yaml": "pcie-gen4-2socket.yaml"}
+
+
+def custom_allreduce(text: str, profile: dict) -> str:
+    """The fabric preset with the α and B of the engine's own all-reduce from the profile (its size limits,
+    vLLM's, stay as the preset states them: the fit used them)."""
+    fit = profile["intra_node"]["custom_allreduce"]
+    start = text.index("custom_allreduce:")
+    end = text.index("\nsource: >-", start) + 1
+    block = text[start:end]
+    for regime in ("one_shot", "two_shot", "symm_mem"):
+        alpha, bw = fit.get(f"{regime}_latency_s"), fit.get(f"{regime}_bw_bytes_per_s")
+        if alpha is None:
+            continue
+        block = re.sub(rf"^  {regime}_latency_s: .*$", f"  {regime}_latency_s: {alpha * 1e6:.4g} us", block, flags=re.M)
+        block = re.sub(rf"^  {regime}_bw_bytes_per_s: .*$", f"  {regime}_bw_bytes_per_s: {bw / 1e9:.4g} GB/s", block,
+                       flags=re.M)
+    held = profile["errors"]["allreduce custom"]
+    table = next(entry for entry in profile["fitted_on"] if "/comm/" in entry and "/comm/nccl/" not in entry)
+    block = re.sub(r"^  source: .*$", f"  source: fitted by splitsim calibrate to {table} (CUDA-graph rows, bf16); "
+                   f"held-out median error {held['median']:.1%}", block, flags=re.M)
+    return text[:start] + block + text[end:]
+
+
 def main() -> None:
     for source, preset in PRESETS.items():
         profile = yaml.safe_load((HERE / source).read_text())
@@ -87,6 +112,10 @@ def main() -> None:
         path = HERE.parent / "fabrics" / preset
         path.write_text(fabric(path.read_text(), yaml.safe_load((HERE / source).read_text())))
         print(f"{preset}: collective figures from {source}")
+    for source, preset in CUSTOM.items():
+        path = HERE.parent / "fabrics" / preset
+        path.write_text(custom_allreduce(path.read_text(), yaml.safe_load((HERE / source).read_text())))
+        print(f"{preset}: the engine's all-reduce from {source}")
 
 
 if __name__ == "__main__":

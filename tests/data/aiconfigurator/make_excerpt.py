@@ -1,6 +1,7 @@
 """How excerpt/ was cut from aiconfigurator-core 0.12.0 (PyPI; Apache-2.0, see NOTICE), so the calibration
 tests run without the package: a few hundred rows of the H100 tables vLLM's kernels use, and one forward-filled
-copy of the NCCL folder (its rows carry another version, twice), as the package has, to test version choice.
+copy of the NCCL folder (its rows carry another version, twice), as the package has, to test version choice;
+vLLM's own all-reduce under CUDA graphs.
 
     pip download --no-deps aiconfigurator-core==0.12.0
     unzip aiconfigurator_core-*.whl 'aiconfigurator_core/systems/*'
@@ -40,6 +41,8 @@ def main(root: Path) -> None:
     nccl = nccl[nccl["op_name"].isin(["all_reduce", "all_gather"]) & (nccl["nccl_dtype"] == "half")]
     _write(nccl, system, "comm/nccl/2.29.2", "nccl_perf")
     _write(pd.concat([nccl, nccl]), system, "comm/nccl/2.30.0", "nccl_perf", provenance="legacy")  # a copy
+    custom = pd.read_parquet(system / "comm/vllm/0.24.0/custom_allreduce_perf.parquet")
+    _write(custom[custom["backend"] == "vllm_graph"], system, "comm/vllm/0.24.0", "custom_allreduce_perf")
 
 
 def _write(frame: pd.DataFrame, system: Path, folder: str, name: str, provenance: str | None = None) -> None:
