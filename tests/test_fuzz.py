@@ -247,7 +247,9 @@ COST_FLAGS = {"--cluster": st.sampled_from(["h100-nvlink-node", "nope", "", "/",
               "--bytes": FLAG_VALUES | st.sampled_from(["1e6", "1e400", "-5"]),
               "--gpu": st.sampled_from(["h100-sxm", "a100-sxm", "nope", ""]),
               "--m": FLAG_VALUES | st.sampled_from(["64", "1e3"]), "--n": st.sampled_from(["64", "0", "x"]),
-              "--k": st.sampled_from(["64", "-1"]), "--dtype": st.sampled_from(["bf16", "fp8", "fp4"])}
+              "--k": st.sampled_from(["64", "-1"]), "--dtype": st.sampled_from(["bf16", "fp8", "fp4"]),
+              "--impl": st.sampled_from(["custom", "nccl", "mpi", ""]),
+              "--engine": st.sampled_from(["vllm", "sglang", "trtllm", "ideal", "tgi", ""])}
 
 
 @FUZZ
@@ -480,7 +482,9 @@ def test_any_aiconfigurator_request_is_fitted_or_refused_in_one_line(tmp_path, c
 CLUSTER_KEYS = ["cluster.base", "cluster.name", "cluster.num_nodes", "cluster.gpus_per_node", "cluster.gpu",
                 "cluster.gpu.memory_bytes", "cluster.gpu.efficiency.compute", "cluster.intra_node",
                 "cluster.intra_node.p2p", "cluster.intra_node.bw_efficiency", "cluster.intra_node.kind",
-                "cluster.inter_node", "cluster.nope"]
+                "cluster.inter_node", "cluster.nope", "cluster.intra_node.custom_allreduce",
+                "cluster.intra_node.custom_allreduce.max_bytes", "cluster.intra_node.custom_allreduce.one_shot_latency_s",
+                "cluster.intra_node.custom_allreduce.symm_mem_max_bytes"]
 
 
 @settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))
