@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from splitsim.hardware.units import BufferSize, FixedCost, Fraction, Latency, LinkBandwidth
+from splitsim.hardware.units import BufferSize, FixedCost, Fraction, Latency, LinkBandwidth, check_errors
 
 MIB = 2.0**20
 ENGINE_MAX_BYTES = 8 * MIB  # vLLM's CustomAllreduce(max_size=8192 * 1024), custom_all_reduce.py
@@ -28,6 +28,18 @@ class _Fabric(BaseModel):
     bw_efficiency: Fraction = Field(description="achieved fraction of the link rate by ring collectives")
     p2p_bw_efficiency: Fraction = Field(description="achieved fraction of the link rate by send/recv")
     source: str
+    assumed: bool = Field(False, description="true where some figure is assumed rather than measured")
+    held_out_errors: dict[str, float] = Field(
+        default_factory=dict, description="median |predicted/measured − 1| of the fit on held-out sizes, by "
+                                          "collective (allreduce, allgather, allreduce custom…): the run's error bars")
+
+    def __hash__(self) -> int:  # frozen, but dict fields: hash what it says (cost caches key on the cluster)
+        return hash(self.model_dump_json())
+
+    @field_validator("held_out_errors", mode="before")
+    @classmethod
+    def _errors_are_fractions(cls, errors: object) -> object:
+        return check_errors(errors)
 
 
 class CustomAllReduce(BaseModel):

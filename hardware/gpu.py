@@ -23,9 +23,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from splitsim.hardware.units import Exponent, FixedCost, Flops, Fraction, Memory, MemoryBandwidth
+from splitsim.hardware.units import Exponent, FixedCost, Flops, Fraction, Memory, MemoryBandwidth, check_errors
 
 ComputeDtype = Literal["bf16", "fp16", "fp8"]
 
@@ -78,6 +78,14 @@ class Efficiency(BaseModel):
     attention_decode: AttentionKernel | None = Field(None, description="default: η_c attention, η_m memory")
     source: str
     assumed: bool = Field(False, description="true where no measurement of this GPU exists yet")
+    held_out_errors: dict[str, float] = Field(
+        default_factory=dict, description="median |predicted/measured − 1| of the fit on held-out kernels, by op "
+                                          "kind (gemm bf16, attention decode…): the run's error bars")
+
+    @field_validator("held_out_errors", mode="before")
+    @classmethod
+    def _errors_are_fractions(cls, errors: object) -> object:
+        return check_errors(errors)
 
     def __hash__(self) -> int:  # frozen, but a dict field: hash what it says (cost caches key on the GPU)
         return hash(self.model_dump_json())

@@ -25,6 +25,11 @@ PROFILE_SCHEMA = "splitsim.hardware-profile/2"  # 2: per-dtype GEMM figures, per
 READ_SCHEMAS = ("splitsim.hardware-profile/1", PROFILE_SCHEMA)  # a schema-1 file is a schema-2 one without them
 
 
+GPU_KINDS = ("gemm", "attention", "elementwise")  # the first word of a profile's error kinds, by what they fit
+COMM_KINDS = ("allreduce", "allgather", "sendrecv")
+INTER = "_inter_node"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,6 +54,8 @@ class ErrorStats(_Strict):
     median: float
     max: float
     held_out: bool
+    within_80: float | None = Field(None, description="held-out rows inside the 80 % interval that the training "
+                                                      "rows' residuals give (sim/uncertainty.py)")
 
 
 class HardwareProfile(_Strict):
@@ -99,12 +106,16 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
     if profile.gpu != cluster.gpu.name:
         raise ValueError(f"hardware_profile: {profile.name} was fitted on {profile.gpu}, but cluster "
                          f"{cluster.name} has {cluster.gpu.name} GPUs (use a profile of {cluster.gpu.name})")
-    gpu = cluster.gpu.model_copy(update={"efficiency": profile.efficiency})
+    errors = {kind: stats.median for kind, stats in profile.errors.items()}
+    gpu_errors = {kind: e for kind, e in errors.items() if kind.split()[0] in GPU_KINDS}
+    efficiency = profile.efficiency.model_copy(update={"held_out_errors": gpu_errors or
+                                                       profile.efficiency.held_out_errors})
+    gpu = cluster.gpu.model_copy(update={"efficiency": efficiency})
     update: dict[str, object] = {"gpu": gpu}
     if profile.intra_node is not None:
         intra = cluster.intra_node
         fit = profile.intra_node
-        fields = _fabric_update(intra.link_bw_bytes_per_s, fit, "intra_node")
+        fields: dict[str, object] = dict(_fabric_update(intra.link_bw_bytes_per_s, fit, "intra_node"))
         fields["collective_launch_s"] = fit.collective_launch_s
         nvls_bw = fit.nvls_bw_bytes_per_s
         if fit.nvls_latency_s is not None and nvls_bw is not None and isinstance(intra, NvSwitchFabric):
@@ -118,9 +129,13 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
                       "no_p2p_bw_bytes_per_s": fit.bw_bytes_per_s}
         if fit.custom_allreduce is not None:
             fields["custom_allreduce"] = fit.custom_allreduce
+        fields["held_out_errors"] = {k: e for k, e in errors.items() if k.split()[0] in COMM_KINDS
+                                     and not k.endswith(INTER)} or intra.held_out_errors
         update["intra_node"] = intra.model_copy(update=fields)
     if profile.inter_node is not None and cluster.inter_node is not None:
         net = cluster.inter_node
-        update["inter_node"] = net.model_copy(update=_fabric_update(net.nic_bw_bytes_per_s, profile.inter_node,
-                                                                    "inter_node"))
+        net_fields: dict[str, object] = dict(_fabric_update(net.nic_bw_bytes_per_s, profile.inter_node, "inter_node"))
+        net_fields["held_out_errors"] = {k.removesuffix(INTER): e for k, e in errors.items() if k.endswith(INTER)} \
+            or net.held_out_errors
+        update["inter_node"] = net.model_copy(update=net_fields)
     return cluster.model_copy(update=update)

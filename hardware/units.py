@@ -220,3 +220,13 @@ def _fraction(what: str, zero_ok: bool = False) -> BeforeValidator:
 
 Fraction = Annotated[float, _fraction("an efficiency (the achieved fraction of a peak)")]
 Exponent = Annotated[float, _fraction("the wave exponent γ", zero_ok=True)]
+
+
+def check_errors(errors: object) -> object:
+    """Median relative errors by op kind: each a number from 0 to 10 (a fit 10× off explains nothing)."""
+    if not isinstance(errors, dict):
+        return errors  # pydantic says it is not a mapping
+    for kind, value in errors.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+            raise ValueError(f"{kind}: {cut(repr(value))} is not a median relative error (valid: 0 to 10, e.g. 0.05)")
+    return {kind: float(value) for kind, value in errors.items()}

@@ -268,7 +268,7 @@ def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any], prec
         run = {**data, "workload": {**lengths, "num_requests": num_requests, **load}}
         if question.slo is not None:
             run["slo"] = question.slo.as_dict()
-        result = simulate(scenario_from_dict(run))
+        result = simulate(scenario_from_dict(run), error_bars=False)
         summary: dict[str, Any] = result.summary
         precision = steady_precision(result.requests, summary["steady_state"])
         summary["steady_state_precision"] = precision

@@ -19,6 +19,7 @@ from splitsim.sim.records import RequestLog
 from splitsim.sim.result import Result, gpu_time_totals, requests_frame, summarize
 from splitsim.sim.scheduler import Request
 from splitsim.sim.timeline import gpu_intervals, trace_events
+from splitsim.sim.uncertainty import uncertainty
 from splitsim.sim.workload import Replay, RequestStream, stream_from_rows, synthetic_stream, trace_stream
 
 DEFAULT_TRACE_WINDOW_S = 2.0
@@ -116,13 +117,14 @@ def _lengths(spec: Any) -> Any:
 
 def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float = DEFAULT_TRACE_WINDOW_S,
              trace_start_s: float = 0.0, on_finish: Callable[[Request], None] | None = None,
-             on_tick: Callable[[float], None] | None = None) -> Result:
+             on_tick: Callable[[float], None] | None = None, error_bars: bool = True) -> Result:
     """Run `scenario` and return its tables and summary; raises `ScenarioError` on bad input.
 
     `requests` (a DataFrame or rows with arrival_s, prompt_tokens, output_tokens) replaces the scenario's
     workload. `on_finish(request)` follows finished requests, `on_tick(simulated_s)` the clock every few
     thousand batches (a progress bar moves during one long request too). Intervals and trace events are
-    kept for the window [trace_start_s, trace_start_s + trace_window_s).
+    kept for the window [trace_start_s, trace_start_s + trace_window_s). `error_bars` adds summary.json's
+    `uncertainty` (sim/uncertainty.py; the advisor's search leaves it out).
     """
     plan = build_plan(scenario)
     stream = make_requests(scenario, plan, requests)
@@ -139,6 +141,8 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
              "kv_cache_tokens_per_replica": plan.kv_cache_tokens, "version": __version__}
     summary = summarize(frame, records, totals, scenario.slo, describe(scenario, plan, stream, requests is not None),
                         extra)
+    if error_bars and len(frame):
+        summary["uncertainty"] = uncertainty(plan, stream, summary)
     check_result(frame, summary)
     start = min(trace_start_s, sim_time)
     end = min(trace_start_s + trace_window_s, sim_time)

@@ -66,6 +66,11 @@ def _rate(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:.1f} {unit}"
 
 
+def _short(x: float) -> str:
+    """Three significant digits, never in exponent form: 0.0123, 12.3, 30,960."""
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
 def format_summary(result: Result) -> str:
     s = result.summary
     par, meta = s["parallel"], result.meta
@@ -95,6 +100,15 @@ def format_summary(result: Result) -> str:
         f"  ITL  (ms)       {_ms(s['itl_s'])}",
         f"  E2E  (ms)       {_ms(s['e2e_s'])}",
     ]
+    bars = s.get("uncertainty")
+    if bars is not None:
+        parts = [f"{label} {_short(pair[0] * scale)}–{_short(pair[1] * scale)} {unit}"
+                 for label, pair, scale, unit in (("TTFT p50", bars["ttft_p50"], 1e3, "ms"),
+                                                  ("TPOT p50", bars["tpot_p50"], 1e3, "ms"),
+                                                  ("output", bars["throughput"], 1.0, "tok/s")) if pair is not None]
+        unpriced = f"; no residuals for {', '.join(bars['no_residuals'])}" if bars["no_residuals"] else ""
+        assumed = f"; assumed figures for {', '.join(bars['assumed'])}" if bars["assumed"] else ""
+        lines.append(f"  {bars['level']:.0%} interval    {', '.join(parts)} (held-out kernel errors{unpriced}{assumed})")
     if "goodput_requests_per_s" in s:
         slo = s["slo"]
         checks = "".join(f"; {key} {'met' if c['met'] else 'MISSED'}" for key, c in slo["percentiles"].items())

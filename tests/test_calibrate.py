@@ -288,7 +288,11 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
 
     scenario = scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))
     cluster = build_plan(scenario).cluster
-    assert cluster.gpu.efficiency == eff
+    # the run's error bars take the profile's residuals: the GPU's kinds on the GPU, the links' on the fabric
+    medians = {kind: stats.median for kind, stats in profile.errors.items()}
+    assert cluster.gpu.efficiency == eff.model_copy(update={"held_out_errors": {
+        k: medians[k] for k in ("gemm", "attention", "elementwise")}})
+    assert cluster.intra_node.held_out_errors == {k: medians[k] for k in ("allreduce", "allgather", "sendrecv")}
     assert cluster.intra_node.collective_launch_s == link.collective_launch_s
     assert cluster.intra_node.latency_s == link.latency_s
 

@@ -25,7 +25,7 @@ from helpers import REPO, catalog_yaml, error_line, scenario_dict, tiny_model_pa
 from splitsim.cli import main
 from splitsim.hardware.catalog import load_cluster, load_gpu, preset_names, resolve_cluster
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import NetworkFabric, NvSwitchFabric, PcieFabric, SharedMemoryFabric
+from splitsim.hardware.fabric import CustomAllReduce, NetworkFabric, NvSwitchFabric, PcieFabric, SharedMemoryFabric
 from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import PROFILE_SCHEMA, HardwareProfile, LinkFit, apply_profile, load_profile
 from splitsim.hardware.units import PLAUSIBLE, check_figure, readable
@@ -161,6 +161,7 @@ _BASES: dict[str, tuple[type[BaseModel], Any]] = {
     "link-fit": (LinkFit, lambda: copy.deepcopy(CPU_FIT["intra_node"])),
     "profile": (HardwareProfile, lambda: copy.deepcopy(CPU_FIT)),
     "cluster": (ClusterSpec, lambda: resolve_cluster("h100-ib-2node")),
+    "custom": (CustomAllReduce, lambda: catalog_yaml("fabrics", "nvlink4-nvswitch")["custom_allreduce"]),
 }
 
 # Every figure with a unit, by the kind of its plausible range.
@@ -183,13 +184,18 @@ FIGURES = [
     ("link-fit", "latency_s", "fixed_cost"), ("link-fit", "p2p_latency_s", "fixed_cost"),
     ("link-fit", "collective_launch_s", "fixed_cost"), ("link-fit", "nvls_latency_s", "fixed_cost"),
     ("link-fit", "nvls_bw_bytes_per_s", "link_bandwidth"),
-]
+] + [("custom", f"{regime}_latency_s", "latency") for regime in ("one_shot", "two_shot", "symm_mem")] + [
+    ("custom", f"{regime}_bw_bytes_per_s", "link_bandwidth") for regime in ("one_shot", "two_shot", "symm_mem")]
 # Dimensionless figures: efficiencies in (0, 1]; the wave exponent in [0, 1]; m½ ≥ 0 tokens.
 FRACTIONS = [("gpu", f"efficiency.{f}") for f in ("compute", "memory", "attention", "elementwise")] + [
     (base, f) for base in ("nvswitch", "pcie", "shared-memory", "network")
     for f in ("bw_efficiency", "p2p_bw_efficiency")
 ] + [("nvswitch", "nvls_bw_efficiency")]
 ZERO_OK = [("gpu", "efficiency.wave_exponent"), ("gpu", "efficiency.m_half")]
+# Median held-out errors by op kind (the run's error bars), and per-group-size buffer limits.
+ERRORS = [("gpu", "efficiency.held_out_errors")] + [(base, "held_out_errors")
+                                                   for base in ("nvswitch", "pcie", "shared-memory", "network")]
+BUFFERS = [("custom", "max_bytes"), ("custom", "symm_mem_max_bytes")]
 COUNTS = [("gpu", "num_sms"), ("gpu", "efficiency.tile_m"), ("gpu", "efficiency.tile_n"),
           ("pcie", "gpus_per_socket"), ("network", "nics_per_node"), ("cluster", "num_nodes"),
           ("cluster", "gpus_per_node")]
@@ -232,7 +238,7 @@ def _numeric(annotation: Any) -> bool:
 
 
 @pytest.mark.parametrize("model", [GpuSpec, Efficiency, NvSwitchFabric, PcieFabric, SharedMemoryFabric,
-                                   NetworkFabric, ClusterSpec, LinkFit, HardwareProfile],
+                                   NetworkFabric, ClusterSpec, LinkFit, HardwareProfile, CustomAllReduce],
                          ids=lambda m: m.__name__)
 def test_every_numeric_field_is_covered_here(model):
     """A numeric field added to a hardware spec must be given a kind (and these tests) before it ships.
@@ -240,7 +246,7 @@ def test_every_numeric_field_is_covered_here(model):
     (The profile's `errors` are reports of the fit, not figures: nothing simulated reads them.)
     """
     covered = set()
-    for base, path in [(b, p) for b, p, _ in FIGURES] + FRACTIONS + ZERO_OK + COUNTS:
+    for base, path in [(b, p) for b, p, _ in FIGURES] + FRACTIONS + ZERO_OK + COUNTS + ERRORS + BUFFERS:
         *parents, leaf = path.split(".")
         covered.add((Efficiency if parents else _BASES[base][0], leaf))
     for name, field in model.model_fields.items():
@@ -286,6 +292,23 @@ def test_an_efficiency_outside_0_to_1_is_refused(base, path):
     for value in (math.nan, math.inf, 0, -0.5, 1.5, True, "75%"):
         assert "more than 0 and at most 1" in _refusal(base, path, value)
     assert _BASES[base][0].model_validate(_with(base, path, 0.0011))  # the CPU fit's attention η
+
+
+@pytest.mark.parametrize(("base", "path"), ERRORS, ids=[f"{b}.{p}" for b, p in ERRORS])
+def test_a_held_out_error_is_a_number_from_0_to_10(base, path):
+    assert _BASES[base][0].model_validate(_with(base, path, {"gemm bf16": 0.0, "allreduce": 1.5}))
+    for value in (math.nan, math.inf, -0.1, 11, True, "5%", None):
+        assert "not a median relative error (valid: 0 to 10" in _refusal(base, path, {"gemm": value})
+
+
+@pytest.mark.parametrize(("base", "path"), BUFFERS, ids=[p for _, p in BUFFERS])
+def test_a_buffer_limit_is_a_plausible_size_per_group_size(base, path):
+    model = _BASES[base][0]
+    assert getattr(model.model_validate(_with(base, path, {2: "8 MiB", 8: 262144})), path) == {2: 8 * 2**20,
+                                                                                                8: 262144.0}
+    for value in ({2: -1}, {2: "8 us"}, {2: 10}, {"two": "8 MiB"}, {2: math.nan}):
+        with pytest.raises(ValidationError):
+            model.model_validate(_with(base, path, value))
 
 
 @pytest.mark.parametrize(("base", "path"), ZERO_OK, ids=[p for _, p in ZERO_OK])

@@ -237,7 +237,9 @@ def test_every_shipped_preset_still_loads():
         assert profile.name == path.stem
         node = {"h100-sxm": "h100-nvlink-node", "a100-sxm": "a100-nvlink-node", "l40s": "l40s-pcie-node"}
         if profile.gpu in node:
-            assert apply_profile(load_cluster(node[profile.gpu]), profile).gpu.efficiency == profile.efficiency
+            applied = apply_profile(load_cluster(node[profile.gpu]), profile).gpu.efficiency
+            assert applied.model_copy(update={"held_out_errors": {}}) == profile.efficiency
+            assert applied.held_out_errors["gemm"] == profile.errors["gemm"].median  # the run's error bars
     for path in files:
         assert read_yaml_file(path, "preset")["name"] == path.stem
     for name in preset_names("clusters"):

@@ -483,8 +483,10 @@ CLUSTER_KEYS = ["cluster.base", "cluster.name", "cluster.num_nodes", "cluster.gp
                 "cluster.gpu.memory_bytes", "cluster.gpu.efficiency.compute", "cluster.intra_node",
                 "cluster.intra_node.p2p", "cluster.intra_node.bw_efficiency", "cluster.intra_node.kind",
                 "cluster.inter_node", "cluster.nope", "cluster.intra_node.custom_allreduce",
-                "cluster.intra_node.custom_allreduce.max_bytes", "cluster.intra_node.custom_allreduce.one_shot_latency_s",
-                "cluster.intra_node.custom_allreduce.symm_mem_max_bytes"]
+                "cluster.intra_node.custom_allreduce.max_bytes",
+                "cluster.intra_node.custom_allreduce.one_shot_latency_s",
+                "cluster.intra_node.custom_allreduce.symm_mem_max_bytes", "cluster.intra_node.held_out_errors",
+                "cluster.gpu.efficiency.held_out_errors", "cluster.intra_node.assumed"]
 
 
 @settings(FUZZ, max_examples=max(1, settings.default.max_examples // 3))

@@ -37,6 +37,7 @@ from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
+from splitsim.sim import uncertainty
 from splitsim.validate import aiconfigurator, fit, measurements, vidur
 from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
 from splitsim.writing import check_out_path
@@ -92,10 +93,19 @@ def _stats(predicted: np.ndarray, rows: pd.DataFrame, held_out: bool) -> ErrorSt
 
 
 def _evaluate(rows: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray]) -> ErrorStats:
+    """Errors on the held-out rows, and how often the truth falls inside the 80 % interval a run would give
+    (sim/uncertainty.py) if the fit's own training residuals set its width: an out-of-sample check."""
     test = rows[~rows["train"]]
-    if len(test):
-        return _stats(predict(test), test, True)
-    return _stats(predict(rows), rows, False)
+    if not len(test):
+        return _stats(predict(rows), rows, False)
+    stats = _stats(predict(test), test, True)
+    train = rows[rows["train"]]
+    if not len(train):
+        return stats
+    train_median = fit.residuals(predict(train), train["seconds"].to_numpy(float)).median
+    sigma = train_median / uncertainty.HALF_NORMAL_MEDIAN
+    log_ratio = np.abs(np.log(predict(test) / test["seconds"].to_numpy(float)))
+    return stats.model_copy(update={"within_80": float(np.mean(log_ratio <= uncertainty.Z * sigma))})
 
 
 def _fail(where: str, err: ValueError) -> ScenarioError:
@@ -177,6 +187,7 @@ def calibrate(data: Dataset, name: str) -> Calibration:
     except ValueError as err:
         raise _fail(where, err) from None
     try:
+        efficiency = efficiency.model_copy(update={"held_out_errors": {}})  # its own are `errors`, not the preset's
         profile = HardwareProfile(name=name, gpu=data.gpu.name, efficiency=efficiency, intra_node=intra,
                                   inter_node=inter, fitted_on=data.fitted_on, errors=errors)
     except ValidationError as err:
@@ -519,12 +530,13 @@ def format_report(cal: Calibration, out: Path) -> str:
                          f"B {_gbs(link.bw_bytes_per_s)}  p2p α {_us(link.p2p_latency_s)}  "
                          f"B {_gbs(link.p2p_bw_bytes_per_s)}")
     lines += [f"  note: {note}" for note in cal.notes if not note.startswith("warning")]
-    lines.append(f"  {'|predicted/measured − 1|':28} {'rows':>6} {'median':>8} {'worst':>8}")
+    lines.append(f"  {'|predicted/measured − 1|':28} {'rows':>6} {'median':>8} {'worst':>8} {'in 80%':>7}")
     rows = [(kind, s) for kind, s in p.errors.items()]
     rows[1:1] = [(f"  gemm {op}", s) for op, s in cal.gemm_by_op.items() if f"gemm {op}" not in p.errors]
     for kind, s in rows:
         where = "held out" if s.held_out else "in sample"
-        lines.append(f"  {kind:28} {s.rows:>6} {s.median:>8.1%} {s.max:>8.1%}  {where}")
+        inside = f"{s.within_80:>7.0%}" if s.within_80 is not None else f"{'':>7}"
+        lines.append(f"  {kind:28} {s.rows:>6} {s.median:>8.1%} {s.max:>8.1%} {inside}  {where}")
     return "\n".join(lines)
 
 
@@ -550,6 +562,6 @@ def calibrate_command(args: argparse.Namespace) -> int:
         print(f"splitsim: {warning}")
     if args.json:
         kinds = {**cal.profile.errors, **{f"gemm {op}": stats for op, stats in cal.gemm_by_op.items()}}
-        print(json.dumps({"held_out": {kind: {"median": s.median, "worst": s.max, "n": s.rows}
+        print(json.dumps({"held_out": {kind: {"median": s.median, "worst": s.max, "n": s.rows, "within_80": s.within_80}
                                        for kind, s in kinds.items() if s.held_out}}, separators=(",", ":")))
     return 0

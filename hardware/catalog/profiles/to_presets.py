@@ -16,6 +16,7 @@ GPUS = HERE.parent / "gpus"
 PRESETS = {"h100_sxm-vllm.yaml": "h100-sxm.yaml", "h200_sxm-vllm.yaml": "h200.yaml",
            "a100_sxm-vllm.yaml": "a100-sxm.yaml", "l40s-vllm.yaml": "l40s.yaml"}
 MARK = "efficiency:"
+GPU_KINDS = ("gemm", "attention", "elementwise")
 
 
 def block(profile: dict) -> str:
@@ -36,6 +37,8 @@ def block(profile: dict) -> str:
             lines.append(f"  {phase}: {{compute: {a['compute']:.4g}, memory: {a['memory']:.4g}, "
                          f"launch_s: {us(a['launch_s'])}}}")
     errors = profile["errors"]
+    gpu_kinds = {kind: s["median"] for kind, s in errors.items() if s["held_out"] and kind.split()[0] in GPU_KINDS}
+    lines.append("  held_out_errors: {" + ", ".join(f"{kind}: {e:.4g}" for kind, e in gpu_kinds.items()) + "}")
     held = ", ".join(f"{kind} {s['median']:.1%}" for kind, s in errors.items()
                      if s["held_out"] and kind != "gemm")
     package, _, first = profile["fitted_on"][0].rpartition(" ")
@@ -100,6 +103,14 @@ def custom_allreduce(text: str, profile: dict) -> str:
     return text[:start] + block + text[end:]
 
 
+def fabric_errors(text: str, kinds: dict[str, float]) -> str:
+    """The fabric preset with `held_out_errors` of the figures it took (the run's error bars)."""
+    line = "held_out_errors: {" + ", ".join(f"{kind}: {e:.4g}" for kind, e in kinds.items()) + "}\n"
+    text = re.sub(r"^held_out_errors: .*\n", "", text, flags=re.M)
+    at = text.index("custom_allreduce:") if "custom_allreduce:" in text else text.index("source: >-")
+    return text[:at] + line + text[at:]
+
+
 def main() -> None:
     for source, preset in PRESETS.items():
         profile = yaml.safe_load((HERE / source).read_text())
@@ -116,6 +127,13 @@ def main() -> None:
         path = HERE.parent / "fabrics" / preset
         path.write_text(custom_allreduce(path.read_text(), yaml.safe_load((HERE / source).read_text())))
         print(f"{preset}: the engine's all-reduce from {source}")
+    taken = {"nvlink4-nvswitch.yaml": ("h100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
+             "nvlink3-nvswitch.yaml": ("a100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
+             "pcie-gen4-2socket.yaml": ("l40s-vllm.yaml", ("allreduce custom",))}
+    for preset, (source, kinds) in taken.items():
+        errors = yaml.safe_load((HERE / source).read_text())["errors"]
+        path = HERE.parent / "fabrics" / preset
+        path.write_text(fabric_errors(path.read_text(), {kind: errors[kind]["median"] for kind in kinds}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""Error bars (sim/uncertainty.py): an 80 % interval per headline figure from the fits' held-out residuals.
+
+The properties held here follow from the model stated in the module, not from its code: an op kind with zero
+residuals adds zero width; a kind a run never executes (all-reduces at TP1) adds none; a kind's share of the
+log-width grows linearly with its error; independent kinds add in quadrature, so two together are wider than
+either and narrower than their sum."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from helpers import scenario_dict
+from splitsim.api import simulate
+from splitsim.scenario import scenario_from_dict
+from splitsim.sim import uncertainty
+
+GPU_KINDS = ("gemm", "gemm bf16", "attention", "attention prefill", "attention decode", "elementwise")
+COMM_KINDS = ("allreduce", "allreduce custom", "allgather", "sendrecv")
+FIGURES = ("ttft_p50", "tpot_p50", "throughput")
+
+
+def _bars(tp: int = 1, gpu: dict[str, float] | None = None, comm: dict[str, float] | None = None) -> dict:
+    """The run's `uncertainty` on an H100 node whose residuals are exactly the given ones (others 0)."""
+    cluster = {"base": "h100-nvlink-node",
+               "gpu": {"efficiency": {"held_out_errors": {k: 0.0 for k in GPU_KINDS} | (gpu or {})}},
+               "intra_node": {"held_out_errors": {k: 0.0 for k in COMM_KINDS} | (comm or {})}}
+    workload = {"num_requests": 30, "rate": 5.0, "prompt_tokens": 300, "output_tokens": 40}
+    summary = simulate(scenario_from_dict(scenario_dict(engine="vllm", cluster=cluster, parallel={"tp": tp},
+                                                        workload=workload))).summary
+    bars = summary["uncertainty"]
+    assert bars["level"] == 0.8 and bars["no_residuals"] == [] and bars["assumed"] == []
+    values = {"ttft_p50": summary["ttft_s"]["p50"], "tpot_p50": summary["tpot_s"]["p50"],
+              "throughput": summary["throughput_tokens_per_s"]}
+    for figure in FIGURES:  # the interval holds the run's own figure, symmetric in log
+        lo, hi = bars[figure]
+        assert lo <= values[figure] <= hi and math.log(hi / values[figure]) == pytest.approx(
+            math.log(values[figure] / lo), rel=1e-9, abs=1e-15)
+    return bars
+
+
+def _half_width(bars: dict, figure: str) -> float:
+    lo, hi = bars[figure]
+    return math.log(hi / lo) / 2
+
+
+def test_zero_residuals_give_zero_width():
+    bars = _bars(tp=2)
+    for figure in FIGURES:
+        assert bars[figure][0] == bars[figure][1]
+
+
+def test_allreduce_residuals_widen_nothing_at_tp1_and_something_at_tp2():
+    comm = {"allreduce": 0.2, "allreduce custom": 0.2}
+    for figure in FIGURES:
+        assert _half_width(_bars(tp=1, comm=comm), figure) == 0.0
+        assert _half_width(_bars(tp=2, comm=comm), figure) > 0.0
+
+
+def test_width_grows_linearly_with_a_kinds_error_and_kinds_add_in_quadrature():
+    gemm, gemm2 = _bars(gpu={"gemm bf16": 0.05}), _bars(gpu={"gemm bf16": 0.10})
+    attention = _bars(gpu={"attention prefill": 0.2, "attention decode": 0.2})
+    both = _bars(gpu={"gemm bf16": 0.05, "attention prefill": 0.2, "attention decode": 0.2})
+    for figure in FIGURES:
+        a, b = _half_width(gemm, figure), _half_width(attention, figure)
+        assert a > 0 and b > 0
+        assert _half_width(gemm2, figure) == pytest.approx(2 * a, rel=1e-9)
+        assert _half_width(both, figure) == pytest.approx(math.hypot(a, b), rel=1e-9)
+
+
+def test_equal_errors_on_every_kind_bound_the_width():
+    """Every op of a TP1 step is a GEMM, prefill or decode attention, or element-wise kernel: with the same
+    error e on each (σ = e / 0.6745), at most four independent kinds with shares w (Σw = 1) give a log
+    half-width z·σ·√Σw², between z·σ/2 and z·σ."""
+    e = 0.1
+    bars = _bars(gpu={"gemm bf16": e, "attention prefill": e, "attention decode": e, "elementwise": e})
+    sigma = e / 0.6744897501960817
+    for figure in FIGURES:
+        assert uncertainty.Z * sigma / 2 <= _half_width(bars, figure) <= uncertainty.Z * sigma
+
+
+def test_assumed_figures_widen_and_missing_residuals_are_named():
+    """The L40S box's PCIe figures are assumed; the presets have no element-wise residuals."""
+    summary = simulate(scenario_from_dict(scenario_dict(
+        engine="vllm", model="llama-3-8b", cluster="l40s-pcie-node", parallel={"tp": 2},
+        workload={"num_requests": 10, "rate": 5.0, "prompt_tokens": 200, "output_tokens": 20}))).summary
+    bars = summary["uncertainty"]
+    assert "allreduce" in bars["assumed"] and "elementwise" in bars["no_residuals"]
+
+
+def test_error_bars_leave_the_run_itself_alone_and_can_be_left_out():
+    scenario = scenario_from_dict(scenario_dict(parallel={"tp": 2}))
+    with_bars, without = simulate(scenario).summary, simulate(scenario, error_bars=False).summary
+    assert "uncertainty" not in without
+    assert {k: v for k, v in with_bars.items() if k != "uncertainty"} == without
