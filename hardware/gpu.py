@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from splitsim.hardware.units import Exponent, FixedCost, Flops, Fraction, Memory, MemoryBandwidth, check_errors
 
-ComputeDtype = Literal["bf16", "fp16", "fp8"]
+ComputeDtype = Literal["bf16", "fp16", "fp8", "fp4"]
 
 
 class GemmShape(BaseModel):
@@ -115,6 +115,7 @@ class GpuSpec(BaseModel):
     memory_bw_bytes_per_s: MemoryBandwidth
     bf16_flops_per_s: Flops = Field(description="dense BF16/FP16 tensor peak")
     fp8_flops_per_s: Flops | None = Field(None, description="dense FP8 peak; null if no FP8 cores")
+    fp4_flops_per_s: Flops | None = Field(None, description="dense FP4 (NVFP4) peak; null if no FP4 cores")
     num_sms: int = Field(gt=0, le=1024, strict=True, description="streaming multiprocessors (CUs, cores)")
     efficiency: Efficiency
     source: str
@@ -123,11 +124,16 @@ class GpuSpec(BaseModel):
     def has_fp8(self) -> bool:
         return self.fp8_flops_per_s is not None
 
+    @property
+    def has_fp4(self) -> bool:
+        return self.fp4_flops_per_s is not None
+
     def peak_flops_per_s(self, dtype: ComputeDtype) -> float:
-        if dtype == "fp8":
-            if self.fp8_flops_per_s is None:
-                raise ValueError(f"{self.name} has no FP8 tensor cores")
-            return self.fp8_flops_per_s
+        if dtype in ("fp8", "fp4"):
+            peak = self.fp8_flops_per_s if dtype == "fp8" else self.fp4_flops_per_s
+            if peak is None:
+                raise ValueError(f"{self.name} has no {dtype.upper()} tensor cores")
+            return peak
         return self.bf16_flops_per_s
 
     def wave_efficiency(self, m: int, n: int, dtype: ComputeDtype = "bf16") -> float:

@@ -75,7 +75,8 @@ class Plan:
         self.block_size = memory.block_size
         weights = scenario.precision.weights or model.default_weight_dtype
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
-        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8))
+        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8,
+                                                                         cluster.gpu.has_fp4))
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:

@@ -85,9 +85,11 @@ def _cost(args: argparse.Namespace) -> int:
 
     if args.op == "gemm":
         gpu = load_gpu(args.gpu)
-        weight_bytes = 1.0 if args.dtype == "fp8" else 2.0
-        if args.dtype == "fp8" and not gpu.has_fp8:
-            raise ScenarioError(f"--dtype fp8: {gpu.name} has no FP8 tensor cores (valid: bf16, fp16)")
+        weight_bytes = {"fp8": 1.0, "fp4": 0.5}.get(args.dtype, 2.0)
+        if (args.dtype == "fp8" and not gpu.has_fp8) or (args.dtype == "fp4" and not gpu.has_fp4):
+            valid = ", ".join(["bf16", "fp16"] + ["fp8"] * gpu.has_fp8 + ["fp4"] * gpu.has_fp4)
+            raise ScenarioError(f"--dtype {args.dtype}: {gpu.name} has no {args.dtype.upper()} tensor cores "
+                                f"(valid: {valid})")
         seconds = gpu.gemm_time_s(args.m, args.n, args.k, weight_bytes=weight_bytes, dtype=args.dtype)
         label = f"gemm {args.m}×{args.k} · {args.k}×{args.n} {args.dtype} on {gpu.name}"
         result: dict[str, object] = {"seconds": seconds}
@@ -270,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     cost.add_argument("--m", type=_positive_int, help="rows of the activation (tokens)")
     cost.add_argument("--n", type=_positive_int, help="columns of the weight")
     cost.add_argument("--k", type=_positive_int, help="inner dimension")
-    cost.add_argument("--dtype", choices=["bf16", "fp16", "fp8"], default="bf16")
+    cost.add_argument("--dtype", choices=["bf16", "fp16", "fp8", "fp4"], default="bf16")
     impl = cost.add_mutually_exclusive_group()
     impl.add_argument("--impl", choices=["nccl", "custom"], default=None,
                       help="allreduce: NCCL (default), or the engine's own all-reduce where vLLM's rules allow it "

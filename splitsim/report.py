@@ -108,7 +108,8 @@ def format_summary(result: Result) -> str:
                                                   ("output", bars["throughput"], 1.0, "tok/s")) if pair is not None]
         unpriced = f"; no residuals for {', '.join(bars['no_residuals'])}" if bars["no_residuals"] else ""
         assumed = f"; assumed figures for {', '.join(bars['assumed'])}" if bars["assumed"] else ""
-        lines.append(f"  {bars['level']:.0%} interval    {', '.join(parts)} (held-out kernel errors{unpriced}{assumed})")
+        lines.append(f"  {bars['level']:.0%} interval    {', '.join(parts)} "
+                     f"(held-out kernel errors{unpriced}{assumed})")
     if "goodput_requests_per_s" in s:
         slo = s["slo"]
         checks = "".join(f"; {key} {'met' if c['met'] else 'MISSED'}" for key, c in slo["percentiles"].items())

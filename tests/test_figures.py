@@ -167,7 +167,7 @@ _BASES: dict[str, tuple[type[BaseModel], Any]] = {
 # Every figure with a unit, by the kind of its plausible range.
 FIGURES = [
     ("gpu", "memory_bytes", "memory"), ("gpu", "memory_bw_bytes_per_s", "memory_bandwidth"),
-    ("gpu", "bf16_flops_per_s", "flops"), ("gpu", "fp8_flops_per_s", "flops"),
+    ("gpu", "bf16_flops_per_s", "flops"), ("gpu", "fp8_flops_per_s", "flops"), ("gpu", "fp4_flops_per_s", "flops"),
     ("gpu", "efficiency.launch_s", "fixed_cost"), ("gpu", "efficiency.elementwise_launch_s", "fixed_cost"),
     ("nvswitch", "link_bw_bytes_per_s", "link_bandwidth"), ("nvswitch", "latency_s", "latency"),
     ("nvswitch", "p2p_latency_s", "latency"), ("nvswitch", "nvls_latency_s", "latency"),

@@ -54,6 +54,18 @@ def test_decode_gemm_is_memory_bound_and_fp8_halves_weight_bytes():
 def test_fp8_compute_needs_fp8_tensor_cores():
     with pytest.raises(ValueError, match="FP8"):
         load_gpu("a100-sxm").gemm_time_s(4096, 4096, 4096, weight_bytes=1, dtype="fp8")
+    with pytest.raises(ValueError, match="FP4"):
+        load_gpu("h100-sxm").gemm_time_s(4096, 4096, 4096, weight_bytes=0.5, dtype="fp4")
+
+
+def test_a_large_fp4_gemm_on_b200_runs_at_its_fp4_peak():
+    """Compute-bound: 2mnk / (9 PFLOPS × the fp4 GEMMs' own fitted η_peak), read from the preset YAML."""
+    gpu, figures = load_gpu("b200"), catalog_yaml("gpus", "b200")
+    m = n = k = 16384
+    eta = figures["efficiency"]["gemm_by_dtype"]["fp4"]["compute"]
+    seconds = gpu.gemm_time_s(m, n, k, weight_bytes=0.5, dtype="fp4")
+    # 16384 rows fill every wave to within a few % whatever the tile, and m½ is far below m
+    assert seconds == pytest.approx(2 * m * n * k / (q(figures["fp4_flops_per_s"], "flops_per_s") * eta), rel=0.06)
 
 
 def test_ring_allreduce_inside_an_a100_node():

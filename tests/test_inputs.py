@@ -147,9 +147,10 @@ def test_users_can_bring_their_own_gpu_fabric_and_cluster_files(tmp_path):
     assert (plan.cluster.name, plan.cluster.gpu.name, plan.cluster.num_gpus) == ("my-box", "my-gpu", 4)
 
 
-@pytest.mark.parametrize(("cluster", "compute"), [("h100-nvlink-node", "fp8"), ("a100-nvlink-node", "bf16"),
-                                                  ("l40s-pcie-node", "fp8")])
-def test_fp8_weights_use_fp8_tensor_cores_only_where_they_exist(cluster, compute):
+@pytest.mark.parametrize(("cluster", "compute", "fp4_compute"), [
+    ("h100-nvlink-node", "fp8", "bf16"), ("a100-nvlink-node", "bf16", "bf16"), ("l40s-pcie-node", "fp8", "bf16"),
+    ("b200-nvlink-node", "fp8", "fp4"), ("rtx-pro-6000-pcie-node", "fp8", "fp4")])  # Blackwell computes FP4
+def test_fp8_and_fp4_weights_use_their_tensor_cores_only_where_they_exist(cluster, compute, fp4_compute):
     from splitsim.sim.plan import build_plan
 
     plan = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
@@ -157,7 +158,7 @@ def test_fp8_weights_use_fp8_tensor_cores_only_where_they_exist(cluster, compute
     assert plan.sharding.compute == compute
     fp4 = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml", [f"cluster={cluster}",
                                                                          "precision.weights=fp4"]))
-    assert fp4.sharding.compute == "bf16"  # fp4 is weight-only everywhere
+    assert fp4.sharding.compute == fp4_compute  # weight-only before Blackwell
     assert fp4.weights_bytes_per_gpu == pytest.approx(plan.weights_bytes_per_gpu / 2)
 
 

@@ -42,15 +42,19 @@ SYSTEMS: dict[str, tuple[str, str | None]] = {
     "h200_sxm": ("h200", "h200-nvlink-node"),
     "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
     "l40s": ("l40s", "l40s-pcie-node"),
+    "b200_sxm": ("b200", "b200-nvlink-node"),
+    "rtx_pro_6000_server": ("rtx-pro-6000", "rtx-pro-6000-pcie-node"),
 }
 # L2 cache per GPU (datasheets / architecture whitepapers: H100 and H200 SXM 50 MB, A100 40 MB, L40S 96 MB).
 # The tables time one GEMM over and over, so a weight matrix the L2 holds is read from cache after the
 # first call; serving reads every layer's weights from memory. GEMM rows whose weights are under twice the
 # L2 are left out (`L2_FACTOR`): their memory side would be fitted to the cache.
-L2_BYTES = {"h100_sxm": 50e6, "h200_sxm": 50e6, "a100_sxm": 40e6, "l40s": 96e6}
+L2_BYTES = {"h100_sxm": 50e6, "h200_sxm": 50e6, "a100_sxm": 40e6, "l40s": 96e6,
+            "b200_sxm": 126e6, "rtx_pro_6000_server": 128e6}  # Blackwell: public spec listings, assumed
 L2_FACTOR = 2.0
-NVLINK = {"h100_sxm": True, "h200_sxm": True, "a100_sxm": True, "l40s": False}  # every GPU pair on NVLink
-NVLS_SYSTEMS = ("h100_sxm", "h200_sxm")  # third-generation NVSwitch: it reduces (NCCL's NVLS algorithm)
+NVLINK = {"h100_sxm": True, "h200_sxm": True, "a100_sxm": True, "l40s": False, "b200_sxm": True,
+          "rtx_pro_6000_server": False}  # every GPU pair on NVLink
+NVLS_SYSTEMS = ("h100_sxm", "h200_sxm", "b200_sxm")  # third-generation NVSwitch: it reduces (NCCL's NVLS algorithm)
 FRAMEWORKS = ("vllm", "trtllm", "sglang")
 # Engines whose own all-reduce follows vLLM's kernels and rules (SGLang's custom_all_reduce.py is derived from
 # vLLM's); TRT-LLM's own all-reduce strategies are not modelled yet.
@@ -58,12 +62,13 @@ CUSTOM_ALLREDUCE_FRAMEWORKS = ("vllm", "sglang")
 # The GEMM kernel each engine runs for a dtype (the table's kernel_source; older collections' names after the
 # first), and its weight bytes.
 GEMM_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {
-    "vllm": {"bf16": ("torch.nn.functional.linear", "vllm_default"), "fp8": ("CutlassFP8ScaledMMLinearKernel",)},
+    "vllm": {"bf16": ("torch.nn.functional.linear", "vllm_default"), "fp8": ("CutlassFP8ScaledMMLinearKernel",),
+             "fp4": ("FlashInferCuteDslNvFp4LinearKernel", "FlashInferCutlassNvFp4LinearKernel")},
     "trtllm": {"bf16": ("torch_flow", "trtllm_default"), "fp8": ("torch_flow",)},
     "sglang": {"bf16": ("sglang_torch_linear", "sglang"), "fp8": ("sglang_sgl_kernel_fp8_scaled_mm", "sglang")},
 }
-TABLE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
-WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0}
+TABLE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "nvfp4": "fp4"}
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}  # as models/precision.py counts them
 NCCL_OPS = {"all_reduce": "allreduce", "all_gather": "allgather"}
 MS = 1e-3
 

@@ -352,7 +352,7 @@ def _int(value: Any, default: int = 0) -> int:
 def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: GpuSpec) -> dict[str, pd.DataFrame]:
     """GEMM, attention, collective and send/recv rows of one measurements folder."""
     dtype = measurements.measured_dtype(folder, config)
-    compute = compute_dtype(dtype, gpu.has_fp8)  # type: ignore[arg-type]
+    compute = compute_dtype(dtype, gpu.has_fp8, gpu.has_fp4)  # type: ignore[arg-type]
     weight_bytes = BYTES_PER_ELEMENT[dtype]
     micro, op_rows = rows[rows["kind"] == "micro"], rows[rows["kind"] == "op"]
     needs_model = (op_rows["op"].isin(GEMM_OPS + ELEMENTWISE_OPS + ("attention",)).any()

@@ -14,7 +14,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 GPUS = HERE.parent / "gpus"
 PRESETS = {"h100_sxm-vllm.yaml": "h100-sxm.yaml", "h200_sxm-vllm.yaml": "h200.yaml",
-           "a100_sxm-vllm.yaml": "a100-sxm.yaml", "l40s-vllm.yaml": "l40s.yaml"}
+           "a100_sxm-vllm.yaml": "a100-sxm.yaml", "l40s-vllm.yaml": "l40s.yaml", "b200_sxm-vllm.yaml": "b200.yaml",
+           "rtx_pro_6000_server-vllm.yaml": "rtx-pro-6000.yaml"}
 MARK = "efficiency:"
 GPU_KINDS = ("gemm", "attention", "elementwise")
 
@@ -50,11 +51,20 @@ def block(profile: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-FABRICS = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml"}
+FABRICS = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml",
+           "b200_sxm-vllm.yaml": "nvlink5-nvswitch.yaml", "rtx_pro_6000_server-vllm.yaml": "pcie-gen5-p2p.yaml"}
 KEPT_P2P = "send/recv figures stay Vidur's (the tables have no send/recv)"
+P2P_NOTE = {  # what the fabric's send/recv figures are, where not Vidur's
+    "nvlink5-nvswitch.yaml": "send/recv figures are assumed: NVLink 4's fitted α and fraction of the link rate (the "
+                             "tables have no send/recv)",
+    "pcie-gen5-p2p.yaml": "The tables do not state the server's PCIe topology: peer-to-peer is inferred on (vLLM "
+                              "ran its own all-reduce on 2 GPUs, which it does only after its P2P check passes, and "
+                              "2-GPU NCCL all-reduces reach 38.6 GB/s, above what staging through host memory gives), "
+                              "and no host bridge slower than the links (8-GPU rings run at 4-GPU rings' 25 GB/s); "
+                              "send/recv and the no-P2P figures are assumed"}
 
 
-def fabric(text: str, profile: dict) -> str:
+def fabric(text: str, profile: dict, name: str = "") -> str:
     """The fabric preset with its collective figures from the profile's `intra_node` fit: t₀, ring α and B,
     NVLS α and B where fitted; send/recv kept."""
     fit = profile["intra_node"]
@@ -69,17 +79,19 @@ def fabric(text: str, profile: dict) -> str:
     errors = profile["errors"]
     held = ", ".join(f"{kind} {errors[kind]['median']:.1%}" for kind in ("allreduce", "allgather") if kind in errors)
     table = next(entry for entry in profile["fitted_on"] if "/comm/" in entry)
+    p2p = P2P_NOTE.get(name, KEPT_P2P)
     source = (f"Collective figures fitted by splitsim calibrate --aiconfigurator to {table} (fp16 all-reduce and "
               f"all-gather at 2/4/8 GPUs{', NVLS beside the ring' if fit.get('nvls_latency_s') else ''}; "
-              f"hardware/catalog/profiles/{profile['name']}.yaml); held-out median errors {held}. {KEPT_P2P}, "
-              "and the link rate is the datasheet's.")
+              f"hardware/catalog/profiles/{profile['name']}.yaml); held-out median errors {held}. {p2p}; "
+              "the link rate is the datasheet's.")
     head = text[:text.index("source: >-")]
     return head + "source: >-\n" + "\n".join(textwrap.wrap(source, 100, initial_indent="  ",
                                                          subsequent_indent="  ")) + "\n"
 
 
 CUSTOM = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml",
-          "l40s-vllm.yaml": "pcie-gen4-2socket.yaml"}
+          "l40s-vllm.yaml": "pcie-gen4-2socket.yaml", "b200_sxm-vllm.yaml": "nvlink5-nvswitch.yaml",
+          "rtx_pro_6000_server-vllm.yaml": "pcie-gen5-p2p.yaml"}
 
 
 def custom_allreduce(text: str, profile: dict) -> str:
@@ -121,7 +133,7 @@ def main() -> None:
         print(f"{preset}: efficiency from {source}")
     for source, preset in FABRICS.items():
         path = HERE.parent / "fabrics" / preset
-        path.write_text(fabric(path.read_text(), yaml.safe_load((HERE / source).read_text())))
+        path.write_text(fabric(path.read_text(), yaml.safe_load((HERE / source).read_text()), preset))
         print(f"{preset}: collective figures from {source}")
     for source, preset in CUSTOM.items():
         path = HERE.parent / "fabrics" / preset
@@ -129,7 +141,9 @@ def main() -> None:
         print(f"{preset}: the engine's all-reduce from {source}")
     taken = {"nvlink4-nvswitch.yaml": ("h100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
              "nvlink3-nvswitch.yaml": ("a100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
-             "pcie-gen4-2socket.yaml": ("l40s-vllm.yaml", ("allreduce custom",))}
+             "pcie-gen4-2socket.yaml": ("l40s-vllm.yaml", ("allreduce custom",)),
+             "nvlink5-nvswitch.yaml": ("b200_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
+             "pcie-gen5-p2p.yaml": ("rtx_pro_6000_server-vllm.yaml", ("allreduce", "allgather", "allreduce custom"))}
     for preset, (source, kinds) in taken.items():
         errors = yaml.safe_load((HERE / source).read_text())["errors"]
         path = HERE.parent / "fabrics" / preset
