@@ -10,8 +10,11 @@ the sender holds its stage until the receiver takes the batch (blocked time show
 both spend the send in `pp_comm`; the receiver all-gathers the TP-sharded activations.
 
 One pipeline walk serves both granularities. `stage`: one event per stage per batch (plus the hand-off).
-`layer`: one event per op, and every all-reduce and hand-off first takes the shared links it crosses
-(NICs, the PCIe host bridge) as resources, so concurrent transfers over one link queue behind each other.
+`layer`: one event per op. Both send every all-reduce and hand-off over the shared links it crosses (NICs,
+the PCIe host bridge, host memory) as a flow that shares them fairly with the transfers overlapping it
+(`sim.flows`). Stage mode does so with `sim.contention` (a stage's collectives as one flow) where some link
+can have two users; otherwise (by default, or where no link is shared) it times a batch's whole way through
+the pipeline when it enters (`_through_stages`) and fast-forwards.
 
 The engine reads only the resolved plan and the request stream, changes neither, and returns what
 happened as `RunRecords`; finished requests go to a sink.
@@ -29,6 +32,7 @@ import simpy
 from splitsim.hardware.collectives import shared_links
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
+from splitsim.sim.flows import SharedLinks
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram
 from splitsim.sim.plan import Plan
 from splitsim.sim.recorder import Recorder
@@ -88,7 +92,9 @@ class Engine:
         self.fast_forward = FastForwardStats()
         self.ff_enabled = plan.scenario.sim.fast_forward
         self.spans_in_flight: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (ends of skipped steps, tokens each)
-        self.links: dict[str, simpy.Resource] = {}
+        self.links = SharedLinks(self.env)
+        # Stage mode with sim.contention, where some shared link has two users: it walks events as layer mode does.
+        self.contended = plan.scenario.sim.contention and not self.layer_mode and _contended(plan)
         self.routed = 0
         self.finished = 0
         self.last_finish_s = 0.0
@@ -162,7 +168,7 @@ class Engine:
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
         env, recorder, index = self.env, self.recorder, replica.index
-        one_delay = self.plan.pp == 1 and not self.layer_mode  # the hot path of most runs
+        one_delay = self.plan.pp == 1 and not self.layer_mode and not self.contended  # the hot path of most runs
         queue = slot.waiting
         while True:
             waiting = len(queue)
@@ -196,9 +202,10 @@ class Engine:
                     del self.spans_in_flight[id(slot)]
                     self.tokens_out += skipped * batch.num_logits
             else:
-                reason = "off" if not self.ff_enabled else "layer_granularity" if self.layer_mode else "pipeline"
+                reason = ("off" if not self.ff_enabled else "layer_granularity" if self.layer_mode
+                          else "contention" if self.contended else "pipeline")
                 self.fast_forward.fallbacks[reason] += 1
-                if self.layer_mode:
+                if self.layer_mode or self.contended:
                     yield from self._pipeline(replica, batch)
                 else:
                     yield env.timeout(_delay_to(env.now, self._through_stages(replica, batch)))
@@ -257,8 +264,8 @@ class Engine:
         return end
 
     def _pipeline(self, replica: _Replica, batch: Batch) -> Process:
-        """Layer granularity: the batch through every stage, hand-off into stage s, then stage s's work, as
-        events (links are shared, so transfers contend)."""
+        """The batch through every stage, hand-off into stage s, then stage s's work, as events (links are
+        shared, so transfers contend): each op in layer mode, each stage's work in two in stage mode."""
         stages, pp = replica.stages, self.plan.pp
         held = None
         if pp > 1:
@@ -270,7 +277,10 @@ class Engine:
                 yield receiving
                 yield from self._handoff(replica, s, batch.shape.num_tokens, held)
                 held = receiving
-            yield from self._stage_layers(replica, s, batch)
+            if self.layer_mode:
+                yield from self._stage_layers(replica, s, batch)
+            else:
+                yield from self._stage_lumped(replica, s, batch)
         if held is not None:
             stages[-1].release(held)
 
@@ -296,31 +306,32 @@ class Engine:
             rec.busy(replica.index, s, start + compute, start + compute + comm, "tp_comm", "allreduce")
         return compute + comm
 
-    # -- layer granularity ---------------------------------------------------------------------------
-    def _links(self, gpus: list[int]) -> list[simpy.Resource]:
-        resources = []
-        for name in shared_links(self.plan.cluster, gpus):
-            if name not in self.links:
-                self.links[name] = simpy.Resource(self.env, capacity=1)
-            resources.append(self.links[name])
-        return resources
+    def _stage_lumped(self, replica: _Replica, s: int, batch: Batch) -> Process:
+        """Stage granularity where links are contended: the stage's compute, then its collectives as one flow."""
+        env, rec, r = self.env, self.recorder, replica.index
+        last = s == self.plan.pp - 1
+        compute, comm = replica.costs[s].stage_time(batch.shape, batch.num_logits if last else 0)
+        start = env.now
+        yield env.timeout(compute)
+        rec.busy(r, s, start, env.now, "compute", "layers")
+        if comm:
+            start = env.now
+            yield from self._over_links(self._links(self.plan.tp_group(r, s)), comm)
+            rec.busy(r, s, start, env.now, "tp_comm", "allreduce")
 
-    def _over_links(self, links: list[simpy.Resource], seconds: float) -> Process:
-        """Hold every shared link (taken in name order, so no two transfers deadlock) for `seconds`."""
-        requests = []
-        for link in links:
-            request = link.request()
-            requests.append(request)
-            yield request
-        yield self.env.timeout(seconds)
-        for link, request in zip(links, requests):
-            link.release(request)
+    # -- layer granularity ---------------------------------------------------------------------------
+    def _links(self, gpus: list[int]) -> tuple[str, ...]:
+        return shared_links(self.plan.cluster, gpus)
+
+    def _over_links(self, links: tuple[str, ...], seconds: float) -> Process:
+        """`seconds` of transfer over `links`, sharing them fairly with what else crosses them (`sim.flows`)."""
+        yield self.links.transfer(links, seconds)
 
     def _stage_layers(self, replica: _Replica, s: int, batch: Batch) -> Process:
         env, rec, cost = self.env, self.recorder, replica.costs[s]
         r = replica.index
         tokens = batch.shape.num_tokens
-        links = self._links(self.plan.tp_group(r, s)) if self.plan.tp > 1 else []
+        links = self._links(self.plan.tp_group(r, s)) if self.plan.tp > 1 else ()
         edge_compute, edge_comm = cost.edge_times(tokens)
         if cost.is_first:
             start = env.now
@@ -370,6 +381,23 @@ class Engine:
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
                 self._route(self._request(now))
         replica.wake_idle_slots()
+
+
+def _contended(plan: Plan) -> bool:
+    """Whether two transfers can ever overlap on a shared link: a link used by the collectives of more than one
+    (replica, stage), or by a hand-off and anything else. One stage's own collectives never overlap each other."""
+    users: dict[str, set[tuple[int, int, str]]] = {}
+    for r in range(plan.dp):
+        for s in range(plan.pp):
+            group = plan.tp_group(r, s)
+            if plan.tp > 1:
+                for link in shared_links(plan.cluster, group):
+                    users.setdefault(link, set()).add((r, s, "tp"))
+            if s:
+                for link in shared_links(plan.cluster, plan.tp_group(r, s - 1) + group) + shared_links(
+                        plan.cluster, group):
+                    users.setdefault(link, set()).add((r, s, "handoff"))
+    return any(len(who) > 1 for who in users.values())
 
 
 def _delay_to(now: float, end: float) -> float:
