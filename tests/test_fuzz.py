@@ -30,7 +30,8 @@ from helpers import catalog_yaml, scenario_dict, tiny_model_path
 from splitsim.cli import main
 from splitsim.validate import measurements
 
-BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4})
+BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4},
+                              sim={"contention": False})  # every key a scenario may hold is there to mutate
 
 # Values no field should take silently, and a few that are valid somewhere.
 ABSURD = st.one_of(
