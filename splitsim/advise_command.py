@@ -141,10 +141,12 @@ def run(args: argparse.Namespace) -> int:
     summary = advice_json(advice)
 
     def write(folder: Path) -> None:
+        from splitsim.plots import save_figure  # matplotlib: only when a figure is written
+
         write_csv(pd.DataFrame(candidate_rows(advice)), folder / "candidates.csv")
         (folder / "advice.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         if advice.ranked:
-            pareto_figure(advice).savefig(folder / "pareto.png", dpi=110)
+            save_figure(pareto_figure(advice), folder / "pareto.png")
 
     replace_folder(out_dir, write)
     print(f"{args.model} on {args.cluster}, {question.gpus} GPUs, objective {question.objective}")

@@ -583,6 +583,8 @@ def pareto_figure(advice: Advice) -> Any:
     joined, the best labelled. Built without pyplot (see splitsim.plots)."""
     from matplotlib.figure import Figure
 
+    from splitsim.plots import any_text
+
     ranked = [e for e in advice.ranked if e.metrics.get("tpot_s.p50")]
     points = [(1.0 / e.metrics["tpot_s.p50"], e.metrics["throughput_per_gpu"]) for e in ranked]
     front = pareto_front(points)
@@ -601,5 +603,6 @@ def pareto_figure(advice: Advice) -> Any:
     ax.set_title(f"{len(ranked)} layouts, objective {advice.question.objective}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    with any_text():
+        fig.tight_layout()
     return fig

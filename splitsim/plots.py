@@ -6,6 +6,9 @@ saving a file needs no display.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -15,6 +18,20 @@ from splitsim.sim.result import Result
 
 COLORS = {"compute": "#2b7bba", "tp_comm": "#e8a33d", "pp_comm": "#8e5bb5", "bubble": "#d9534f",
           "idle": "#e6e6e6"}
+
+
+@contextmanager
+def any_text() -> Iterator[None]:
+    """Lay out and draw text holding characters the font lacks (a scenario's name, a sweep's values: users type
+    anything) as boxes, without matplotlib's warning for each missing glyph."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+        yield
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    with any_text():
+        fig.savefig(path, dpi=110)
 
 
 def timeline_figure(result: Result) -> Figure:
@@ -37,7 +54,8 @@ def timeline_figure(result: Result) -> Figure:
                  f"{result.window[0]:g}–{result.window[1]:g} s")
     ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], ncol=5,
               loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)
-    fig.tight_layout()
+    with any_text():
+        fig.tight_layout()
     return fig
 
 
@@ -50,10 +68,10 @@ def latency_cdf_figure(result: Result) -> Figure:
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    with any_text():
+        fig.tight_layout()
     return fig
 
 
 def save_timeline(result: Result, path: Path) -> None:
-    fig = timeline_figure(result)
-    fig.savefig(path, dpi=110)
+    save_figure(timeline_figure(result), path)

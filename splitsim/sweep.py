@@ -140,15 +140,17 @@ def run(args: argparse.Namespace) -> int:
         written += ["sweep.png", "sweep-heatmap.png"] if len(keys) > 1 else ["sweep.png"]
 
     def write(folder: Path) -> None:
+        from splitsim.plots import save_figure  # matplotlib: only when a figure is written
+
         write_csv(table, folder / "sweep.csv")
         (folder / "run.json").write_text(json.dumps({"scenario": str(args.scenario), "grid": args.grid,
                                                      "points": len(table), "wall_time_s": wall}, indent=2) + "\n")
         if "sweep.parquet" in written:
             parquet_table(table, keys).to_parquet(folder / "sweep.parquet", index=False)
         if "sweep.png" in written:
-            sweep_figure(table, keys).savefig(folder / "sweep.png", dpi=110)
+            save_figure(sweep_figure(table, keys), folder / "sweep.png")
         if "sweep-heatmap.png" in written:
-            heatmap_figure(table, keys).savefig(folder / "sweep-heatmap.png", dpi=110)
+            save_figure(heatmap_figure(table, keys), folder / "sweep-heatmap.png")
 
     replace_folder(out_dir, write)
     failed = int((table["error"] != "").sum())
@@ -168,6 +170,8 @@ def heatmap_figure(table: Any, keys: list[str]) -> Any:
     """Output throughput over the first two grid keys, one panel per value of the others (up to six); a
     refused point is a blank cell."""
     from matplotlib.figure import Figure
+
+    from splitsim.plots import any_text
 
     rest = keys[2:]
     groups = list(table.groupby(rest, sort=False)) if rest else [("", table)]
@@ -191,13 +195,16 @@ def heatmap_figure(table: Any, keys: list[str]) -> Any:
         fig.colorbar(image, ax=ax, label="output tokens/s")
     if len(groups) > len(shown):
         fig.suptitle(f"first {len(shown)} of {len(groups)} panels (every point is in sweep.csv)", fontsize=9)
-    fig.tight_layout()
+    with any_text():
+        fig.tight_layout()
     return fig
 
 
 def sweep_figure(table: Any, keys: list[str]) -> Any:
     """Output throughput and TPOT p50 against the first grid key, one line per value of the others."""
     from matplotlib.figure import Figure
+
+    from splitsim.plots import any_text
 
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
@@ -216,5 +223,6 @@ def sweep_figure(table: Any, keys: list[str]) -> Any:
         ax.set_xlabel(keys[0])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    with any_text():
+        fig.tight_layout()
     return fig
