@@ -18,7 +18,7 @@ from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.fabric import CustomAllReduce, NvSwitchFabric, PcieFabric
 from splitsim.hardware.gpu import Efficiency
-from splitsim.hardware.units import FixedCost, LinkBandwidth
+from splitsim.hardware.units import MAX_ERROR, FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
 
 PROFILE_SCHEMA = "splitsim.hardware-profile/2"  # 2: per-dtype GEMM figures, per-phase attention
@@ -106,7 +106,7 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
     if profile.gpu != cluster.gpu.name:
         raise ValueError(f"hardware_profile: {profile.name} was fitted on {profile.gpu}, but cluster "
                          f"{cluster.name} has {cluster.gpu.name} GPUs (use a profile of {cluster.gpu.name})")
-    errors = {kind: stats.median for kind, stats in profile.errors.items()}
+    errors = {kind: min(stats.median, MAX_ERROR) for kind, stats in profile.errors.items() if stats.median >= 0}
     gpu_errors = {kind: e for kind, e in errors.items() if kind.split()[0] in GPU_KINDS}
     efficiency = profile.efficiency.model_copy(update={"held_out_errors": gpu_errors or
                                                        profile.efficiency.held_out_errors})

@@ -222,11 +222,15 @@ Fraction = Annotated[float, _fraction("an efficiency (the achieved fraction of a
 Exponent = Annotated[float, _fraction("the wave exponent γ", zero_ok=True)]
 
 
+MAX_ERROR = 100.0  # a median relative error beyond it is a fit that failed, not a figure to carry
+
+
 def check_errors(errors: object) -> object:
-    """Median relative errors by op kind: each a number from 0 to 10 (a fit 10× off explains nothing)."""
+    """Median relative errors by op kind: each a number from 0 to `MAX_ERROR`."""
     if not isinstance(errors, dict):
         return errors  # pydantic says it is not a mapping
     for kind, value in errors.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
-            raise ValueError(f"{kind}: {cut(repr(value))} is not a median relative error (valid: 0 to 10, e.g. 0.05)")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_ERROR:
+            raise ValueError(f"{kind}: {cut(repr(value))} is not a median relative error (valid: 0 to "
+                             f"{MAX_ERROR:g}, e.g. 0.05)")
     return {kind: float(value) for kind, value in errors.items()}

@@ -34,6 +34,7 @@ HALF_NORMAL_MEDIAN = 0.6744897501960817
 # An assumed figure is taken to be no better than the worst fit we ship: A100 decode attention's held-out
 # median, 31 % (hardware/catalog/profiles/a100_sxm-vllm.yaml).
 ASSUMED_ERROR = 0.31
+ERROR_CAP = 10.0  # per kind: a fit more than 10× off (a noisy CPU run) bounds nothing finer, and keeps e^(zσ) finite
 _OP_KIND = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
             "attention_prefill": "attention prefill", "attention_decode": "attention decode",
             "input_norm": "elementwise", "rope": "elementwise", "post_norm": "elementwise", "act": "elementwise",
@@ -161,7 +162,7 @@ def uncertainty(plan: Plan, stream: RequestStream, summary: dict[str, Any]) -> d
                 continue
             if is_assumed:
                 widened.add(kind)
-            variance += (t / total * error / HALF_NORMAL_MEDIAN) ** 2
+            variance += (t / total * min(error, ERROR_CAP) / HALF_NORMAL_MEDIAN) ** 2
         spread = math.exp(Z * math.sqrt(variance))
         value = values[figure]
         out[figure] = None if value is None else [value / spread, value * spread]
