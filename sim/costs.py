@@ -51,8 +51,9 @@ class StageCosts:
         self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
         # Caches shared by every StageCosts of the same model, number formats, GPU (and TP group, for the
         # collectives) in this process: an advisor's runs of many layouts and loads price each shape once.
-        layer = (plan.model, plan.sharding, self.gpu)
-        comm = (plan.model, plan.cluster, tuple(self.group), plan.engine)
+        self._padded = plan.padded_tokens  # CUDA-graph sizes (the engine's): a batch's tokens as its graph runs them
+        layer = (plan.model, plan.sharding, self.gpu, self._padded)
+        comm = (plan.model, plan.cluster, tuple(self.group), plan.engine, self._padded)
         self._gemms: dict[int, tuple[float, ...]] = _shared(("gemms", layer))
         self._elementwise: dict[int, tuple[float, ...]] = _shared(("elementwise", layer))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
@@ -83,10 +84,18 @@ class StageCosts:
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")
 
+    def _graph_tokens(self, tokens: int) -> int:
+        """The token count a batch of `tokens` runs as: its CUDA graph's size, or itself (sim/defaults.py)."""
+        return self._padded[tokens] if tokens < len(self._padded) else tokens
+
     def _by_tokens(self, cache: dict[int, tuple[float, ...]], tokens: int,
                    ops: Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]) -> tuple[float, ...]:
         cached = cache.get(tokens)
         if cached is None:
+            padded = self._graph_tokens(tokens)
+            if padded != tokens:  # a CUDA graph's batch: priced as the graph runs it
+                cached = cache[tokens] = self._by_tokens(cache, padded, ops)
+                return cached
             cached = cache[tokens] = tuple(self._op_time(op) for op in ops(self.plan.model, tokens, self.plan.sharding))
         return cached
 
@@ -101,6 +110,10 @@ class StageCosts:
     def allreduce_time(self, tokens: int) -> float:
         cached = self._allreduce.get(tokens)
         if cached is None:
+            padded = self._graph_tokens(tokens)
+            if padded != tokens:
+                cached = self._allreduce[tokens] = self.allreduce_time(padded)
+                return cached
             op = model_ops.allreduce("attn_allreduce", tokens, self.plan.model)
             cached = self._allreduce[tokens] = self._op_time(op) if self.plan.tp > 1 else 0.0
         return cached
@@ -127,8 +140,8 @@ class StageCosts:
             return 0.0, 0.0
         cached = self._per_token.get(tokens)
         if cached is None:
-            compute = self._op_time(model_ops.embedding(self.plan.model, tokens, self.plan.sharding))
-            cached = self._per_token[tokens] = (compute, self.allreduce_time(tokens))
+            embedding = model_ops.embedding(self.plan.model, self._graph_tokens(tokens), self.plan.sharding)
+            cached = self._per_token[tokens] = (self._op_time(embedding), self.allreduce_time(tokens))
         return cached
 
     def lm_head_time(self, num_logits: int) -> float:

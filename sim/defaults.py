@@ -27,6 +27,10 @@ request's whole KV at admission). Its own all-reduce strategies are not modelled
 is assumed to carry the residual as vLLM's and SGLang's do. Chunked
 prefill is off by default there; splitsim's `chunked` policy with TRT-LLM's budget stands in (docs/model.md).
 
+vLLM pads a batch of up to 512 tokens to its next CUDA-graph size (`ServingEngine.graph_sizes`): the GEMMs,
+element-wise kernels and all-reduces run on the padded token count (attention and the LM head on the real
+sequences). SGLang's graphs and every engine's host time per step are not modelled yet.
+
 `ideal`: the physics alone — NCCL for every all-reduce, a hand-off of the hidden state only — with vLLM's knobs.
 """
 
@@ -62,6 +66,19 @@ class ServingEngine:
     gpu_utilization: float
     block_size: int
     kv_allocation: KvAllocation
+    cuda_graphs: bool = False  # batches padded up to the next captured size (`graph_sizes`)
+
+    def graph_sizes(self, max_num_seqs: int, max_batched_tokens: int) -> tuple[int, ...]:
+        """The token counts the engine captures CUDA graphs for; a batch of at most the largest runs padded
+        up to the next one, a larger one eagerly. vLLM (`VllmConfig._set_cudagraph_sizes`, vllm/config/vllm.py;
+        padding in `v1/cudagraph_dispatcher.py`): [1, 2, 4] + multiples of 8 below 256 + multiples of 16 up to
+        min(2 × max_num_seqs, 512, max_num_batched_tokens), for decode batches (full graphs) and mixed ones
+        (piecewise, the default FULL_AND_PIECEWISE mode) alike. Other engines: none modelled."""
+        if not self.cuda_graphs:
+            return ()
+        largest = min(2 * max_num_seqs, 512, max_batched_tokens)
+        sizes = [1, 2, 4, *range(8, 256, 8), *range(256, largest + 1, 16)]
+        return tuple(size for size in sizes if size <= largest)
 
     def budget(self, gpu: GpuSpec) -> tuple[int, int]:
         """(max_batched_tokens, max_num_seqs) the engine picks for this GPU."""
@@ -77,7 +94,7 @@ class ServingEngine:
 
 
 ENGINES: dict[str, ServingEngine] = {
-    "vllm": ServingEngine("vllm", True, 2, "chunked", 0.9, 16, "on_demand"),
+    "vllm": ServingEngine("vllm", True, 2, "chunked", 0.9, 16, "on_demand", cuda_graphs=True),
     "sglang": ServingEngine("sglang", True, 2, "chunked", 0.9, 1, "on_demand"),
     "trtllm": ServingEngine("trtllm", False, 2, "chunked", 0.9, 32, "reserve"),
     "ideal": ServingEngine("ideal", False, 1, "chunked", 0.9, 16, "on_demand"),

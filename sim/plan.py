@@ -70,6 +70,10 @@ class Plan:
         self.granularity = scenario.sim.granularity
         self.engine = ENGINES[scenario.engine]
         self.scheduler = resolve_scheduler(scenario.scheduler, scenario.memory, cluster.gpu, self.engine)
+        sizes = self.engine.graph_sizes(self.scheduler.max_num_seqs, self.scheduler.max_batched_tokens)
+        # padded_tokens[t]: the token count a batch of t runs as (its CUDA graph's); beyond the list, t itself
+        self.padded_tokens: tuple[int, ...] = tuple(
+            next(size for size in sizes if size >= t) for t in range(sizes[-1] + 1)) if sizes else ()
         memory = resolve_memory(scenario.memory, self.engine)
         self.gpu_utilization = memory.gpu_utilization
         self.block_size = memory.block_size

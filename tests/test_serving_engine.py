@@ -111,6 +111,21 @@ def test_a_vllm_handoff_sends_the_hidden_state_and_the_residual():
     assert vllm.handoff_times(tokens) == collectives.handoff_s(cluster, [0, 1], [2, 3], 2 * tokens * hidden * 2)
 
 
+def test_vllm_runs_a_small_batch_as_its_padded_cuda_graph():
+    """vLLM's capture sizes: 1, 2, 4, multiples of 8 below 256, of 16 up to min(2 × max_num_seqs, 512,
+    max_num_batched_tokens). With 64 sequences that is 128: 9 tokens run as 16, 121 as 128, 129 eagerly."""
+    vllm, ideal = StageCosts(_plan("vllm"), 0, 0), StageCosts(_plan("ideal"), 0, 0)
+    for tokens, graph in ((1, 1), (3, 4), (9, 16), (121, 128), (128, 128), (129, 129), (1000, 1000)):
+        assert vllm.gemm_times(tokens) == ideal.gemm_times(graph), tokens
+        assert vllm.elementwise_times(tokens) == ideal.elementwise_times(graph), tokens
+        assert vllm.edge_times(tokens)[0] == ideal.edge_times(graph)[0], tokens
+    assert vllm.gemm_times(9) != ideal.gemm_times(9)
+    batch = BatchShape(num_decode=9, decode_context=9 * 500)  # attention runs on the real sequences
+    assert vllm.attention_times(batch) == ideal.attention_times(batch)
+    large = _plan("vllm", scheduler={"max_num_seqs": 1024, "max_batched_tokens": 8192})
+    assert large.padded_tokens[250] == 256 and large.padded_tokens[257] == 272 and len(large.padded_tokens) == 513
+
+
 @pytest.mark.parametrize(("engine", "cluster", "expected"), [
     # (max_batched_tokens, max_num_seqs, block_size, kv_allocation, gpu_utilization), from the engines' sources
     ("vllm", "h100-nvlink-node", (8192, 1024, 16, "on_demand", 0.9)),
@@ -144,7 +159,7 @@ def test_the_summary_names_the_engine_and_the_default_is_vllm(tmp_path):
     del data["engine"]
     summary = simulate(scenario_from_dict(data)).summary
     assert summary["scenario"]["engine"] == {"name": "vllm", "allreduce": "custom, NCCL beyond its limits",
-                                             "handoff_tensors": 2}
+                                             "handoff_tensors": 2, "cuda_graph_max_tokens": 128}  # 2 × 64 seqs
 
 
 def test_cost_says_which_allreduce_it_priced(capsys):
