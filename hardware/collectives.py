@@ -18,7 +18,7 @@ The engine's own all-reduce (`custom_allreduce_s`, vLLM's rules, `fabric.CustomA
 - symmetric memory        α₃ + S/B₃                (multimem: the switch reduces)
 
 `shared_links` names the links a transfer crosses that other, independent transfers may cross too
-(NICs, the PCIe host bridge): the engine's layer mode turns them into resources.
+(NICs, the PCIe host bridge, host memory): the engine shares them between overlapping transfers (sim/flows.py).
 """
 
 from __future__ import annotations
