@@ -28,7 +28,7 @@ CASES = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--requests", type=int, default=600)
     args = parser.parse_args()
     print(f"{'case':40} {'stage tok/s':>12} {'layer tok/s':>12} {'gap':>7} {'stage s':>8} {'layer s':>8}")
     for name, overrides in CASES:

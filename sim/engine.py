@@ -307,17 +307,38 @@ class Engine:
         return compute + comm
 
     def _stage_lumped(self, replica: _Replica, s: int, batch: Batch) -> Process:
-        """Stage granularity where links are contended: the stage's compute, then its collectives as one flow."""
+        """Stage granularity where links are contended: each layer as its runs of compute, each one delay, and
+        its all-reduces, each a flow (layer mode's sequence without an event per op), so the stages' and
+        replicas' collectives meet as often as in layer mode. Recorded as stage mode records a stage."""
         env, rec, r = self.env, self.recorder, replica.index
-        last = s == self.plan.pp - 1
-        compute, comm = replica.costs[s].stage_time(batch.shape, batch.num_logits if last else 0)
+        cost = replica.costs[s]
+        tokens = batch.shape.num_tokens
+        compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
+        segments: list[tuple[float, float]] = []  # one layer: (compute before an all-reduce, the all-reduce)
+        run = 0.0
+        for op in cost.layer_ops(batch.shape):
+            if op.category == "tp_comm":
+                segments.append((run, op.seconds))
+                run = 0.0
+            else:
+                run += op.seconds
+        segments.append((run, 0.0))
+        links = self._links(self.plan.tp_group(r, s)) if comm else ()
+        edge_compute, edge_comm = cost.edge_times(tokens)
         start = env.now
-        yield env.timeout(compute)
-        rec.busy(r, s, start, env.now, "compute", "layers")
+        yield env.timeout(edge_compute)
+        if edge_comm:
+            yield from self._over_links(links, edge_comm)
+        for _ in range(cost.num_layers):
+            for seconds, allreduce in segments:
+                yield env.timeout(seconds)
+                if allreduce:
+                    yield from self._over_links(links, allreduce)
+        if cost.is_last:
+            yield env.timeout(cost.lm_head_time(batch.num_logits))
+        rec.busy(r, s, start, start + compute, "compute", "layers")
         if comm:
-            start = env.now
-            yield from self._over_links(self._links(self.plan.tp_group(r, s)), comm)
-            rec.busy(r, s, start, env.now, "tp_comm", "allreduce")
+            rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
 
     # -- layer granularity ---------------------------------------------------------------------------
     def _links(self, gpus: list[int]) -> tuple[str, ...]:

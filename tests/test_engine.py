@@ -110,6 +110,24 @@ def test_two_handoffs_over_one_ethernet_nic_share_it(run, granularity):
     np.testing.assert_allclose(both.to_numpy(), alone + send, rtol=1e-9)
 
 
+def test_stage_mode_with_contention_meets_layer_modes_transfers_as_often():
+    """Two TP2 replicas on the L40S box without P2P share host memory for every all-reduce: stage mode with
+    `sim.contention` walks each layer's compute runs and all-reduces as layer mode does, so the requests'
+    times agree (and differ from stage mode that ignores the sharing)."""
+    from helpers import scenario_dict
+    from splitsim.api import simulate
+    from splitsim.scenario import scenario_from_dict
+
+    base = scenario_dict(cluster="l40s-pcie-node", parallel={"tp": 2, "dp": 2},
+                         workload={"num_requests": 6, "rate": 20.0, "prompt_tokens": 300, "output_tokens": 6})
+    runs = {}
+    for name, sim in (("layer", {"granularity": "layer"}), ("stage", {"contention": True}), ("alone", {})):
+        runs[name] = simulate(scenario_from_dict(base | {"sim": base["sim"] | sim})).requests
+    for column in ("first_token_s", "finish_s"):
+        np.testing.assert_allclose(runs["stage"][column], runs["layer"][column], rtol=1e-9)
+    assert (runs["alone"]["finish_s"].to_numpy() < runs["layer"]["finish_s"].to_numpy() - 1e-6).any()
+
+
 def test_stage_mode_without_contention_times_each_handoff_alone_and_says_why_it_stepped(run):
     layout = {"tp": 4, "pp": 2, "dp": 2, "order": "tp-dp-pp"}
     workload = {"num_requests": 2, "rate": 0, "prompt_tokens": 512, "output_tokens": 1}
