@@ -7,10 +7,10 @@ starts or ends, so between those instants every transfer's progress is linear, a
 one pending timer, replaced at every change (processor sharing, as TCP and NCCL's channels share a link
 to first order). With no one else on its links a transfer takes exactly its `seconds`.
 
-Fair sharing rather than first come, first served: under it the mean slowdown of a transfer depends on how
-busy the link is, not on how the work is cut into transfers (the insensitivity of processor sharing), which
-is what lets stage granularity (a stage's collectives as one transfer) and layer granularity (each
-all-reduce its own) agree.
+Fair sharing rather than first come, first served: transfers that start together end together, whichever
+the event queue happened to take first, so a result does not hang on the order of simultaneous events. The
+ops a transfer interleaves with still matter: stage granularity walks each layer's compute runs and
+all-reduces (sim/engine.py) because lumping a stage's collectives into one transfer overlaps them too often.
 """
 
 from __future__ import annotations
