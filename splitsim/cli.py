@@ -120,10 +120,12 @@ def _cost(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from splitsim.hardware.catalog import preset_names
     from splitsim.models.spec import catalog_names
+    from splitsim.sim.defaults import ENGINES
 
     print("models:   " + ", ".join(catalog_names()))
     for kind in ("gpus", "fabrics", "clusters"):
         print(f"{kind + ':':9} " + ", ".join(preset_names(kind)))
+    print("engines:  " + ", ".join(ENGINES) + "  (scenario key engine:, default vllm)")
     return 0
 
 
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     advise_command.add_parser(sub, _positive_int, _positive_float)
     sweep.add_parser(sub, _positive_int)
 
-    lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets")
+    lister = sub.add_parser("list", help="list the model, GPU, fabric and cluster presets and the serving engines")
     lister.set_defaults(func=_list)
     _add_validate(sub)
     return parser

@@ -189,3 +189,11 @@ def test_an_unknown_engine_is_one_line(capsys, tmp_path):
     path.write_text(yaml.safe_dump(scenario_dict(engine="tgi")))
     line = error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out")])
     assert line.startswith("splitsim: error: engine = 'tgi'") and "vllm" in line and "ideal" in line
+
+
+def test_list_names_the_engines_and_the_new_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "engines:  vllm, sglang, trtllm, ideal" in out
+    for preset in ("b200-nvlink-node", "rtx-pro-6000-pcie-node", "h200-nvlink-node", "l40s-pcie-p2p-node"):
+        assert preset in out
