@@ -23,8 +23,9 @@ The engine's own all-reduce (`custom_allreduce_s`, vLLM's rules, `fabric.CustomA
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby
+from typing import Any
 
 from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.fabric import CustomAllReduce, NvSwitchFabric, PcieFabric, SharedMemoryFabric
@@ -140,17 +141,22 @@ def custom_allreduce_regime(custom: CustomAllReduce, p: int, nbytes: float, peer
     return "nccl"
 
 
+# Each regime's bytes moved per GPU, as a multiple of the input's S, for p GPUs (the forms above); validate/fit.py
+# fits α and B with these same factors.
+CUSTOM_REGIME_BYTES: dict[str, Callable[[Any], Any]] = {
+    "one_shot": lambda p: p - 1,
+    "two_shot": lambda p: 2 * (p - 1) / p,
+    "symm_mem": lambda p: 1,
+}
+
+
 def custom_regime_s(custom: CustomAllReduce, regime: str, p: int, nbytes: float) -> float:
-    """Seconds of one of the engine's own all-reduces (not "nccl")."""
-    match regime:
-        case "one_shot":
-            return custom.one_shot_latency_s + (p - 1) * nbytes / custom.one_shot_bw_bytes_per_s
-        case "two_shot":
-            return custom.two_shot_latency_s + 2 * (p - 1) / p * nbytes / custom.two_shot_bw_bytes_per_s
-        case "symm_mem":
-            assert custom.symm_mem_latency_s is not None and custom.symm_mem_bw_bytes_per_s is not None
-            return custom.symm_mem_latency_s + nbytes / custom.symm_mem_bw_bytes_per_s
-    raise ValueError(f"unknown all-reduce regime {regime!r}")
+    """Seconds of one of the engine's own all-reduces (not "nccl"): α + factor(p)·S/B."""
+    if regime not in CUSTOM_REGIME_BYTES:
+        raise ValueError(f"unknown all-reduce regime {regime!r}")
+    alpha, bw = getattr(custom, f"{regime}_latency_s"), getattr(custom, f"{regime}_bw_bytes_per_s")
+    assert alpha is not None and bw is not None  # CustomAllReduce validates symm_mem's figures with its limits
+    return alpha + CUSTOM_REGIME_BYTES[regime](p) * nbytes / bw
 
 
 def engine_allreduce(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> tuple[float, str]:

@@ -265,7 +265,7 @@ class Engine:
 
     def _pipeline(self, replica: _Replica, batch: Batch) -> Process:
         """The batch through every stage, hand-off into stage s, then stage s's work, as events (links are
-        shared, so transfers contend): each op in layer mode, each stage's work in two in stage mode."""
+        shared, so transfers contend): each op in layer mode, each run of compute and each all-reduce in stage mode."""
         stages, pp = replica.stages, self.plan.pp
         held = None
         if pp > 1:
@@ -280,7 +280,7 @@ class Engine:
             if self.layer_mode:
                 yield from self._stage_layers(replica, s, batch)
             else:
-                yield from self._stage_lumped(replica, s, batch)
+                yield from self._stage_segments(replica, s, batch)
         if held is not None:
             stages[-1].release(held)
 
@@ -306,7 +306,7 @@ class Engine:
             rec.busy(replica.index, s, start + compute, start + compute + comm, "tp_comm", "allreduce")
         return compute + comm
 
-    def _stage_lumped(self, replica: _Replica, s: int, batch: Batch) -> Process:
+    def _stage_segments(self, replica: _Replica, s: int, batch: Batch) -> Process:
         """Stage granularity where links are contended: each layer as its runs of compute, each one delay, and
         its all-reduces, each a flow (layer mode's sequence without an event per op), so the stages' and
         replicas' collectives meet as often as in layer mode. Recorded as stage mode records a stage."""

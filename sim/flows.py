@@ -23,7 +23,7 @@ _DONE = 1e-12  # relative: a transfer this close to its end has ended (float dri
 
 
 class _Flow:
-    __slots__ = ("links", "remaining", "total", "rate", "done", "shared")
+    __slots__ = ("links", "remaining", "total", "rate", "done")
 
     def __init__(self, links: tuple[str, ...], seconds: float, done: simpy.Event) -> None:
         self.links = links
@@ -31,7 +31,6 @@ class _Flow:
         self.total = seconds
         self.rate = 1.0
         self.done = done
-        self.shared = False  # it had company on a link at some point
 
 
 class SharedLinks:
@@ -43,8 +42,6 @@ class SharedLinks:
         self.users: Counter[str] = Counter()
         self.last_s = 0.0
         self.generation = 0  # the pending timer's: an older timer finds it changed and does nothing
-        self.transfers = 0
-        self.shared = 0  # transfers that had company on a link at some point
 
     def transfer(self, links: tuple[str, ...], seconds: float) -> simpy.Event:
         """An event that fires when `seconds` of work over `links` is done, sharing them fairly."""
@@ -54,7 +51,6 @@ class SharedLinks:
         flow = _Flow(links, seconds, self.env.event())
         self.flows.append(flow)
         self.users.update(links)
-        self.transfers += 1
         self._reschedule()
         return flow.done
 
@@ -68,9 +64,7 @@ class SharedLinks:
 
     def _reschedule(self) -> None:
         for flow in self.flows:
-            crowd = max(self.users[link] for link in flow.links)
-            flow.rate = 1.0 / crowd
-            flow.shared = flow.shared or crowd > 1
+            flow.rate = 1.0 / max(self.users[link] for link in flow.links)
         self.generation += 1
         if not self.flows:
             return
@@ -93,6 +87,5 @@ class SharedLinks:
         for flow in ended:
             self.flows.remove(flow)
             self.users.subtract(flow.links)
-            self.shared += flow.shared
             flow.done.succeed()
         self._reschedule()

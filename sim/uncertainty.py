@@ -110,11 +110,7 @@ def _figure(summary: dict[str, Any], key: str) -> float | None:
 def residuals(plan: Plan) -> tuple[dict[str, float], set[str]]:
     """(median error by op kind, the kinds whose figures are assumed) for this plan's GPU and fabrics."""
     gpu, intra, inter = plan.cluster.gpu, plan.cluster.intra_node, plan.cluster.inter_node
-    errors: dict[str, float] = {}
-    for kind, error in gpu.efficiency.held_out_errors.items():
-        errors[kind] = error
-    for kind, error in intra.held_out_errors.items():
-        errors[kind] = error
+    errors = gpu.efficiency.held_out_errors | intra.held_out_errors
     if isinstance(inter, NetworkFabric):
         errors |= {f"{kind}_inter_node": error for kind, error in inter.held_out_errors.items()}
     assumed = {"gemm", "attention prefill", "attention decode", "elementwise"} if gpu.efficiency.assumed else set()

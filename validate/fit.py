@@ -30,7 +30,13 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, nnls
 
-from splitsim.hardware.collectives import custom_allreduce_regime, custom_regime_s, ring_allgather_s, ring_allreduce_s
+from splitsim.hardware.collectives import (
+    CUSTOM_REGIME_BYTES,
+    custom_allreduce_regime,
+    custom_regime_s,
+    ring_allgather_s,
+    ring_allreduce_s,
+)
 from splitsim.hardware.fabric import CustomAllReduce
 from splitsim.hardware.gpu import AttentionKernel, Efficiency, GemmShape, GpuSpec
 
@@ -397,10 +403,6 @@ def fit_p2p(rows: pd.DataFrame) -> P2pFit:
 
 # ------------------------------------------------------------------------ the engine's own all-reduce
 
-_REGIME_FACTOR = {"one_shot": lambda p: p - 1.0, "two_shot": lambda p: 2.0 * (p - 1.0) / p,
-                  "symm_mem": lambda p: np.ones_like(p)}
-
-
 def custom_regimes(rows: pd.DataFrame, rules: CustomAllReduce, nvlink: bool = True) -> np.ndarray:
     """Each row's regime under vLLM's rules (`rules` gives the size limits; its α and B are not used).
     Without `nvlink` between all GPUs (PCIe), only groups of two take the engine's own kernels."""
@@ -425,11 +427,11 @@ def fit_custom_allreduce(rows: pd.DataFrame, rules: CustomAllReduce, source: str
     nbytes = rows["nbytes"].to_numpy(float)
     seconds = rows["seconds"].to_numpy(float)
     fitted: dict[str, tuple[float, float]] = {}
-    for regime, factor in _REGIME_FACTOR.items():
+    for regime, factor in CUSTOM_REGIME_BYTES.items():
         mask = regimes == regime
         if len(np.unique(nbytes[mask])) < 2:
             continue
-        design = np.column_stack([np.ones(mask.sum()) * US, factor(p[mask]) * nbytes[mask] * 1e-9])
+        design = np.column_stack([np.ones(mask.sum()) * US, factor(p[mask]) * nbytes[mask] * 1e-9])  # α, 1/B
         measured = seconds[mask]
         start = np.maximum(_linear_start(design, measured), 1e-6)
 
