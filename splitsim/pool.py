@@ -8,6 +8,7 @@ keeps exactly that many in flight.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -48,12 +49,18 @@ class Processes:
 
 @contextmanager
 def local_workers(jobs: int | None) -> Iterator[Workers]:
-    """`jobs` processes (default: one per core); one runs in this process."""
+    """`jobs` processes (default: one per core); one runs in this process.
+
+    Forked from a fork server that imported splitsim and nothing else, never from this process: a fork of a
+    process with threads (a Ray connection, even one shut down; a notebook's kernel) can die or hang. As with
+    any spawned pool, a script that calls the advisor or a sweep guards its body with `if __name__ == "__main__"`."""
     size = jobs or os.cpu_count() or 1
     if size == 1:
         yield InProcess()
         return
-    with ProcessPoolExecutor(max_workers=size) as pool:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["splitsim.api"])
+    with ProcessPoolExecutor(max_workers=size, mp_context=context) as pool:
         yield Processes(pool, size)
 
 
