@@ -18,7 +18,8 @@ The engine's own all-reduce (`custom_allreduce_s`, vLLM's rules, `fabric.CustomA
 - symmetric memory        α₃ + S/B₃                (multimem: the switch reduces)
 
 `shared_links` names the links a transfer crosses that other, independent transfers may cross too
-(NICs, the PCIe host bridge, host memory): the engine shares them between overlapping transfers (sim/flows.py).
+(NICs, the PCIe host bridge, a socket's host memory): the engine shares them between overlapping transfers
+(sim/flows.py).
 """
 
 from __future__ import annotations
@@ -51,16 +52,17 @@ def _nodes(cluster: ClusterSpec, gpus: Sequence[int]) -> list[list[int]]:
     return [list(group) for _, group in groupby(sorted(gpus), key=cluster.node_of)]
 
 
-def _spans_sockets(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[int]) -> bool:
-    return len({cluster.local_index(g) // fabric.gpus_per_socket for g in gpus}) > 1
+def _pcie_level(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[int]) -> str:
+    return fabric.level(cluster.local_index(g) for g in gpus)
 
 
 def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: int = 1,
                     p2p: bool = False) -> tuple[float, float]:
     """(α, B) of one ring step (or, with `p2p`, one send/recv) among `gpus`, all on one node.
 
-    On PCIe the slowest hop decides: without P2P every hop is staged through host memory; with P2P a
-    ring that spans both sockets crosses the host bridge, shared by `flows_on_bridge` flows.
+    On PCIe the widest level the GPUs span decides (`PcieFabric`): peer-to-peer under one switch, staged
+    through host memory beyond it, and at most the host bridge's rate, shared by `flows_on_bridge` flows,
+    across sockets.
     """
     fabric = cluster.intra_node
     match fabric:
@@ -69,13 +71,15 @@ def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: 
                 return fabric.p2p_latency_s, fabric.p2p_bw_bytes_per_s
             return fabric.latency_s, fabric.bw_bytes_per_s
         case PcieFabric():
-            if not fabric.p2p:
-                return fabric.no_p2p_latency_s, fabric.no_p2p_bw_bytes_per_s
-            efficiency = fabric.p2p_bw_efficiency if p2p else fabric.bw_efficiency
-            bw = fabric.link_bw_bytes_per_s * efficiency
-            if _spans_sockets(fabric, cluster, gpus):
-                bw = min(bw, fabric.host_bridge_bw_bytes_per_s * efficiency / flows_on_bridge)
-            return (fabric.p2p_latency_s if p2p else fabric.latency_s), bw
+            level = _pcie_level(fabric, cluster, gpus)
+            if level == "switch" and fabric.p2p:
+                if p2p:
+                    return fabric.p2p_latency_s, fabric.link_bw_bytes_per_s * fabric.p2p_bw_efficiency
+                return fabric.latency_s, fabric.link_bw_bytes_per_s * fabric.bw_efficiency
+            bw = fabric.cross_switch_bw_bytes_per_s
+            if level == "sockets":
+                bw = min(bw, fabric.host_bridge_bw_bytes_per_s / flows_on_bridge)
+            return fabric.cross_switch_latency_s, bw
     raise TypeError(f"unknown fabric {fabric!r}")
 
 
@@ -217,7 +221,7 @@ def handoff_send_s(cluster: ClusterSpec, src: Sequence[int], dst: Sequence[int],
     fabric = cluster.intra_node
     crossing = flows
     if isinstance(fabric, PcieFabric):
-        crossing = sum(_spans_sockets(fabric, cluster, [s, d]) for s, d in zip(src, dst)) or 1
+        crossing = sum(_pcie_level(fabric, cluster, [s, d]) == "sockets" for s, d in zip(src, dst)) or 1
     alpha, bw = intra_node_link(cluster, [src[0], dst[0]], flows_on_bridge=crossing, p2p=True)
     return alpha + slice_bytes / bw
 
@@ -230,9 +234,10 @@ def handoff_s(cluster: ClusterSpec, src: Sequence[int], dst: Sequence[int], nbyt
 def shared_links(cluster: ClusterSpec, gpus: Sequence[int]) -> tuple[str, ...]:
     """Names of the links that a transfer among `gpus` crosses and others may cross too, sorted.
 
-    NICs when the GPUs span nodes (one rail per local index when every GPU has its own NIC); the
-    host bridge when a PCIe transfer with P2P spans both sockets; host memory for any PCIe transfer
-    without P2P. NVSwitch ports are never shared (the switch is non-blocking).
+    NICs when the GPUs span nodes (one rail per local index when every GPU has its own NIC); on PCIe,
+    each socket's path through host memory that a staged transfer crosses (any beyond one switch, or
+    without P2P), and the host bridge when it spans sockets. NVSwitch ports and a PCIe switch's own
+    ports are never shared (non-blocking).
     """
     nodes = _nodes(cluster, gpus)
     links: set[str] = set()
@@ -249,8 +254,9 @@ def shared_links(cluster: ClusterSpec, gpus: Sequence[int]) -> tuple[str, ...]:
     fabric = cluster.intra_node
     node = cluster.node_of(gpus[0])
     if isinstance(fabric, PcieFabric) and len(gpus) > 1:
-        if not fabric.p2p:
-            links.add(f"node{node}/host-memory")  # every staged copy passes through it
-        elif _spans_sockets(fabric, cluster, gpus):
+        level = _pcie_level(fabric, cluster, gpus)
+        if level != "switch" or not fabric.p2p:  # staged: through each socket's host memory path
+            links.update(f"node{node}/socket{cluster.local_index(g) // fabric.gpus_per_socket}" for g in gpus)
+        if level == "sockets":
             links.add(f"node{node}/host-bridge")
     return tuple(sorted(links))

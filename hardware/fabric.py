@@ -9,6 +9,7 @@ plus this constant). `source` cites them. The cost formulas live in `collectives
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -110,20 +111,41 @@ class NvSwitchFabric(_SwitchedFabric):
 
 
 class PcieFabric(_NodeFabric):
-    """PCIe GPUs under switches on two CPU sockets, joined by the host bridge (UPI / xGMI).
+    """PCIe GPUs in a tree: `gpus_per_switch` under each PCIe switch, `gpus_per_socket` under each CPU
+    socket, the sockets joined by the host bridge (UPI / xGMI). A ring runs at its widest level's rate:
 
-    With `p2p` the GPUs DMA to each other, and traffic between sockets crosses the host bridge; without
-    it NCCL stages every transfer through pinned host memory, and `no_p2p_bw_bytes_per_s` is the
-    measured per-hop rate of that path.
+    - under one switch, with `p2p`: the GPUs DMA to each other (`latency_s`, link rate × `bw_efficiency`);
+    - across the switches of one socket, or under one switch without P2P: `cross_switch_*`. NCCL stages such
+      hops through host memory (its SHM transport: it uses P2P no further than PCIe switches on Intel and Arm
+      hosts, nccl src/graph/paths.cc `ncclTopoCheckP2p`);
+    - across sockets: at most `host_bridge_bw_bytes_per_s`.
+
+    The rates are what rings achieve (fitted per group size where tables exist), not datasheet figures.
     """
 
     kind: Literal["pcie"] = "pcie"
     link_bw_bytes_per_s: LinkBandwidth = Field(description="PCIe x16 rate per GPU, one direction")
+    gpus_per_switch: int = Field(gt=0, le=1024, strict=True, description="GPUs under one PCIe switch")
     gpus_per_socket: int = Field(gt=0, le=1024, strict=True)
-    host_bridge_bw_bytes_per_s: LinkBandwidth = Field(description="socket-to-socket, one direction")
-    p2p: bool
-    no_p2p_bw_bytes_per_s: LinkBandwidth = Field(description="per-hop rate staged through host memory")
-    no_p2p_latency_s: Latency = Field(description="α per step when staged through host memory")
+    p2p: bool = Field(description="GPU peer-to-peer on: GPUs under one switch DMA to each other")
+    cross_switch_bw_bytes_per_s: LinkBandwidth = Field(
+        description="ring rate across the switches of one socket (staged through host memory)")
+    cross_switch_latency_s: Latency = Field(description="α per ring step across switches")
+    host_bridge_bw_bytes_per_s: LinkBandwidth = Field(description="ring rate across sockets")
+
+    @model_validator(mode="after")
+    def _switches_fill_sockets(self) -> PcieFabric:
+        if self.gpus_per_socket % self.gpus_per_switch:
+            raise ValueError(f"gpus_per_switch: {self.gpus_per_switch} does not divide gpus_per_socket "
+                             f"{self.gpus_per_socket} (a socket holds whole switches)")
+        return self
+
+    def level(self, local_indices: Iterable[int]) -> Literal["switch", "socket", "sockets"]:
+        """The widest level of the tree that GPUs at these node-local indices span."""
+        indices = list(local_indices)
+        if len({i // self.gpus_per_socket for i in indices}) > 1:
+            return "sockets"
+        return "socket" if len({i // self.gpus_per_switch for i in indices}) > 1 else "switch"
 
 
 class SharedMemoryFabric(_SwitchedFabric):

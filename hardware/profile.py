@@ -45,6 +45,9 @@ class LinkFit(_Strict):
     nvls_latency_s: FixedCost | None = Field(None, description="α of an NVLS all-reduce (NVSwitch that reduces)")
     nvls_bw_bytes_per_s: LinkBandwidth | None = Field(None, description="its achieved bandwidth")
     custom_allreduce: CustomAllReduce | None = Field(None, description="the engine's own all-reduce, fitted")
+    bw_by_group_bytes_per_s: dict[int, LinkBandwidth] | None = Field(
+        None, description="achieved ring bandwidth per group size, where each was fitted apart (PCIe: a ring "
+                          "runs at the widest level of the tree it spans)")
 
 
 class ErrorStats(_Strict):
@@ -97,11 +100,40 @@ def _fabric_update(fabric_rate_bytes_per_s: float, fit: LinkFit, where: str) -> 
             "p2p_bw_efficiency": fit.p2p_bw_bytes_per_s / fabric_rate_bytes_per_s}
 
 
+def pcie_ring_figures(fabric: PcieFabric, fit: LinkFit) -> dict[str, object]:
+    """A PCIe fabric's ring figures from a fit: each group size's bandwidth (GPUs 0…p−1, as the tables and
+    the runner place them) to the level of the tree it spans; one bandwidth (no per-group fit) to the level
+    the fabric's rings use first (under a switch with P2P, else staged). α is one for every level."""
+    by_group = fit.bw_by_group_bytes_per_s or {2: fit.bw_bytes_per_s}
+    fields: dict[str, object] = {"collective_launch_s": fit.collective_launch_s, "latency_s": fit.latency_s,
+                                 "cross_switch_latency_s": fit.latency_s}
+    field = {"switch": "bw_efficiency", "socket": "cross_switch_bw_bytes_per_s",
+             "sockets": "host_bridge_bw_bytes_per_s"}
+    seen: dict[str, int] = {}
+    for p, bw in sorted(by_group.items()):
+        level = fabric.level(range(p))
+        if level == "switch" and not fabric.p2p:
+            level = "socket"  # without P2P a switch's GPUs stage through host memory too
+        if level in seen:
+            raise ValueError(f"hardware_profile: groups of {seen[level]} and {p} GPUs both span the {level} level "
+                             f"of fabric {fabric.name} (gpus_per_switch {fabric.gpus_per_switch}, gpus_per_socket "
+                             f"{fabric.gpus_per_socket}, p2p {str(fabric.p2p).lower()}): one ring bandwidth per level "
+                             "(without P2P a switch's pairs stage through host memory as wider rings do)")
+        seen[level] = p
+        if level == "switch":
+            if bw > fabric.link_bw_bytes_per_s * (1 + 1e-9):
+                raise ValueError(f"hardware_profile: intra_node ring bandwidth of {p} GPUs = {bw:.4g} B/s exceeds "
+                                 f"the link rate {fabric.link_bw_bytes_per_s:.4g} B/s of the cluster's fabric")
+            fields["bw_efficiency"] = bw / fabric.link_bw_bytes_per_s
+        else:
+            fields[field[level]] = bw
+    return fields
+
+
 def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec:
     """The cluster with the profile's GPU efficiency and link figures in place of the catalog's.
 
-    On a PCIe box without peer-to-peer every transfer is staged through host memory, so the fitted ring
-    figures become the staged path's (`no_p2p_*`).
+    On PCIe, each group size's ring bandwidth goes to the level of the tree that group spans (`pcie_ring_figures`).
     """
     if profile.gpu != cluster.gpu.name:
         raise ValueError(f"hardware_profile: {profile.name} was fitted on {profile.gpu}, but cluster "
@@ -124,9 +156,9 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
                                  f"the link rate {intra.link_bw_bytes_per_s:.4g} B/s of the cluster's fabric")
             fields |= {"nvls": True, "nvls_latency_s": fit.nvls_latency_s,
                        "nvls_bw_efficiency": nvls_bw / intra.link_bw_bytes_per_s}
-        if isinstance(intra, PcieFabric) and not intra.p2p:
-            fields = {"collective_launch_s": fit.collective_launch_s, "no_p2p_latency_s": fit.latency_s,
-                      "no_p2p_bw_bytes_per_s": fit.bw_bytes_per_s}
+        if isinstance(intra, PcieFabric):
+            send_recv = {key: fields[key] for key in ("p2p_latency_s", "p2p_bw_efficiency")}
+            fields = send_recv | pcie_ring_figures(intra, fit)
         if fit.custom_allreduce is not None:
             fields["custom_allreduce"] = fit.custom_allreduce
         fields["held_out_errors"] = {k: e for k, e in errors.items() if k.split()[0] in COMM_KINDS

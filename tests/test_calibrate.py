@@ -132,6 +132,41 @@ def test_collective_fit_recovers_launch_alpha_and_bandwidth():
     assert got.residuals.median < 2 * NOISE
 
 
+def test_a_ring_bandwidth_per_group_size_is_recovered_and_lands_on_its_pcie_level():
+    """Planted figures of a PCIe tree (pairs fast, 4-GPU rings staged, 8-GPU rings across sockets): the fit
+    recovers each group's B, and a profile puts each on the level its group spans; a box without P2P, whose
+    pairs stage too, cannot take two figures for one level."""
+    from splitsim.hardware import collectives
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.hardware.profile import HardwareProfile, LinkFit, apply_profile
+
+    rng = np.random.default_rng(5)
+    t0, alpha, bws = 6 * US, 1.1 * US, {2: 18 * GB, 4: 5 * GB, 8: 1.2 * GB}
+    rows = pd.DataFrame([(op, p, s) for op in ("allreduce", "allgather") for p in (2, 4, 8) for s in SIZES],
+                        columns=["op", "group_size", "nbytes"])
+    rows["seconds"] = _noisy([_ring_s(op, p, s, t0, alpha, bws[p]) for op, p, s in rows.itertuples(index=False)],
+                             rng)
+
+    got = fit.fit_collectives(rows, by_group=True)
+
+    assert got.bw_by_group is not None and set(got.bw_by_group) == {2, 4, 8}
+    for p, bw in bws.items():
+        assert got.bw_by_group[p] == pytest.approx(bw, rel=0.03)
+    assert got.collective_launch_s == pytest.approx(t0, rel=0.1)
+    link = LinkFit(collective_launch_s=t0, latency_s=alpha, bw_bytes_per_s=bws[2], p2p_latency_s=alpha,
+                   p2p_bw_bytes_per_s=bws[2], bw_by_group_bytes_per_s=bws)
+    box = load_cluster("l40s-pcie-p2p-node")
+    profile = HardwareProfile(name="tree", gpu="l40s", efficiency=box.gpu.efficiency, intra_node=link,
+                              fitted_on=[])
+    fitted = apply_profile(box, profile)
+    size = 32e6
+    for p, gpus in ((2, [4, 5]), (4, [4, 5, 6, 7]), (8, list(range(8)))):
+        assert collectives.allreduce_s(fitted, gpus, size) == pytest.approx(_ring_s("allreduce", p, size, t0, alpha,
+                                                                                    bws[p]), rel=1e-9)
+    with pytest.raises(ValueError, match="one ring bandwidth per level"):
+        apply_profile(load_cluster("l40s-pcie-node"), profile)
+
+
 def test_one_group_size_cannot_split_launch_from_alpha():
     rng = np.random.default_rng(3)
     t0, alpha, bw = 25 * US, 0.8 * US, 200 * GB

@@ -173,7 +173,7 @@ FIGURES = [
     ("nvswitch", "p2p_latency_s", "latency"), ("nvswitch", "nvls_latency_s", "latency"),
     ("nvswitch", "collective_launch_s", "fixed_cost"),
     ("pcie", "link_bw_bytes_per_s", "link_bandwidth"), ("pcie", "host_bridge_bw_bytes_per_s", "link_bandwidth"),
-    ("pcie", "no_p2p_bw_bytes_per_s", "link_bandwidth"), ("pcie", "no_p2p_latency_s", "latency"),
+    ("pcie", "cross_switch_bw_bytes_per_s", "link_bandwidth"), ("pcie", "cross_switch_latency_s", "latency"),
     ("pcie", "latency_s", "latency"), ("pcie", "p2p_latency_s", "latency"),
     ("pcie", "collective_launch_s", "fixed_cost"),
     ("shared-memory", "link_bw_bytes_per_s", "link_bandwidth"), ("shared-memory", "latency_s", "latency"),
@@ -196,9 +196,10 @@ ZERO_OK = [("gpu", "efficiency.wave_exponent"), ("gpu", "efficiency.m_half")]
 ERRORS = [("gpu", "efficiency.held_out_errors")] + [(base, "held_out_errors")
                                                    for base in ("nvswitch", "pcie", "shared-memory", "network")]
 BUFFERS = [("custom", "max_bytes"), ("custom", "symm_mem_max_bytes")]
+BANDWIDTHS_BY_GROUP = [("link-fit", "bw_by_group_bytes_per_s")]
 COUNTS = [("gpu", "num_sms"), ("gpu", "efficiency.tile_m"), ("gpu", "efficiency.tile_n"),
-          ("pcie", "gpus_per_socket"), ("network", "nics_per_node"), ("cluster", "num_nodes"),
-          ("cluster", "gpus_per_node")]
+          ("pcie", "gpus_per_switch"), ("pcie", "gpus_per_socket"), ("network", "nics_per_node"),
+          ("cluster", "num_nodes"), ("cluster", "gpus_per_node")]
 
 # A bare number that lost its unit, and the readable forms the message must offer.
 SLIPS = {
@@ -246,7 +247,8 @@ def test_every_numeric_field_is_covered_here(model):
     (The profile's `errors` are reports of the fit, not figures: nothing simulated reads them.)
     """
     covered = set()
-    for base, path in [(b, p) for b, p, _ in FIGURES] + FRACTIONS + ZERO_OK + COUNTS + ERRORS + BUFFERS:
+    kinds = FRACTIONS + ZERO_OK + COUNTS + ERRORS + BUFFERS + BANDWIDTHS_BY_GROUP
+    for base, path in [(b, p) for b, p, _ in FIGURES] + kinds:
         *parents, leaf = path.split(".")
         covered.add((Efficiency if parents else _BASES[base][0], leaf))
     for name, field in model.model_fields.items():
@@ -299,6 +301,15 @@ def test_a_held_out_error_is_a_number_from_0_to_100(base, path):
     assert _BASES[base][0].model_validate(_with(base, path, {"gemm bf16": 0.0, "allreduce": 1.5}))
     for value in (math.nan, math.inf, -0.1, 101, True, "5%", None):
         assert "not a median relative error (valid: 0 to 100" in _refusal(base, path, {"gemm": value})
+
+
+@pytest.mark.parametrize(("base", "path"), BANDWIDTHS_BY_GROUP, ids=[p for _, p in BANDWIDTHS_BY_GROUP])
+def test_a_ring_bandwidth_per_group_size_is_a_plausible_link_rate(base, path):
+    model = _BASES[base][0]
+    assert getattr(model.model_validate(_with(base, path, {2: "20 GB/s", 8: 1.2e9})), path) == {2: 20e9, 8: 1.2e9}
+    for value in ({2: -1}, {2: "8 us"}, {2: 10}, {"two": "20 GB/s"}, {2: math.nan}):
+        with pytest.raises(ValidationError):
+            model.model_validate(_with(base, path, value))
 
 
 @pytest.mark.parametrize(("base", "path"), BUFFERS, ids=[p for _, p in BUFFERS])

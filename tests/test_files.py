@@ -235,7 +235,7 @@ def test_every_shipped_preset_still_loads():
     for path in sorted((root / "profiles").glob("*.yaml")):  # fitted profiles, each for its GPU's cluster
         profile = load_profile(path)
         assert profile.name == path.stem
-        node = {"h100-sxm": "h100-nvlink-node", "a100-sxm": "a100-nvlink-node", "l40s": "l40s-pcie-node"}
+        node = {"h100-sxm": "h100-nvlink-node", "a100-sxm": "a100-nvlink-node", "l40s": "l40s-pcie-p2p-node"}
         if profile.gpu in node:
             applied = apply_profile(load_cluster(node[profile.gpu]), profile).gpu.efficiency
             assert applied.model_copy(update={"held_out_errors": {}}) == profile.efficiency

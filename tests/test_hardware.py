@@ -130,11 +130,43 @@ def test_l40s_without_p2p_is_far_slower_than_nvlink():
     assert pcie > 10 * nvlink
 
 
-def test_shared_links_name_nics_and_the_host_bridge():
+def test_shared_links_name_nics_the_host_bridge_and_staged_sockets():
     assert collectives.shared_links(load_cluster("h100-nvlink-node"), [0, 1, 2, 3]) == ()
     assert collectives.shared_links(load_cluster("h100-eth-2node"), [0, 8]) == ("node0/nic0", "node1/nic0")
     assert collectives.shared_links(load_cluster("h100-ib-2node"), [3, 11]) == ("node0/nic3", "node1/nic3")
-    assert collectives.shared_links(load_cluster("l40s-pcie-node"), [0, 1]) == ("node0/host-memory",)
+    staged, p2p = load_cluster("l40s-pcie-node"), load_cluster("l40s-pcie-p2p-node")
+    assert collectives.shared_links(staged, [0, 1]) == ("node0/socket0",)  # no P2P: through host memory
+    assert collectives.shared_links(p2p, [0, 1]) == ()  # under one switch, peer to peer
+    assert collectives.shared_links(p2p, [1, 2]) == ("node0/socket0",)  # across switches: staged
+    assert collectives.shared_links(p2p, [3, 4]) == ("node0/host-bridge", "node0/socket0", "node0/socket1")
+
+
+def test_a_pcie_ring_runs_at_the_widest_level_it_spans():
+    """Closed forms from the preset's own figures: pairs under a switch (P2P) at the link's achieved rate,
+    rings across switches at the staged rate, across sockets at most the host bridge's."""
+    fabric = catalog_yaml("fabrics", "pcie-gen4-2socket")
+    t0, alpha = q(fabric["collective_launch_s"], "seconds"), q(fabric["latency_s"], "seconds")
+    alpha_x = q(fabric["cross_switch_latency_s"], "seconds")
+    pair = q(fabric["link_bw_bytes_per_s"], "bytes_per_s") * fabric["bw_efficiency"]
+    staged = q(fabric["cross_switch_bw_bytes_per_s"], "bytes_per_s")
+    bridge = min(staged, q(fabric["host_bridge_bw_bytes_per_s"], "bytes_per_s"))
+    size = 16e6
+
+    def ring(p: int, a: float, bw: float) -> float:
+        return t0 + 2 * (p - 1) * a + 2 * (p - 1) / p * size / bw
+
+    p2p, off = load_cluster("l40s-pcie-p2p-node"), load_cluster("l40s-pcie-node")
+    cases = [(p2p, [0, 1], ring(2, alpha, pair)), (p2p, [2, 3], ring(2, alpha, pair)),
+             (p2p, [1, 2], ring(2, alpha_x, staged)), (p2p, [0, 1, 2, 3], ring(4, alpha_x, staged)),
+             (p2p, list(range(8)), ring(8, alpha_x, bridge)), (off, [0, 1], ring(2, alpha_x, staged)),
+             (off, list(range(8)), ring(8, alpha_x, bridge))]
+    for cluster, gpus, expected in cases:
+        assert collectives.allreduce_s(cluster, gpus, size) == pytest.approx(expected, rel=1e-12), gpus
+
+
+def test_switches_must_fill_a_socket():
+    with pytest.raises(ValueError, match="gpus_per_switch: 3 does not divide gpus_per_socket 4"):
+        load_cluster({"base": "l40s-pcie-node", "intra_node": {"gpus_per_switch": 3}})
 
 
 def test_cost_cli_prints_seconds_as_json(capsys):

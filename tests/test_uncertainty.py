@@ -81,12 +81,14 @@ def test_equal_errors_on_every_kind_bound_the_width():
 
 
 def test_assumed_figures_widen_and_missing_residuals_are_named():
-    """The L40S box's PCIe figures are assumed; the presets have no element-wise residuals."""
+    """The L40S box's send/recv figures are assumed (its all-reduces are fitted); the presets have no
+    element-wise residuals."""
     summary = simulate(scenario_from_dict(scenario_dict(
-        engine="vllm", model="llama-3-8b", cluster="l40s-pcie-node", parallel={"tp": 2},
+        engine="vllm", model="llama-3-8b", cluster="l40s-pcie-node", parallel={"tp": 2, "pp": 2},
         workload={"num_requests": 10, "rate": 5.0, "prompt_tokens": 200, "output_tokens": 20}))).summary
     bars = summary["uncertainty"]
-    assert "allreduce" in bars["assumed"] and "elementwise" in bars["no_residuals"]
+    assert "sendrecv" in bars["assumed"] and "allreduce" not in bars["assumed"]
+    assert "elementwise" in bars["no_residuals"]
 
 
 def test_error_bars_leave_the_run_itself_alone_and_can_be_left_out():

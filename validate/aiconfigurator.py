@@ -41,7 +41,7 @@ SYSTEMS: dict[str, tuple[str, str | None]] = {
     "h100_sxm": ("h100-sxm", "h100-nvlink-node"),
     "h200_sxm": ("h200", "h200-nvlink-node"),
     "a100_sxm": ("a100-sxm", "a100-nvlink-node"),
-    "l40s": ("l40s", "l40s-pcie-node"),
+    "l40s": ("l40s", "l40s-pcie-p2p-node"),  # the tables' box had P2P (fabrics/pcie-gen4-2socket.yaml says why)
     "b200_sxm": ("b200", "b200-nvlink-node"),
     "rtx_pro_6000_server": ("rtx-pro-6000", "rtx-pro-6000-pcie-node"),
 }

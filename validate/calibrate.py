@@ -70,6 +70,7 @@ class Dataset:
     custom_allreduce: pd.DataFrame | None = None  # the engine's own all-reduce: group_size, nbytes, seconds
     custom_rules: CustomAllReduce | None = None  # its size limits (vLLM's, from the cluster's fabric preset)
     nvlink: bool = True  # every pair of GPUs on NVLink (else PCIe: the engine's own all-reduce for 2 GPUs only)
+    by_group: bool = False  # a ring bandwidth per group size (PCIe: a ring runs at the widest level it spans)
 
 
 @dataclass
@@ -179,7 +180,7 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         f"{'held-out' if gemm_err.held_out else 'in-sample'} median error {gemm_err.median:.1%}, "
         f"worst {gemm_err.max:.1%}. {attention_note[0].upper()}{attention_note[1:]}.")})
     try:
-        intra = _link(data.collectives, data.p2p, None, errors, "", notes, nvls=data.nvls)
+        intra = _link(data.collectives, data.p2p, None, errors, "", notes, nvls=data.nvls, by_group=data.by_group)
         launch = intra.collective_launch_s if intra is not None else None
         inter = _link(data.inter_collectives, data.inter_p2p, launch, errors, "_inter_node", notes)
         if intra is not None and data.custom_allreduce is not None and data.custom_rules is not None:
@@ -259,19 +260,22 @@ def _fit_custom_allreduce(data: Dataset, errors: dict[str, ErrorStats], notes: l
 
 
 def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
-          errors: dict[str, ErrorStats], suffix: str, notes: list[str], nvls: bool = False) -> LinkFit | None:
+          errors: dict[str, ErrorStats], suffix: str, notes: list[str], nvls: bool = False,
+          by_group: bool = False) -> LinkFit | None:
     """The LinkFit of one kind of link; ring figures from send/recv (or the reverse) when one is missing."""
     where = "inter-node" if suffix else "intra-node"
     ring = None
     if collectives is not None and len(collectives):
-        ring = fit.fit_collectives(collectives[collectives["train"]], launch_s)
+        ring = fit.fit_collectives(collectives[collectives["train"]], launch_s, by_group)
+        if by_group:
+            notes.append(f"{where}: a ring bandwidth per group size (PCIe: the widest level of the tree spanned)")
         if nvls:
             ring = fit.fit_nvls_collectives(collectives[collectives["train"]], ring)
             notes.append(f"{where}: NVLS all-reduce fitted beside the ring (NCCL picks the faster)")
         for op, part in collectives.groupby("op"):
             errors[f"{op}{suffix}"] = _evaluate(part, partial(
                 fit.collective_times_s, launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
-                bw_bytes_per_s=ring.bw_bytes_per_s, nvls=ring.nvls))
+                bw_bytes_per_s=ring.bandwidth, nvls=ring.nvls))
         if not ring.alpha_identified:
             notes.append(f"{where}: one ring step count and a free t0: α set to 0, t0 holds it")
     point = None
@@ -295,7 +299,8 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
                    p2p_latency_s=point.latency_s if point else ring.latency_s,
                    p2p_bw_bytes_per_s=point.bw_bytes_per_s if point else ring.bw_bytes_per_s,
                    nvls_latency_s=ring.nvls[0] if ring.nvls else None,
-                   nvls_bw_bytes_per_s=ring.nvls[1] if ring.nvls else None)
+                   nvls_bw_bytes_per_s=ring.nvls[1] if ring.nvls else None,
+                   bw_by_group_bytes_per_s=ring.bw_by_group)
 
 
 # ---------------------------------------------------------------------------------------- Vidur input
@@ -469,6 +474,7 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
         custom = aiconfigurator.custom_allreduce_rows(chosen[-1])
         rules = _custom_rules(cluster)
     return Dataset(custom_allreduce=custom, custom_rules=rules, nvlink=aiconfigurator.NVLINK[system],
+        by_group=not aiconfigurator.NVLINK[system],
         nvls=system in aiconfigurator.NVLS_SYSTEMS, gemm_launch_s=None if launch_s != launch_s else launch_s,
         gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
         collectives=collectives, fitted_on=[f"{package} {system}/{t.op}/{t.framework}/{t.version}" for t in chosen],
@@ -526,9 +532,10 @@ def format_report(cal: Calibration, out: Path) -> str:
         lines.append(f"  elementwise η_m {e.elementwise:.4g}  t_launch {_us(e.elementwise_launch_s)}")
     for label, link in (("intra-node", p.intra_node), ("inter-node", p.inter_node)):
         if link is not None:
+            ring = (", ".join(f"{_gbs(bw)} ({p} GPUs)" for p, bw in link.bw_by_group_bytes_per_s.items())
+                    if link.bw_by_group_bytes_per_s else _gbs(link.bw_bytes_per_s))
             lines.append(f"  {label:11} t0 {_us(link.collective_launch_s)}  α {_us(link.latency_s)}/step  "
-                         f"B {_gbs(link.bw_bytes_per_s)}  p2p α {_us(link.p2p_latency_s)}  "
-                         f"B {_gbs(link.p2p_bw_bytes_per_s)}")
+                         f"B {ring}  p2p α {_us(link.p2p_latency_s)}  B {_gbs(link.p2p_bw_bytes_per_s)}")
     lines += [f"  note: {note}" for note in cal.notes if not note.startswith("warning")]
     lines.append(f"  {'|predicted/measured − 1|':28} {'rows':>6} {'median':>8} {'worst':>8} {'in 80%':>7}")
     rows = [(kind, s) for kind, s in p.errors.items()]

@@ -23,7 +23,7 @@ send/recv `nbytes, seconds`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,6 +275,12 @@ class CollectiveFit:
     alpha_identified: bool
     residuals: Residuals
     nvls: tuple[float, float] | None = None  # (α_nvls, B_nvls) when the switch reduces large all-reduces
+    bw_by_group: dict[int, float] | None = None  # B per group size, when each was fitted apart (PCIe)
+
+    @property
+    def bandwidth(self) -> float | dict[int, float]:
+        """B, or B per group size: what `collective_times_s` takes."""
+        return self.bw_by_group or self.bw_bytes_per_s
 
 
 def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
@@ -286,13 +292,16 @@ def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
     raise ValueError(f"unknown collective {op!r} (valid: allreduce, allgather)")
 
 
-def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float, bw_bytes_per_s: float,
+def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float,
+                       bw_bytes_per_s: float | Mapping[int, float],
                        nvls: tuple[float, float] | None = None) -> np.ndarray:
-    """Seconds of each collective row: t₀ + the ring formula of `hardware.collectives`, or, for an all-reduce of
-    more than two GPUs on a switch that reduces (`nvls` = (α_nvls, B_nvls)), the faster of ring and NVLS."""
+    """Seconds of each collective row: t₀ + the ring formula of `hardware.collectives` (at B, or at its group
+    size's B), or, for an all-reduce of more than two GPUs on a switch that reduces (`nvls` = (α_nvls,
+    B_nvls)), the faster of ring and NVLS."""
     times = []
     for op, p, s in zip(rows["op"], rows["group_size"], rows["nbytes"]):
-        t = _ring_s(op, int(p), float(s), latency_s, bw_bytes_per_s)
+        bw = bw_bytes_per_s[int(p)] if isinstance(bw_bytes_per_s, Mapping) else bw_bytes_per_s
+        t = _ring_s(op, int(p), float(s), latency_s, bw)
         if nvls is not None and op == "allreduce" and int(p) > 2:
             t = min(t, 2 * nvls[0] + float(s) / nvls[1])
         times.append(launch_s + t)
@@ -334,8 +343,9 @@ def _linear_start(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     return x
 
 
-def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None) -> CollectiveFit:
-    """t₀, α and B of ring collectives over several group sizes (t₀ held at `launch_s` if given)."""
+def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None, by_group: bool = False) -> CollectiveFit:
+    """t₀, α and B of ring collectives over several group sizes (t₀ held at `launch_s` if given); with
+    `by_group`, a B for each group size (a PCIe ring runs at the widest level of the tree it spans)."""
     if len(rows) < 3:
         raise ValueError(f"a collective fit needs at least 3 rows, got {len(rows)}")
     unknown = sorted(set(rows["op"]) - {"allreduce", "allgather"})
@@ -345,11 +355,13 @@ def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None) -> Collec
     steps, volume = _ring_terms(rows)
     alpha_identified = launch_s is not None or len(np.unique(steps)) > 1
     free_launch = launch_s is None
-    # x = (t₀ µs, α µs, 1/B in s per GB); fixed parameters are dropped from x.
+    groups = sorted(int(p) for p in np.unique(rows["group_size"])) if by_group else [0]
+    sizes = rows["group_size"].to_numpy(int)
+    # x = (t₀ µs, α µs, 1/B in s per GB for each group); fixed parameters are dropped from x.
     columns = [np.ones_like(seconds) * US] if free_launch else []
     if alpha_identified:
         columns.append(steps * US)
-    columns.append(volume * 1e-9)
+    columns += [volume * 1e-9 * ((sizes == p) if by_group else 1.0) for p in groups]
     fixed = 0.0 if launch_s is None else launch_s
     design = np.column_stack(columns)
     start = _linear_start(design, seconds - (0.0 if free_launch else fixed))
@@ -362,12 +374,14 @@ def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None) -> Collec
     values = list(x)
     t0 = values.pop(0) * US if free_launch else fixed
     alpha = values.pop(0) * US if alpha_identified else 0.0
-    inverse_bw = values.pop(0) * 1e-9
-    if inverse_bw <= 0:
+    inverse_bw = np.array(values) * 1e-9
+    if np.any(inverse_bw <= 0):
         raise ValueError("the collective rows show no time growing with size: bandwidth cannot be fitted")
-    bw = 1.0 / inverse_bw
-    predicted = collective_times_s(rows, t0, alpha, bw)
-    return CollectiveFit(t0, alpha, bw, alpha_identified, residuals(predicted, seconds))
+    bws = {p: float(1.0 / inv) for p, inv in zip(groups, inverse_bw)}
+    by = bws if by_group else None
+    bw = bws[groups[0]]
+    predicted = collective_times_s(rows, t0, alpha, by or bw)
+    return CollectiveFit(t0, alpha, bw, alpha_identified, residuals(predicted, seconds), bw_by_group=by)
 
 
 @dataclass(frozen=True)

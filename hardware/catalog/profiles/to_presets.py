@@ -11,6 +11,9 @@ from pathlib import Path
 
 import yaml
 
+from splitsim.hardware.fabric import PcieFabric
+from splitsim.hardware.profile import LinkFit, pcie_ring_figures
+
 HERE = Path(__file__).resolve().parent
 GPUS = HERE.parent / "gpus"
 PRESETS = {"h100_sxm-vllm.yaml": "h100-sxm.yaml", "h200_sxm-vllm.yaml": "h200.yaml",
@@ -52,16 +55,25 @@ def block(profile: dict) -> str:
 
 
 FABRICS = {"h100_sxm-vllm.yaml": "nvlink4-nvswitch.yaml", "a100_sxm-vllm.yaml": "nvlink3-nvswitch.yaml",
-           "b200_sxm-vllm.yaml": "nvlink5-nvswitch.yaml", "rtx_pro_6000_server-vllm.yaml": "pcie-gen5-p2p.yaml"}
+           "b200_sxm-vllm.yaml": "nvlink5-nvswitch.yaml", "rtx_pro_6000_server-vllm.yaml": "pcie-gen5-p2p.yaml",
+           "l40s-vllm.yaml": "pcie-gen4-2socket.yaml"}
 KEPT_P2P = "send/recv figures stay Vidur's (the tables have no send/recv)"
 P2P_NOTE = {  # what the fabric's send/recv figures are, where not Vidur's
     "nvlink5-nvswitch.yaml": "send/recv figures are assumed: NVLink 4's fitted α and fraction of the link rate (the "
                              "tables have no send/recv)",
-    "pcie-gen5-p2p.yaml": "The tables do not state the server's PCIe topology: peer-to-peer is inferred on (vLLM "
-                              "ran its own all-reduce on 2 GPUs, which it does only after its P2P check passes, and "
-                              "2-GPU NCCL all-reduces reach 38.6 GB/s, above what staging through host memory gives), "
-                              "and no host bridge slower than the links (8-GPU rings run at 4-GPU rings' 25 GB/s); "
-                              "send/recv and the no-P2P figures are assumed"}
+    "pcie-gen5-p2p.yaml": "The tables do not state the server's PCIe topology; inferred from them: peer-to-peer "
+                          "on (vLLM ran its own all-reduce on 2 GPUs, which it does only after its P2P check "
+                          "passes), pairs under one PCIe switch (2-GPU rings at {ring2}, 4-GPU rings at {ring4}), 4 "
+                          "GPUs per socket (8-GPU rings at {ring8}); send/recv figures are assumed",
+    "pcie-gen4-2socket.yaml": "The tables do not state the server's PCIe topology; inferred from them: peer-to-peer "
+                              "on between the GPUs they paired (vLLM ran its own all-reduce on 2 GPUs, which it "
+                              "does only after its P2P check passes), pairs under one PCIe switch (2-GPU rings "
+                              "at {ring2}, 4-GPU rings at {ring4}: NCCL stages hops beyond a switch through host "
+                              "memory on Intel hosts, nccl src/graph/paths.cc), 4 GPUs per socket (8-GPU rings at "
+                              "{ring8}). "
+                              "Without P2P (p2p: false, the common default on 8xL40S servers: NVIDIA "
+                              "ai-dynamo/aiconfigurator issue 1346, NVIDIA/TensorRT-LLM issue 9680) pairs stage "
+                              "at the cross-switch rate too. Send/recv figures are assumed"}
 
 
 def fabric(text: str, profile: dict, name: str = "") -> str:
@@ -71,6 +83,14 @@ def fabric(text: str, profile: dict, name: str = "") -> str:
     rate = float(re.search(r"^link_bw_bytes_per_s: ([\d.]+) GB/s", text, re.M).group(1)) * 1e9  # type: ignore[union-attr]
     figures = {"bw_efficiency": f"{fit['bw_bytes_per_s'] / rate:.4f}", "latency_s": f"{fit['latency_s'] * 1e6:.4g} us",
                "collective_launch_s": f"{fit['collective_launch_s'] * 1e6:.4g} us"}
+    if fit.get("bw_by_group_bytes_per_s"):  # PCIe: each group size's ring rate to the level of the tree it spans
+        # the tables' boxes had P2P (the notes below): map their rings as on such a box
+        box = PcieFabric.model_validate(yaml.safe_load(text) | {"p2p": True})
+        fields = pcie_ring_figures(box, LinkFit.model_validate(fit))
+        figures |= {"bw_efficiency": f"{fields['bw_efficiency']:.4f}",
+                    "cross_switch_latency_s": f"{fields['cross_switch_latency_s'] * 1e6:.4g} us"}  # type: ignore[operator]
+        figures |= {key: f"{fields[key] / 1e9:.4g} GB/s"  # type: ignore[operator]
+                    for key in ("cross_switch_bw_bytes_per_s", "host_bridge_bw_bytes_per_s") if key in fields}
     if fit.get("nvls_latency_s"):
         figures |= {"nvls_bw_efficiency": f"{fit['nvls_bw_bytes_per_s'] / rate:.4f}",
                     "nvls_latency_s": f"{fit['nvls_latency_s'] * 1e6:.4g} us"}
@@ -79,7 +99,8 @@ def fabric(text: str, profile: dict, name: str = "") -> str:
     errors = profile["errors"]
     held = ", ".join(f"{kind} {errors[kind]['median']:.1%}" for kind in ("allreduce", "allgather") if kind in errors)
     table = next(entry for entry in profile["fitted_on"] if "/comm/" in entry)
-    p2p = P2P_NOTE.get(name, KEPT_P2P)
+    rings = {f"ring{p}": f"{bw / 1e9:.3g} GB/s" for p, bw in (fit.get("bw_by_group_bytes_per_s") or {}).items()}
+    p2p = P2P_NOTE.get(name, KEPT_P2P).format_map(rings)
     source = (f"Collective figures fitted by splitsim calibrate --aiconfigurator to {table} (fp16 all-reduce and "
               f"all-gather at 2/4/8 GPUs{', NVLS beside the ring' if fit.get('nvls_latency_s') else ''}; "
               f"hardware/catalog/profiles/{profile['name']}.yaml); held-out median errors {held}. {p2p}; "
@@ -141,7 +162,7 @@ def main() -> None:
         print(f"{preset}: the engine's all-reduce from {source}")
     taken = {"nvlink4-nvswitch.yaml": ("h100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
              "nvlink3-nvswitch.yaml": ("a100_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
-             "pcie-gen4-2socket.yaml": ("l40s-vllm.yaml", ("allreduce custom",)),
+             "pcie-gen4-2socket.yaml": ("l40s-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
              "nvlink5-nvswitch.yaml": ("b200_sxm-vllm.yaml", ("allreduce", "allgather", "allreduce custom")),
              "pcie-gen5-p2p.yaml": ("rtx_pro_6000_server-vllm.yaml", ("allreduce", "allgather", "allreduce custom"))}
     for preset, (source, kinds) in taken.items():
