@@ -148,9 +148,9 @@ class SimOptions(_Strict):
     fast_forward: bool = Field(True, description="fold runs of identical decode steps into one event (exact); "
                                                  "false steps every batch, the reference it is tested against")
     seed: int = Field(0, ge=0)
-    contention: bool = Field(False, description="stage granularity: transfers share links fairly (sim/flows.py), "
-                                                "as layer granularity always does; off until the PCIe staged-copy "
-                                                "figures are calibrated (docs/model.md)")
+    contention: bool = Field(True, description="stage granularity: transfers share links fairly (sim/flows.py), "
+                                                "as layer granularity always does; false ignores sharing (faster "
+                                                "where links are shared)")
 
 
 _NAME_LIMIT = 100

@@ -111,9 +111,9 @@ def test_two_handoffs_over_one_ethernet_nic_share_it(run, granularity):
 
 
 def test_stage_mode_with_contention_meets_layer_modes_transfers_as_often():
-    """Two TP2 replicas on the L40S box without P2P share host memory for every all-reduce: stage mode with
-    `sim.contention` walks each layer's compute runs and all-reduces as layer mode does, so the requests'
-    times agree (and differ from stage mode that ignores the sharing)."""
+    """Two TP2 replicas on the L40S box without P2P share their socket's path through host memory for every
+    all-reduce: stage mode with `sim.contention` (the default) walks each layer's compute runs and all-reduces
+    as layer mode does, so the requests' times agree (and differ from stage mode that ignores the sharing)."""
     from helpers import scenario_dict
     from splitsim.api import simulate
     from splitsim.scenario import scenario_from_dict
@@ -121,7 +121,7 @@ def test_stage_mode_with_contention_meets_layer_modes_transfers_as_often():
     base = scenario_dict(cluster="l40s-pcie-node", parallel={"tp": 2, "dp": 2},
                          workload={"num_requests": 6, "rate": 20.0, "prompt_tokens": 300, "output_tokens": 6})
     runs = {}
-    for name, sim in (("layer", {"granularity": "layer"}), ("stage", {"contention": True}), ("alone", {})):
+    for name, sim in (("layer", {"granularity": "layer"}), ("stage", {}), ("alone", {"contention": False})):
         runs[name] = simulate(scenario_from_dict(base | {"sim": base["sim"] | sim})).requests
     for column in ("first_token_s", "finish_s"):
         np.testing.assert_allclose(runs["stage"][column], runs["layer"][column], rtol=1e-9)
@@ -131,11 +131,12 @@ def test_stage_mode_with_contention_meets_layer_modes_transfers_as_often():
 def test_stage_mode_without_contention_times_each_handoff_alone_and_says_why_it_stepped(run):
     layout = {"tp": 4, "pp": 2, "dp": 2, "order": "tp-dp-pp"}
     workload = {"num_requests": 2, "rate": 0, "prompt_tokens": 512, "output_tokens": 1}
-    both = run(cluster="h100-eth-2node", parallel=layout, workload=workload)
-    alone = run(cluster="h100-eth-2node", parallel=layout, workload=workload | {"num_requests": 1})
+    ignored = {"contention": False}
+    both = run(cluster="h100-eth-2node", parallel=layout, workload=workload, sim=ignored)
+    alone = run(cluster="h100-eth-2node", parallel=layout, workload=workload | {"num_requests": 1}, sim=ignored)
     np.testing.assert_allclose(both.requests["first_token_s"].to_numpy(), alone.requests["first_token_s"].iloc[0],
                                rtol=1e-12)
-    shared = run(cluster="h100-eth-2node", parallel=layout, workload=workload, sim={"contention": True})
+    shared = run(cluster="h100-eth-2node", parallel=layout, workload=workload)  # sim.contention: on by default
     assert shared.meta["fast_forward"]["fallbacks"].get("contention") == 2  # each batch walked as events
 
 
