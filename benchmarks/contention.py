@@ -4,8 +4,8 @@
     python benchmarks/contention.py [--requests N]
 
 The cases: Llama-3-70B (fp8 weights, so TP2 fits a 48 GB L40S) on the 8×L40S box without P2P (every
-transfer staged through host memory: the two TP pairs of a socket share its path) at TP2×DP4 and TP2×PP4, and Llama-3-70B
-on two H100 nodes over one Ethernet NIC each at TP4×PP2×DP2, order tp-dp-pp (the two replicas' hand-offs
+transfer staged through host memory: the two TP pairs of a socket share its path) at TP2×DP4 and TP2×PP4, and
+Llama-3-70B on two H100 nodes over one Ethernet NIC each at TP4×PP2×DP2, order tp-dp-pp (the two replicas' hand-offs
 share each node's NIC). Workload: scenarios/h100-nvlink-70b.yaml's lengths, at its rate.
 """
 

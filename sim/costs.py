@@ -57,6 +57,7 @@ class StageCosts:
         self._gemms: dict[int, tuple[float, ...]] = _shared(("gemms", layer))
         self._elementwise: dict[int, tuple[float, ...]] = _shared(("elementwise", layer))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
+        self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
         self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
         self._allreduce: dict[int, float] = _shared(("allreduce", comm))
         self._per_token: dict[int, tuple[float, float]] = _shared(("edges", layer, comm))
@@ -153,6 +154,16 @@ class StageCosts:
                 model_ops.lm_head(self.plan.model, num_logits, self.plan.sharding))
         return cached
 
+    def logits_gather_time(self, num_logits: int) -> float:
+        """The last stage's all-gather of the vocab-parallel logits over its TP group (sim/defaults.py)."""
+        if not self.is_last or not num_logits or self.plan.tp == 1 or not self.plan.engine.logits_gather:
+            return 0.0
+        cached = self._logits_gather.get(num_logits)
+        if cached is None:
+            nbytes = num_logits * self.plan.model.vocab_size * ACTIVATION_BYTES
+            cached = self._logits_gather[num_logits] = collectives.allgather_s(self.plan.cluster, self.group, nbytes)
+        return cached
+
     def handoff_times(self, tokens: int) -> tuple[float, float]:
         """(send, all-gather) seconds to hand this stage's output to the next stage."""
         cached = self._handoff.get(tokens)
@@ -175,7 +186,7 @@ class StageCosts:
         layer_comm = 2 * self.allreduce_time(tokens)
         edge_compute, edge_comm = self.edge_times(tokens)
         compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_logits)
-        return compute, edge_comm + self.num_layers * layer_comm
+        return compute, edge_comm + self.num_layers * layer_comm + self.logits_gather_time(num_logits)
 
     def decode_stage_times(self, num_decode: int, contexts: np.ndarray) -> tuple[np.ndarray, float]:
         """`stage_time` of decode-only batches of `num_decode` sequences (each sampling), one per Σ context
@@ -192,7 +203,8 @@ class StageCosts:
         layer_compute = (input_norm + qkv + rope + 0.0 + attn_decode + o_proj + post_norm + gate_up + act + down)
         edge_compute, edge_comm = self.edge_times(num_decode)
         compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_decode)
-        return compute, edge_comm + self.num_layers * (2 * self.allreduce_time(num_decode))
+        return compute, (edge_comm + self.num_layers * (2 * self.allreduce_time(num_decode))
+                         + self.logits_gather_time(num_decode))
 
     def layer_ops(self, batch: BatchShape) -> list[TimedOp]:
         """One layer's ops in execution order, timed: what layer mode makes events of."""

@@ -27,11 +27,18 @@ request's whole KV at admission). Its own all-reduce strategies are not modelled
 is assumed to carry the residual as vLLM's and SGLang's do. Chunked
 prefill is off by default there; splitsim's `chunked` policy with TRT-LLM's budget stands in (docs/model.md).
 
+The LM head is vocab-parallel: each TP rank computes its slice of the logits, and every engine all-gathers them
+over the TP group before sampling, `tokens sampled × vocab × 2` bytes per step on the last stage (vLLM
+`model_executor/layers/logits_processor.py` `_gather_logits`, all-gather since `Platform.use_all_gather` is true
+under V1, `platforms/interface.py`; SGLang `srt/layers/logits_processor.py`, `do_tensor_parallel_all_gather`;
+TRT-LLM's `LMHead(gather_output=True)`, taken to be the same). `ideal` leaves it out.
+
 vLLM pads a batch of up to 512 tokens to its next CUDA-graph size (`ServingEngine.graph_sizes`): the GEMMs,
 element-wise kernels and all-reduces run on the padded token count (attention and the LM head on the real
 sequences). SGLang's graphs and every engine's host time per step are not modelled yet.
 
-`ideal`: the physics alone — NCCL for every all-reduce, a hand-off of the hidden state only — with vLLM's knobs.
+`ideal`: the physics alone — NCCL for every all-reduce, a hand-off of the hidden state only, no logits gather — with
+vLLM's knobs.
 """
 
 from __future__ import annotations
@@ -67,6 +74,7 @@ class ServingEngine:
     block_size: int
     kv_allocation: KvAllocation
     cuda_graphs: bool = False  # batches padded up to the next captured size (`graph_sizes`)
+    logits_gather: bool = False  # the LM head's vocab-parallel logits all-gathered over the TP group each step
 
     def graph_sizes(self, max_num_seqs: int, max_batched_tokens: int) -> tuple[int, ...]:
         """The token counts the engine captures CUDA graphs for; a batch of at most the largest runs padded
@@ -94,9 +102,9 @@ class ServingEngine:
 
 
 ENGINES: dict[str, ServingEngine] = {
-    "vllm": ServingEngine("vllm", True, 2, "chunked", 0.9, 16, "on_demand", cuda_graphs=True),
-    "sglang": ServingEngine("sglang", True, 2, "chunked", 0.9, 1, "on_demand"),
-    "trtllm": ServingEngine("trtllm", False, 2, "chunked", 0.9, 32, "reserve"),
+    "vllm": ServingEngine("vllm", True, 2, "chunked", 0.9, 16, "on_demand", cuda_graphs=True, logits_gather=True),
+    "sglang": ServingEngine("sglang", True, 2, "chunked", 0.9, 1, "on_demand", logits_gather=True),
+    "trtllm": ServingEngine("trtllm", False, 2, "chunked", 0.9, 32, "reserve", logits_gather=True),
     "ideal": ServingEngine("ideal", False, 1, "chunked", 0.9, 16, "on_demand"),
 }
 

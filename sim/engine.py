@@ -336,6 +336,9 @@ class Engine:
                     yield from self._over_links(links, allreduce)
         if cost.is_last:
             yield env.timeout(cost.lm_head_time(batch.num_logits))
+            gather = cost.logits_gather_time(batch.num_logits)
+            if gather:
+                yield from self._over_links(links, gather)
         rec.busy(r, s, start, start + compute, "compute", "layers")
         if comm:
             rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
@@ -375,6 +378,11 @@ class Engine:
             start = env.now
             yield env.timeout(cost.lm_head_time(batch.num_logits))
             rec.busy(r, s, start, env.now, "compute", "lm_head")
+            gather = cost.logits_gather_time(batch.num_logits)
+            if gather:
+                start = env.now
+                yield from self._over_links(links, gather)
+                rec.busy(r, s, start, env.now, "tp_comm", "logits_gather")
 
     # -- a batch is done: tokens out, requests finish ------------------------------------------------
     def _complete(self, replica: _Replica, slot: _Slot, batch: Batch) -> None:

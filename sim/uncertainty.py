@@ -64,6 +64,9 @@ def _stage_work(costs: StageCosts, batch: BatchShape, num_logits: int) -> dict[s
     if edge_comm:
         work[_collective_kind(plan, "allreduce", costs.group, tokens * plan.model.hidden_size * 2)] += edge_comm
     work["gemm"] += costs.lm_head_time(num_logits)
+    gather = costs.logits_gather_time(num_logits)
+    if gather:
+        work[_collective_kind(plan, "allgather", costs.group, 0.0)] += gather
     if costs.next_group is not None:
         send, gather = costs.handoff_times(tokens)
         work[_collective_kind(plan, "sendrecv", [costs.group[0], costs.next_group[0]], 0.0)] += send

@@ -71,7 +71,7 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
                    "kv_allocation": sched.kv_allocation},
         "engine": {"name": plan.engine.name,
                    "allreduce": "custom, NCCL beyond its limits" if plan.engine.custom_allreduce else "nccl",
-                   "handoff_tensors": plan.engine.handoff_tensors,
+                   "handoff_tensors": plan.engine.handoff_tensors, "logits_gather": plan.engine.logits_gather,
                    "cuda_graph_max_tokens": len(plan.padded_tokens) - 1 if plan.padded_tokens else None},
         "granularity": plan.granularity, "seed": scenario.sim.seed,
         "hardware_profile": Path(scenario.hardware_profile).name if scenario.hardware_profile else None,

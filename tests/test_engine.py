@@ -76,12 +76,15 @@ def test_littles_law_over_the_run(run):
     ("h100-ib-2node", {"tp": 8, "pp": 2}, 6),
     ("a100-nvlink-node", {"tp": 4, "pp": 2}, 8),
     ("l40s-pcie-node", {"tp": 4, "pp": 2}, 1),  # one batch at a time: nothing contends for host memory
+    ("h100-nvlink-node", {"tp": 4, "pp": 2, "engine": "vllm"}, 8),  # its own all-reduce, logits gather, graphs
 ])
 def test_stage_and_layer_granularity_agree_without_contention(run, cluster, parallel, num_requests):
     workload = {"num_requests": num_requests, "rate": 50.0, "prompt_tokens": {"dist": "uniform", "low": 20,
                 "high": 200}, "output_tokens": {"dist": "uniform", "low": 1, "high": 12}}
-    stage = run(cluster=cluster, parallel=parallel, workload=workload)
-    layer = run(cluster=cluster, parallel=parallel, workload=workload, sim={"granularity": "layer"})
+    parallel = dict(parallel)
+    engine = {"engine": parallel.pop("engine")} if "engine" in parallel else {}
+    stage = run(cluster=cluster, parallel=parallel, workload=workload, **engine)
+    layer = run(cluster=cluster, parallel=parallel, workload=workload, sim={"granularity": "layer"}, **engine)
     for column in ("first_token_s", "finish_s"):
         np.testing.assert_allclose(layer.requests[column], stage.requests[column], rtol=1e-9)
     for key, value in stage.summary["gpu_time_fraction"].items():

@@ -99,8 +99,25 @@ def test_vllm_prices_tp_allreduces_with_its_own_kernels_and_ideal_with_nccl():
     assert ideal.allreduce_time(64) == collectives.allreduce_s(cluster, group, nbytes)
     assert vllm.allreduce_time(64) < 0.6 * ideal.allreduce_time(64)  # 15 µs against NCCL's 25 µs
     batch = BatchShape(num_decode=64, decode_context=64 * 1000)
-    gap = ideal.stage_time(batch, 64)[1] - vllm.stage_time(batch, 64)[1]  # 2 a layer × 80, and the embedding's
+    gap = ideal.stage_time(batch, 0)[1] - vllm.stage_time(batch, 0)[1]  # 2 a layer × 80, and the embedding's
     assert gap == pytest.approx(161 * (ideal.allreduce_time(64) - vllm.allreduce_time(64)), rel=1e-9)
+
+
+def test_the_engines_all_gather_the_logits_over_tp_and_ideal_does_not():
+    """64 sampled tokens of Llama-3-70B at TP8: 64 × 128,256 × 2 bytes gathered on NVLink 4, as a ring
+    all-gather from the fabric's own figures: t₀ + 7α + 7/8 · S/B."""
+    nv = catalog_yaml("fabrics", "nvlink4-nvswitch")
+    t0, alpha = parse_quantity(nv["collective_launch_s"], "seconds"), parse_quantity(nv["latency_s"], "seconds")
+    bw = parse_quantity(nv["link_bw_bytes_per_s"], "bytes_per_s") * nv["bw_efficiency"]
+    size = 64 * 128256 * 2
+    expected = t0 + 7 * alpha + 7 / 8 * size / bw
+    batch = BatchShape(num_decode=64, decode_context=64 * 1000)
+    for engine in ("vllm", "sglang", "trtllm", "ideal"):
+        cost = StageCosts(_plan(engine, model="llama-3-70b", parallel={"tp": 8}), 0, 0)
+        gather = cost.stage_time(batch, 64)[1] - cost.stage_time(batch, 0)[1]
+        assert gather == pytest.approx(0.0 if engine == "ideal" else expected, rel=1e-9, abs=1e-15), engine
+    alone = StageCosts(_plan("vllm", model="llama-3-8b", parallel={"tp": 1}), 0, 0)
+    assert alone.logits_gather_time(64) == 0.0
 
 
 def test_a_vllm_handoff_sends_the_hidden_state_and_the_residual():
@@ -159,7 +176,8 @@ def test_the_summary_names_the_engine_and_the_default_is_vllm(tmp_path):
     del data["engine"]
     summary = simulate(scenario_from_dict(data)).summary
     assert summary["scenario"]["engine"] == {"name": "vllm", "allreduce": "custom, NCCL beyond its limits",
-                                             "handoff_tensors": 2, "cuda_graph_max_tokens": 128}  # 2 × 64 seqs
+                                             "handoff_tensors": 2, "logits_gather": True,
+                                             "cuda_graph_max_tokens": 128}  # 2 × 64 seqs
 
 
 def test_cost_says_which_allreduce_it_priced(capsys):
