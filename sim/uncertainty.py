@@ -99,8 +99,10 @@ def _typical_work(plan: Plan, stream: RequestStream, summary: dict[str, Any]) ->
     batch = int(min(max(1, round(running)), plan.scheduler.max_num_seqs))
     context = prompt + output // 2
     decode = _through_stages(plan, BatchShape(num_decode=batch, decode_context=batch * context), batch)
+    # In a fixed order (prefill's kinds, then decode's): the sums below must not depend on string hashing, which
+    # differs between processes (a pool's, a Ray worker's), or the same run gives different last digits.
     per_request = {kind: prefill.get(kind, 0.0) + (output - 1) * decode.get(kind, 0.0) / batch
-                   for kind in set(prefill) | set(decode)}
+                   for kind in dict.fromkeys([*prefill, *decode])}
     return {"ttft_p50": prefill, "tpot_p50": decode, "throughput": per_request}
 
 
