@@ -15,11 +15,12 @@ its context). Shapes only: no time, no hardware. Activations are always 16-bit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
-from splitsim.models.spec import ModelSpec
+from splitsim.models.spec import LayerKind, ModelSpec
 
 OpKind = Literal["gemm", "attention", "memory", "allreduce"]
 
@@ -72,20 +73,6 @@ def gemm(name: str, m: int, n: int, k: int, sharding: Sharding) -> Op:
     return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
 
 
-def layer_gemms(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, Op, Op, Op]:
-    """QKV, O, gate/up and down for `tokens` tokens; they depend on the token count alone."""
-    tp, d, h = sharding.tp, model.head_dim, model.hidden_size
-    q_heads = model.num_heads // tp
-    kv_heads = model.kv_heads_per_rank(tp)
-    ffn = model.intermediate_size // tp
-    return (
-        gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
-        gemm("o_proj", tokens, h, q_heads * d, sharding),
-        gemm("gate_up", tokens, 2 * ffn, h, sharding),
-        gemm("down", tokens, h, ffn, sharding),
-    )
-
-
 def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> tuple[Op, Op]:
     """Prefill and decode attention (separate kernels, as vLLM runs them) on one TP rank.
 
@@ -117,38 +104,57 @@ def allreduce(name: str, tokens: int, model: ModelSpec) -> Op:
     return Op(name, "allreduce", nbytes=tokens * model.hidden_size * ACTIVATION_BYTES)
 
 
-def layer_elementwise(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, Op, Op, Op]:
-    """input_norm, rope, post_norm, act: memory-bound, bytes read and written at 16 bits.
+ATTENTION = Op("attention", "attention")  # a layer's attention kernels: sized per batch by `attention`
 
-    Fused residual add + RMSNorm reads the input and the residual and writes both (4·T·h values);
-    RoPE reads and writes this rank's Q and K (2·T·(h_q + h_kv)·d); SiLU-and-mul reads gate and up and
-    writes their product (3·T·ffn/TP).
+
+def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
+    """A dense decoder layer for `tokens` tokens, in execution order (the module docstring's sequence; the
+    all-reduces only when TP > 1). `ATTENTION` stands for the batch's attention kernels, which depend on
+    the contexts, not on the token count alone.
+
+    GEMMs: QKV and gate/up column-parallel, O and down row-parallel. Element-wise, at 16 bits: fused
+    residual add + RMSNorm reads the input and the residual and writes both (4·T·h values); RoPE reads and
+    writes this rank's Q and K (2·T·(h_q + h_kv)·d); SiLU-and-mul reads gate and up and writes their
+    product (3·T·ffn/TP).
     """
     tp, d, h, b = sharding.tp, model.head_dim, model.hidden_size, ACTIVATION_BYTES
     q_heads, kv_heads = model.num_heads // tp, model.kv_heads_per_rank(tp)
+    ffn = model.intermediate_size // tp
     norm = 4 * tokens * h * b + h * b
-    return (
-        Op("input_norm", "memory", nbytes=norm),
-        Op("rope", "memory", nbytes=2 * tokens * (q_heads + kv_heads) * d * b),
-        Op("post_norm", "memory", nbytes=norm),
-        Op("act", "memory", nbytes=3 * tokens * (model.intermediate_size // tp) * b),
-    )
-
-
-def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> list[Op]:
-    """The op list of one layer, in execution order (all-reduces only when TP > 1)."""
-    tokens = batch.num_tokens
-    qkv, o_proj, gate_up, down = layer_gemms(model, tokens, sharding)
-    input_norm, rope, post_norm, act = layer_elementwise(model, tokens, sharding)
-    prefill_attn, decode_attn = attention(model, batch, sharding)
-    ops = [input_norm, qkv, rope]
-    ops += [op for op, part in ((prefill_attn, batch.prefill), (decode_attn, batch.num_decode)) if part]
-    ops.append(o_proj)
-    if sharding.tp > 1:
+    ops = [Op("input_norm", "memory", nbytes=norm),
+           gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
+           Op("rope", "memory", nbytes=2 * tokens * (q_heads + kv_heads) * d * b),
+           ATTENTION,
+           gemm("o_proj", tokens, h, q_heads * d, sharding)]
+    if tp > 1:
         ops.append(allreduce("attn_allreduce", tokens, model))
-    ops += [post_norm, gate_up, act, down]
-    if sharding.tp > 1:
+    ops += [Op("post_norm", "memory", nbytes=norm),
+            gemm("gate_up", tokens, 2 * ffn, h, sharding),
+            Op("act", "memory", nbytes=3 * tokens * ffn * b),
+            gemm("down", tokens, h, ffn, sharding)]
+    if tp > 1:
         ops.append(allreduce("mlp_allreduce", tokens, model))
+    return tuple(ops)
+
+
+LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer}
+
+
+def layer_graph(model: ModelSpec, kind: LayerKind, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
+    """The ops of one layer of `kind` for `tokens` tokens, in execution order, `ATTENTION` in its place: the one
+    description of a layer's work that stage mode sums and layer mode walks (sim/costs.py)."""
+    return LAYERS[kind](model, tokens, sharding)
+
+
+def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding, kind: LayerKind = "dense") -> list[Op]:
+    """One layer's ops on `batch`, in execution order, with its prefill and decode attention in place."""
+    prefill_attn, decode_attn = attention(model, batch, sharding)
+    ops: list[Op] = []
+    for op in layer_graph(model, kind, batch.num_tokens, sharding):
+        if op is ATTENTION:
+            ops += [op for op, part in ((prefill_attn, batch.prefill), (decode_attn, batch.num_decode)) if part]
+        else:
+            ops.append(op)
     return ops
 
 

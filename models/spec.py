@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from splitsim.files import cut, read_json_file, shown
 from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, WeightDtype
 
+LayerKind = Literal["dense"]  # what a decoder layer is made of (models/ops.py LAYERS)
 _CATALOG = "catalog"
 _SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -45,6 +46,12 @@ class ModelSpec(BaseModel):
             raise ValueError(f"hidden_size={self.hidden_size} must be a multiple of num_attention_heads="
                              f"{self.num_heads} (or the config gives head_dim), as transformers requires")
         return self
+
+    @property
+    def layer_kinds(self) -> tuple[LayerKind, ...]:
+        """Each layer's kind, in order (the layers of one model may differ)."""
+        dense: LayerKind = "dense"
+        return (dense,) * self.num_layers
 
     @property
     def head_dim(self) -> int:

@@ -1,14 +1,15 @@
 """Seconds for a stage's work on one batch, from models/ (what work) and hardware/ (how long).
 
-The engine's hot path calls `stage_time` once per stage per batch, so the parts that depend on the
-token count alone (GEMMs, all-reduces, hand-offs) are cached by token count; attention, which depends
-on the context lengths, is two rooflines. Layer mode asks `layer_ops` for the same numbers op by op;
-both sum the same terms, so without contention the two granularities agree to float precision.
+models/ops.py's `layer_graph` is the one description of a layer's work; it is priced here generically, op by
+op. The engine's hot path calls `stage_time` once per stage per batch, so the ops that depend on the token
+count alone (GEMMs, element-wise kernels, collectives) are priced once per (layer kind, token count) into
+`LayerTerms`; attention, which depends on the context lengths, is two rooflines. Stage mode sums each layer
+kind's terms times its count; layer mode walks the same ops (`layer_ops`). Both add the same floats in the
+same order, so without contention the two granularities agree bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,17 +18,39 @@ import numpy as np
 from splitsim.hardware import collectives
 from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
-from splitsim.models.ops import BatchShape, Op, Sharding
+from splitsim.models.ops import BatchShape, Op
 from splitsim.models.precision import ACTIVATION_BYTES
-from splitsim.models.spec import ModelSpec
 from splitsim.sim.plan import Plan
 
 
 @dataclass(frozen=True, slots=True)
 class TimedOp:
     name: str
-    category: str  # "compute" | "tp_comm"
+    category: str  # "compute" | "tp_comm" | "attention" (the placeholder of a layer's attention kernels)
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTerms:
+    """One layer kind's token-priced ops for one token count. `before`: the compute ahead of the attention,
+    summed in order; `after`: the compute ops behind it, each apart (a float sum depends on its order, and the
+    attention comes between); `comm`: the collectives, summed; `timed`: every op, for layer mode."""
+
+    before: float
+    after: tuple[float, ...]
+    comm: float
+    timed: tuple[TimedOp, ...]
+
+
+def _layer_runs(kinds: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """Consecutive layers of one kind as (kind, count), in order."""
+    runs: list[tuple[str, int]] = []
+    for kind in kinds:
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    return tuple(runs)
 
 
 _CACHES: dict[Any, dict[Any, Any]] = {}
@@ -45,7 +68,10 @@ class StageCosts:
         self.plan = plan
         self.gpu: GpuSpec = plan.cluster.gpu
         self.group = plan.tp_group(replica, stage)
-        self.num_layers = plan.stages[stage].num_layers
+        first, self.num_layers = plan.stages[stage].first_layer, plan.stages[stage].num_layers
+        kinds = plan.model.layer_kinds[first:first + self.num_layers]
+        self.layer_runs = _layer_runs(kinds)  # layer mode walks these, in order
+        self.layer_counts = tuple((kind, kinds.count(kind)) for kind in dict.fromkeys(kinds))  # stage mode sums
         self.is_first = stage == 0
         self.is_last = stage == plan.pp - 1
         self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
@@ -54,8 +80,7 @@ class StageCosts:
         self._padded = plan.padded_tokens  # CUDA-graph sizes (the engine's): a batch's tokens as its graph runs them
         layer = (plan.model, plan.sharding, self.gpu, self._padded)
         comm = (plan.model, plan.cluster, tuple(self.group), plan.engine, self._padded)
-        self._gemms: dict[int, tuple[float, ...]] = _shared(("gemms", layer))
-        self._elementwise: dict[int, tuple[float, ...]] = _shared(("elementwise", layer))
+        self._terms: dict[tuple[str, int], LayerTerms] = _shared(("terms", layer, comm))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
         self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
         self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
@@ -80,6 +105,8 @@ class StageCosts:
             case "memory":
                 return self.gpu.elementwise_time_s(op.nbytes)
             case "allreduce":
+                if self.plan.tp == 1:
+                    return 0.0
                 if self.plan.engine.custom_allreduce:
                     return collectives.engine_allreduce(self.plan.cluster, self.group, op.nbytes)[0]
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
@@ -89,24 +116,34 @@ class StageCosts:
         """The token count a batch of `tokens` runs as: its CUDA graph's size, or itself (sim/defaults.py)."""
         return self._padded[tokens] if tokens < len(self._padded) else tokens
 
-    def _by_tokens(self, cache: dict[int, tuple[float, ...]], tokens: int,
-                   ops: Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]) -> tuple[float, ...]:
-        cached = cache.get(tokens)
+    def layer_terms(self, kind: str, tokens: int) -> LayerTerms:
+        """A layer of `kind` priced for `tokens` tokens (cached; a CUDA graph's batch at its padded size)."""
+        key = (kind, tokens)
+        cached = self._terms.get(key)
         if cached is None:
             padded = self._graph_tokens(tokens)
             if padded != tokens:  # a CUDA graph's batch: priced as the graph runs it
-                cached = cache[tokens] = self._by_tokens(cache, padded, ops)
+                cached = self._terms[key] = self.layer_terms(kind, padded)
                 return cached
-            cached = cache[tokens] = tuple(self._op_time(op) for op in ops(self.plan.model, tokens, self.plan.sharding))
+            timed = []
+            before, after, comm, seen_attention = 0.0, [], 0.0, False
+            for op in model_ops.layer_graph(self.plan.model, kind, tokens, self.plan.sharding):  # type: ignore[arg-type]
+                if op is model_ops.ATTENTION:
+                    timed.append(TimedOp("attention", "attention", 0.0))
+                    seen_attention = True
+                    continue
+                seconds = self._op_time(op)
+                if op.kind == "allreduce":
+                    timed.append(TimedOp(op.name, "tp_comm", seconds))
+                    comm += seconds
+                    continue
+                timed.append(TimedOp(op.name, "compute", seconds))
+                if seen_attention:
+                    after.append(seconds)
+                else:
+                    before += seconds
+            cached = self._terms[key] = LayerTerms(before, tuple(after), comm, tuple(timed))
         return cached
-
-    def gemm_times(self, tokens: int) -> tuple[float, ...]:
-        """(qkv, o_proj, gate_up, down) seconds for `tokens` tokens."""
-        return self._by_tokens(self._gemms, tokens, model_ops.layer_gemms)
-
-    def elementwise_times(self, tokens: int) -> tuple[float, ...]:
-        """(input_norm, rope, post_norm, act) seconds for `tokens` tokens."""
-        return self._by_tokens(self._elementwise, tokens, model_ops.layer_elementwise)
 
     def allreduce_time(self, tokens: int) -> float:
         cached = self._allreduce.get(tokens)
@@ -178,52 +215,50 @@ class StageCosts:
     def stage_time(self, batch: BatchShape, num_logits: int) -> tuple[float, float]:
         """(compute, tp_comm) seconds of this stage's layers on `batch`, plus first/last-stage extras."""
         tokens = batch.num_tokens
-        qkv, o_proj, gate_up, down = self.gemm_times(tokens)
-        input_norm, rope, post_norm, act = self.elementwise_times(tokens)
         attn_prefill, attn_decode = self.attention_times(batch)
-        layer_compute = (input_norm + qkv + rope + attn_prefill + attn_decode + o_proj + post_norm + gate_up
-                         + act + down)
-        layer_comm = 2 * self.allreduce_time(tokens)
-        edge_compute, edge_comm = self.edge_times(tokens)
-        compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_logits)
-        return compute, edge_comm + self.num_layers * layer_comm + self.logits_gather_time(num_logits)
+        compute, comm = self.edge_times(tokens)
+        for kind, count in self.layer_counts:
+            terms = self.layer_terms(kind, tokens)
+            layer_compute = terms.before + attn_prefill + attn_decode
+            for seconds in terms.after:
+                layer_compute += seconds
+            compute += count * layer_compute
+            comm += count * terms.comm
+        return compute + self.lm_head_time(num_logits), comm + self.logits_gather_time(num_logits)
 
     def decode_stage_times(self, num_decode: int, contexts: np.ndarray) -> tuple[np.ndarray, float]:
         """`stage_time` of decode-only batches of `num_decode` sequences (each sampling), one per Σ context
         in `contexts`: the same terms added in the same order, so every element equals what `stage_time`
         gives bit for bit (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
-        qkv, o_proj, gate_up, down = self.gemm_times(num_decode)
-        input_norm, rope, post_norm, act = self.elementwise_times(num_decode)
         gpu = self.gpu
         eta_c, eta_m, launch_s = gpu.efficiency.attention_kernel("decode")  # GpuSpec.attention_time_s, vectorised
         flops = self._decode_flops_per_ctx * contexts
         nbytes = self._decode_bytes_per_ctx * contexts + self._decode_bytes_per_seq * num_decode
         attn_decode = np.maximum(flops / (gpu.bf16_flops_per_s * eta_c),
                                  nbytes / (gpu.memory_bw_bytes_per_s * eta_m)) + launch_s
-        layer_compute = (input_norm + qkv + rope + 0.0 + attn_decode + o_proj + post_norm + gate_up + act + down)
-        edge_compute, edge_comm = self.edge_times(num_decode)
-        compute = edge_compute + self.num_layers * layer_compute + self.lm_head_time(num_decode)
-        return compute, (edge_comm + self.num_layers * (2 * self.allreduce_time(num_decode))
-                         + self.logits_gather_time(num_decode))
+        edge_compute, comm = self.edge_times(num_decode)
+        compute = np.full_like(contexts, edge_compute, dtype=float)
+        for kind, count in self.layer_counts:
+            terms = self.layer_terms(kind, num_decode)
+            layer_compute = terms.before + 0.0 + attn_decode
+            for seconds in terms.after:
+                layer_compute += seconds
+            compute = compute + count * layer_compute
+            comm += count * terms.comm
+        return compute + self.lm_head_time(num_decode), comm + self.logits_gather_time(num_decode)
 
-    def layer_ops(self, batch: BatchShape) -> list[TimedOp]:
-        """One layer's ops in execution order, timed: what layer mode makes events of."""
-        tokens = batch.num_tokens
-        qkv, o_proj, gate_up, down = self.gemm_times(tokens)
-        input_norm, rope, post_norm, act = self.elementwise_times(tokens)
+    def layer_ops(self, batch: BatchShape, kind: str | None = None) -> list[TimedOp]:
+        """One layer's ops in execution order, timed, its attention kernels in place: what layer mode makes
+        events of (`kind`: the stage's first layer kind unless given)."""
+        terms = self.layer_terms(kind or self.layer_counts[0][0], batch.num_tokens)
         attn_prefill, attn_decode = self.attention_times(batch)
-        ar = self.allreduce_time(tokens)
-        timed = [TimedOp("input_norm", "compute", input_norm), TimedOp("qkv", "compute", qkv),
-                 TimedOp("rope", "compute", rope)]
-        if batch.prefill:
-            timed.append(TimedOp("attention_prefill", "compute", attn_prefill))
-        if batch.num_decode:
-            timed.append(TimedOp("attention_decode", "compute", attn_decode))
-        timed.append(TimedOp("o_proj", "compute", o_proj))
-        if self.plan.tp > 1:
-            timed.append(TimedOp("attn_allreduce", "tp_comm", ar))
-        timed += [TimedOp("post_norm", "compute", post_norm), TimedOp("gate_up", "compute", gate_up),
-                  TimedOp("act", "compute", act), TimedOp("down", "compute", down)]
-        if self.plan.tp > 1:
-            timed.append(TimedOp("mlp_allreduce", "tp_comm", ar))
+        timed: list[TimedOp] = []
+        for op in terms.timed:
+            if op.category != "attention":
+                timed.append(op)
+                continue
+            if batch.prefill:
+                timed.append(TimedOp("attention_prefill", "compute", attn_prefill))
+            if batch.num_decode:
+                timed.append(TimedOp("attention_decode", "compute", attn_decode))
         return timed

@@ -314,26 +314,28 @@ class Engine:
         cost = replica.costs[s]
         tokens = batch.shape.num_tokens
         compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
-        segments: list[tuple[float, float]] = []  # one layer: (compute before an all-reduce, the all-reduce)
-        run = 0.0
-        for op in cost.layer_ops(batch.shape):
-            if op.category == "tp_comm":
-                segments.append((run, op.seconds))
-                run = 0.0
-            else:
-                run += op.seconds
-        segments.append((run, 0.0))
+        segments: dict[str, list[tuple[float, float]]] = {}  # a layer: (compute before a collective, the collective)
+        for kind, _ in cost.layer_counts:
+            segments[kind], run = [], 0.0
+            for op in cost.layer_ops(batch.shape, kind):
+                if op.category == "tp_comm":
+                    segments[kind].append((run, op.seconds))
+                    run = 0.0
+                else:
+                    run += op.seconds
+            segments[kind].append((run, 0.0))
         links = self._links(self.plan.tp_group(r, s)) if comm else ()
         edge_compute, edge_comm = cost.edge_times(tokens)
         start = env.now
         yield env.timeout(edge_compute)
         if edge_comm:
             yield from self._over_links(links, edge_comm)
-        for _ in range(cost.num_layers):
-            for seconds, allreduce in segments:
-                yield env.timeout(seconds)
-                if allreduce:
-                    yield from self._over_links(links, allreduce)
+        for kind, count in cost.layer_runs:
+            for _ in range(count):
+                for seconds, collective in segments[kind]:
+                    yield env.timeout(seconds)
+                    if collective:
+                        yield from self._over_links(links, collective)
         if cost.is_last:
             yield env.timeout(cost.lm_head_time(batch.num_logits))
             gather = cost.logits_gather_time(batch.num_logits)
@@ -365,15 +367,16 @@ class Engine:
                 start = env.now
                 yield from self._over_links(links, edge_comm)
                 rec.busy(r, s, start, env.now, "tp_comm", "embedding_allreduce")
-        ops = cost.layer_ops(batch.shape)
-        for _ in range(cost.num_layers):
-            for op in ops:
-                start = env.now
-                if op.category == "tp_comm":
-                    yield from self._over_links(links, op.seconds)
-                else:
-                    yield env.timeout(op.seconds)
-                rec.busy(r, s, start, env.now, op.category, op.name)
+        for kind, count in cost.layer_runs:
+            ops = cost.layer_ops(batch.shape, kind)
+            for _ in range(count):
+                for op in ops:
+                    start = env.now
+                    if op.category == "tp_comm":
+                        yield from self._over_links(links, op.seconds)
+                    else:
+                        yield env.timeout(op.seconds)
+                    rec.busy(r, s, start, env.now, op.category, op.name)
         if cost.is_last:
             start = env.now
             yield env.timeout(cost.lm_head_time(batch.num_logits))

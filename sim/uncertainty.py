@@ -55,10 +55,11 @@ def _stage_work(costs: StageCosts, batch: BatchShape, num_logits: int) -> dict[s
     """Seconds by op kind of one stage's work on `batch` (the terms `StageCosts.stage_time` adds)."""
     plan, work = costs.plan, defaultdict[str, float](float)
     tokens = batch.num_tokens
-    for op in costs.layer_ops(batch):
-        kind = _OP_KIND.get(op.name) or _collective_kind(plan, "allreduce", costs.group,
-                                                         tokens * plan.model.hidden_size * 2)
-        work[kind] += costs.num_layers * op.seconds
+    for layer_kind, count in costs.layer_counts:
+        for op in costs.layer_ops(batch, layer_kind):
+            kind = _OP_KIND.get(op.name) or _collective_kind(plan, "allreduce", costs.group,
+                                                             tokens * plan.model.hidden_size * 2)
+            work[kind] += count * op.seconds
     edge_compute, edge_comm = costs.edge_times(tokens)
     work["elementwise"] += edge_compute
     if edge_comm:

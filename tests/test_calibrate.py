@@ -250,8 +250,8 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFram
     model = ModelSpec.model_validate(TINY)
     for tp in (1, 2):
         for m in tokens:
-            for kernel in ops.layer_elementwise(model, m, ops.Sharding(tp, "bf16", "bf16", "bf16")):
-                if kernel.name == "rope":
+            for kernel in ops.layer_graph(model, "dense", m, ops.Sharding(tp, "bf16", "bf16", "bf16")):
+                if kernel.kind != "memory" or kernel.name == "rope":
                     continue  # the runner times RoPE inside attention
                 seconds = (kernel.nbytes / (gpu.memory_bw_bytes_per_s * ELEMENTWISE["elementwise"])
                            + ELEMENTWISE["elementwise_launch_s"])

@@ -37,6 +37,7 @@ from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
+from splitsim.models.spec import ModelSpec
 from splitsim.sim import uncertainty
 from splitsim.validate import aiconfigurator, fit, measurements, vidur
 from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
@@ -354,6 +355,11 @@ def _int(value: Any, default: int = 0) -> int:
     return default if pd.isna(value) else int(value)
 
 
+def _layer_op(model: ModelSpec, tokens: int, sharding: ops.Sharding, name: str) -> ops.Op:
+    """The op of a (dense) layer's graph that a runner row names."""
+    return next(op for op in ops.layer_graph(model, "dense", tokens, sharding) if op.name == name)
+
+
 def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: GpuSpec) -> dict[str, pd.DataFrame]:
     """GEMM, attention, collective and send/recv rows of one measurements folder."""
     dtype = measurements.measured_dtype(folder, config)
@@ -374,15 +380,14 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         assert model is not None
         batch = _int(r["batch"], 1)
         tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
-        op = next(g for g in ops.layer_gemms(model, tokens, sharding(_int(r["tp"], 1))) if g.name == r["op"])
+        op = _layer_op(model, tokens, sharding(_int(r["tp"], 1)), r["op"])
         gemm.append((op.m, op.n, op.k, float(r["seconds"])))
     elementwise = []
     for r in op_rows[op_rows["op"].isin(ELEMENTWISE_OPS)].to_dict("records"):
         assert model is not None
         batch = _int(r["batch"], 1)
         tokens = _int(r["tokens"]) or (batch * _int(r["prompt"], 1) if r["phase"] == "prefill" else batch)
-        kernel = next(k for k in ops.layer_elementwise(model, tokens, sharding(_int(r["tp"], 1)))
-                      if k.name == r["op"])
+        kernel = _layer_op(model, tokens, sharding(_int(r["tp"], 1)), r["op"])
         elementwise.append((kernel.nbytes, float(r["seconds"])))
     for r in pd.concat([micro[micro["op"].isin(["attention_prefill", "attention_decode"])],
                         op_rows[op_rows["op"] == "attention"]]).to_dict("records"):
@@ -394,7 +399,7 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         else:
             shape = ops.BatchShape(num_decode=batch, decode_context=batch * _int(r["context"], 1))
         kernel = ops.attention(model, shape, sharding(_int(r["tp"], 1)))[0 if prefill else 1]
-        rope = ops.layer_elementwise(model, shape.num_tokens, sharding(_int(r["tp"], 1)))[1]
+        rope = _layer_op(model, shape.num_tokens, sharding(_int(r["tp"], 1)), "rope")
         attention.append((kernel.flops, kernel.nbytes, rope.nbytes, float(r["seconds"])))
     out = {
         "gemm": pd.DataFrame(gemm, columns=["m", "n", "k", "seconds"]).assign(weight_bytes=weight_bytes,
