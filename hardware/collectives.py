@@ -6,6 +6,8 @@
 - ring all-gather         t₀ + (p−1)·α + (p−1)/p · S/B   (S = the gathered size)
 - NVLS all-reduce         t₀ + 2·α_nvls + S/B_nvls       (the switch reduces; NCCL picks the faster)
 - send/recv               α_p2p + S/B
+- all-to-all              t₀ + (p−1)·α + B/B_a2a          (B: what each GPU sends to the others; inside a node,
+                                                          `fabric.AllToAll`'s fitted figures, else the ring's)
 
 `t₀` is the fabric's fixed cost of one collective call (`collective_launch_s`).
 - hierarchical all-reduce over n nodes of g GPUs: reduce-scatter inside each node, ring all-reduce of
@@ -197,6 +199,34 @@ def allgather_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> flo
         return _launch_s(cluster) + inter
     alpha, bw = intra_node_link(cluster, nodes[0])
     return _launch_s(cluster) + inter + ring_allgather_s(per_node, nbytes, alpha, bw)
+
+
+def alltoall_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> float:
+    """Seconds of an all-to-all over `gpus` where each GPU sends `nbytes` to the others (its own share excluded),
+    split evenly among them. Across nodes the share bound for other nodes leaves through the node's NICs (one
+    per GPU, or shared) while the rest crosses the node's fabric; the slower part decides."""
+    p = len(gpus)
+    if p <= 1:
+        return 0.0
+    nodes = _nodes(cluster, gpus)
+    per_node = len(nodes[0])
+    if any(len(node) != per_node for node in nodes):
+        raise ValueError(f"an all-to-all group must hold as many GPUs on each node, got {list(gpus)}")
+    fabric = cluster.intra_node
+    figures = fabric.alltoall
+    if figures is not None:
+        launch, alpha, bw = figures.collective_launch_s, figures.latency_s, figures.bandwidth(per_node)
+    else:  # no measured all-to-all: the ring's figures (the same α-β form as a ring all-gather)
+        alpha, bw = intra_node_link(cluster, nodes[0])
+        launch = fabric.collective_launch_s
+    local = nbytes * (per_node - 1) / (p - 1)
+    intra = (per_node - 1) * alpha + local / bw if per_node > 1 else 0.0
+    if len(nodes) == 1:
+        return launch + intra
+    net = cluster.inter_node
+    assert net is not None
+    inter = net.p2p_latency_s + (nbytes - local) / _rail_bw(cluster, per_node, p2p=True)
+    return launch + max(intra, inter)
 
 
 def sendrecv_s(cluster: ClusterSpec, src: int, dst: int, nbytes: float) -> float:

@@ -75,10 +75,38 @@ class CustomAllReduce(BaseModel):
         return self
 
 
+class AllToAll(BaseModel):
+    """NCCL's all-to-all inside a node, fitted to measured tables: each GPU sends B bytes, split evenly among
+    its p−1 peers, all at once (grouped send/recv): t = t₀ + (p−1)·α + B/B_a2a, B_a2a the rate each GPU sends
+    at, per group size where the fit gave each its own (PCIe); a group takes the figure of the nearest
+    measured size at least its own (else the largest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    collective_launch_s: FixedCost
+    latency_s: FixedCost = Field(description="α per peer")
+    bw_bytes_per_s: LinkBandwidth = Field(description="achieved rate each GPU sends at")
+    bw_by_group_bytes_per_s: dict[int, LinkBandwidth] | None = Field(
+        None, description="the achieved rate per group size, where each was fitted apart")
+    source: str
+
+    def __hash__(self) -> int:  # the dict makes pydantic's own hash fail; caches key on fabrics
+        return hash(self.model_dump_json())
+
+    def bandwidth(self, p: int) -> float:
+        by_group = self.bw_by_group_bytes_per_s
+        if not by_group:
+            return self.bw_bytes_per_s
+        at_least = [size for size in sorted(by_group) if size >= p]
+        return by_group[at_least[0] if at_least else max(by_group)]
+
+
 class _NodeFabric(_Fabric):
     collective_launch_s: FixedCost = Field(0.0, description="fixed cost of one collective call")
     custom_allreduce: CustomAllReduce | None = Field(
         None, description="the engine's own all-reduce figures; without them every all-reduce is NCCL's")
+    alltoall: AllToAll | None = Field(
+        None, description="NCCL's all-to-all, fitted; without it the ring's α and bandwidth stand in")
 
 
 class _SwitchedFabric(_NodeFabric):

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, read_yaml_file, shown
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import CustomAllReduce, NvSwitchFabric, PcieFabric
+from splitsim.hardware.fabric import AllToAll, CustomAllReduce, NvSwitchFabric, PcieFabric
 from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import MAX_ERROR, FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
@@ -26,7 +26,7 @@ READ_SCHEMAS = ("splitsim.hardware-profile/1", PROFILE_SCHEMA)  # a schema-1 fil
 
 
 GPU_KINDS = ("gemm", "attention", "elementwise")  # the first word of a profile's error kinds, by what they fit
-COMM_KINDS = ("allreduce", "allgather", "sendrecv")
+COMM_KINDS = ("allreduce", "allgather", "sendrecv", "alltoall")
 INTER = "_inter_node"
 
 
@@ -45,6 +45,7 @@ class LinkFit(_Strict):
     nvls_latency_s: FixedCost | None = Field(None, description="α of an NVLS all-reduce (NVSwitch that reduces)")
     nvls_bw_bytes_per_s: LinkBandwidth | None = Field(None, description="its achieved bandwidth")
     custom_allreduce: CustomAllReduce | None = Field(None, description="the engine's own all-reduce, fitted")
+    alltoall: AllToAll | None = Field(None, description="NCCL's all-to-all, fitted")
     bw_by_group_bytes_per_s: dict[int, LinkBandwidth] | None = Field(
         None, description="achieved ring bandwidth per group size, where each was fitted apart (PCIe: a ring "
                           "runs at the widest level of the tree it spans)")
@@ -161,6 +162,8 @@ def apply_profile(cluster: ClusterSpec, profile: HardwareProfile) -> ClusterSpec
             fields = send_recv | pcie_ring_figures(intra, fit)
         if fit.custom_allreduce is not None:
             fields["custom_allreduce"] = fit.custom_allreduce
+        if fit.alltoall is not None:
+            fields["alltoall"] = fit.alltoall
         fields["held_out_errors"] = {k: e for k, e in errors.items() if k.split()[0] in COMM_KINDS
                                      and not k.endswith(INTER)} or intra.held_out_errors
         update["intra_node"] = intra.model_copy(update=fields)

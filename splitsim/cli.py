@@ -106,6 +106,8 @@ def _cost(args: argparse.Namespace) -> int:
                                else (collectives.allreduce_s(cluster, gpus, args.bytes), "nccl"))
         elif args.op == "allgather":
             seconds = collectives.allgather_s(cluster, gpus, args.bytes)
+        elif args.op == "alltoall":
+            seconds = collectives.alltoall_s(cluster, gpus, args.bytes)
         else:
             seconds = collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes)
         how = "NCCL" if regime == "nccl" else f"the engine's own, {regime.replace('_', '-')}"
@@ -266,10 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cost = sub.add_parser("cost", help="predicted seconds of one GEMM or collective",
                           description="Price one operation with the cost model the simulator uses.")
-    cost.add_argument("op", choices=["allreduce", "allgather", "sendrecv", "gemm"])
+    cost.add_argument("op", choices=["allreduce", "allgather", "alltoall", "sendrecv", "gemm"])
     cost.add_argument("--cluster", help="cluster preset or YAML (collectives)")
     cost.add_argument("--gpus", type=_positive_int, help="GPUs in the group, taken in placement order")
-    cost.add_argument("--bytes", type=float, help="message bytes (all-gather: the gathered size)")
+    cost.add_argument("--bytes", type=float, help="message bytes (all-gather: the gathered size; all-to-all: what "
+                                                  "each GPU sends to the others, its own share excluded)")
     cost.add_argument("--gpu", help="GPU preset or YAML (gemm)")
     cost.add_argument("--m", type=_positive_int, help="rows of the activation (tokens)")
     cost.add_argument("--n", type=_positive_int, help="columns of the weight")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -32,8 +33,14 @@ def test_held_out_shapes_and_sizes_never_appear_in_the_fit():
     held = set(zip(gemm.loc[~gemm["train"], "n"], gemm.loc[~gemm["train"], "k"]))
     assert fitted and held and not fitted & held  # whole weight shapes are held out, so no (m, n, k) is shared
     nccl = aic.collective_rows(aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl"))
-    assert not set(nccl.loc[nccl["train"], "nbytes"]) & set(nccl.loc[~nccl["train"], "nbytes"])
-    assert set(nccl["op"]) == {"allreduce", "allgather"} and set(nccl["group_size"]) == {2, 4, 8}
+    for op, rows in nccl.groupby("op"):  # the rings and the all-to-alls each hold out their own sizes
+        assert not set(rows.loc[rows["train"], "nbytes"]) & set(rows.loc[~rows["train"], "nbytes"]), op
+        assert rows["train"].any() and (~rows["train"]).any(), op
+    assert set(nccl["op"]) == {"allreduce", "allgather", "alltoall"} and set(nccl["group_size"]) == {2, 4, 8}
+    raw = pd.read_parquet(aic.pick_table(EXCERPT, "h100_sxm", "comm", "nccl").path / "nccl_perf.parquet")
+    raw = raw[(raw["op_name"] == "alltoall") & (raw["nccl_dtype"] == "half")].iloc[0]
+    first = nccl[nccl["op"] == "alltoall"].iloc[0]  # what each rank sends to the others: (p−1)/p of its buffer
+    assert first["nbytes"] == raw["message_size"] * 2 * (raw["num_gpus"] - 1) / raw["num_gpus"]
     custom = aic.custom_allreduce_rows(aic.pick_table(EXCERPT, "h100_sxm", "comm", "vllm"))
     assert len(custom) and not set(custom.loc[custom["train"], "nbytes"]) & set(custom.loc[~custom["train"], "nbytes"])
 
@@ -77,7 +84,8 @@ def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "comm/nccl 2.29.2 (newest collected; newer 2.30.0 skipped" in printed
     held_out = json.loads(printed.strip().splitlines()[-1])["held_out"]
-    assert {"gemm", "gemm bf16", "gemm fp8", "attention", "allreduce", "allgather"} <= set(held_out)
+    assert {"gemm", "gemm bf16", "gemm fp8", "attention", "allreduce", "allgather", "alltoall"} <= set(held_out)
+    assert held_out["alltoall"]["median"] < 0.3
     assert held_out["gemm bf16"]["median"] < 0.1 and held_out["gemm fp8"]["median"] < 0.1  # each dtype its own
     assert held_out["attention prefill"]["median"] < 0.2 and held_out["attention decode"]["median"] < 0.2
     assert held_out["allreduce"]["median"] < 0.25
@@ -90,6 +98,8 @@ def test_calibrate_fits_the_tables_and_reports_held_out_errors(tmp_path, capsys)
     custom = profile["intra_node"]["custom_allreduce"]  # with the limits of the H100 fabric preset (vLLM's, sm90)
     assert custom["max_bytes"]["8"] == 256 * 1024 and custom["symm_mem_max_bytes"]["8"] == 64 * 2**20
     assert 3e-6 < custom["one_shot_latency_s"] < 6e-6 and 100e9 < custom["one_shot_bw_bytes_per_s"] < 450e9
+    alltoall = profile["intra_node"]["alltoall"]  # NCCL's all-to-all, its own t₀, α and rate
+    assert 1e-6 < alltoall["collective_launch_s"] < 30e-6 and 50e9 < alltoall["bw_bytes_per_s"] < 450e9
 
 
 @pytest.mark.parametrize(("flags", "words"), [

@@ -25,7 +25,14 @@ from helpers import REPO, catalog_yaml, error_line, scenario_dict, tiny_model_pa
 from splitsim.cli import main
 from splitsim.hardware.catalog import load_cluster, load_gpu, preset_names, resolve_cluster
 from splitsim.hardware.cluster import ClusterSpec
-from splitsim.hardware.fabric import CustomAllReduce, NetworkFabric, NvSwitchFabric, PcieFabric, SharedMemoryFabric
+from splitsim.hardware.fabric import (
+    AllToAll,
+    CustomAllReduce,
+    NetworkFabric,
+    NvSwitchFabric,
+    PcieFabric,
+    SharedMemoryFabric,
+)
 from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import PROFILE_SCHEMA, HardwareProfile, LinkFit, apply_profile, load_profile
 from splitsim.hardware.units import PLAUSIBLE, check_figure, readable
@@ -162,6 +169,7 @@ _BASES: dict[str, tuple[type[BaseModel], Any]] = {
     "profile": (HardwareProfile, lambda: copy.deepcopy(CPU_FIT)),
     "cluster": (ClusterSpec, lambda: resolve_cluster("h100-ib-2node")),
     "custom": (CustomAllReduce, lambda: catalog_yaml("fabrics", "nvlink4-nvswitch")["custom_allreduce"]),
+    "alltoall": (AllToAll, lambda: catalog_yaml("fabrics", "pcie-gen4-2socket")["alltoall"]),
 }
 
 # Every figure with a unit, by the kind of its plausible range.
@@ -185,7 +193,9 @@ FIGURES = [
     ("link-fit", "collective_launch_s", "fixed_cost"), ("link-fit", "nvls_latency_s", "fixed_cost"),
     ("link-fit", "nvls_bw_bytes_per_s", "link_bandwidth"),
 ] + [("custom", f"{regime}_latency_s", "latency") for regime in ("one_shot", "two_shot", "symm_mem")] + [
-    ("custom", f"{regime}_bw_bytes_per_s", "link_bandwidth") for regime in ("one_shot", "two_shot", "symm_mem")]
+    ("custom", f"{regime}_bw_bytes_per_s", "link_bandwidth") for regime in ("one_shot", "two_shot", "symm_mem")] + [
+    ("alltoall", "collective_launch_s", "fixed_cost"), ("alltoall", "latency_s", "fixed_cost"),
+    ("alltoall", "bw_bytes_per_s", "link_bandwidth")]
 # Dimensionless figures: efficiencies in (0, 1]; the wave exponent in [0, 1]; m½ ≥ 0 tokens.
 FRACTIONS = [("gpu", f"efficiency.{f}") for f in ("compute", "memory", "attention", "elementwise")] + [
     (base, f) for base in ("nvswitch", "pcie", "shared-memory", "network")
@@ -196,7 +206,7 @@ ZERO_OK = [("gpu", "efficiency.wave_exponent"), ("gpu", "efficiency.m_half")]
 ERRORS = [("gpu", "efficiency.held_out_errors")] + [(base, "held_out_errors")
                                                    for base in ("nvswitch", "pcie", "shared-memory", "network")]
 BUFFERS = [("custom", "max_bytes"), ("custom", "symm_mem_max_bytes")]
-BANDWIDTHS_BY_GROUP = [("link-fit", "bw_by_group_bytes_per_s")]
+BANDWIDTHS_BY_GROUP = [("link-fit", "bw_by_group_bytes_per_s"), ("alltoall", "bw_by_group_bytes_per_s")]
 COUNTS = [("gpu", "num_sms"), ("gpu", "efficiency.tile_m"), ("gpu", "efficiency.tile_n"),
           ("pcie", "gpus_per_switch"), ("pcie", "gpus_per_socket"), ("network", "nics_per_node"),
           ("cluster", "num_nodes"), ("cluster", "gpus_per_node")]
@@ -239,7 +249,7 @@ def _numeric(annotation: Any) -> bool:
 
 
 @pytest.mark.parametrize("model", [GpuSpec, Efficiency, NvSwitchFabric, PcieFabric, SharedMemoryFabric,
-                                   NetworkFabric, ClusterSpec, LinkFit, HardwareProfile, CustomAllReduce],
+                                   NetworkFabric, ClusterSpec, LinkFit, HardwareProfile, CustomAllReduce, AllToAll],
                          ids=lambda m: m.__name__)
 def test_every_numeric_field_is_covered_here(model):
     """A numeric field added to a hardware spec must be given a kind (and these tests) before it ships.

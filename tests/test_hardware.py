@@ -179,6 +179,11 @@ def test_cost_cli_prints_seconds_as_json(capsys):
     nic = q(ib["nic_bw_bytes_per_s"], "bytes_per_s") * ib["p2p_bw_efficiency"]
     assert seconds == pytest.approx(q(ib["p2p_latency_s"], "seconds") + 1e6 / nic, rel=1e-12)
     assert main(["cost", "gemm", "--gpu", "h100-sxm", "--m", "1", "--n", "2", "--k", "3", "--json"]) == 0
+    capsys.readouterr()
+    assert main(["cost", "alltoall", "--cluster", "h100-nvlink-node", "--gpus", "8", "--bytes", "1e6", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert answer == {"seconds": collectives.alltoall_s(load_cluster("h100-nvlink-node"), list(range(8)), 1e6),
+                      "impl": "nccl", "regime": "nccl"}
 
 
 def test_cost_cli_refuses_too_many_gpus(capsys):
@@ -232,3 +237,34 @@ def test_prefill_and_decode_attention_take_their_own_rooflines():
     expected = max(flops / (base.bf16_flops_per_s * 0.3), nbytes / (base.memory_bw_bytes_per_s * 0.6)) + 12e-6
     assert gpu.attention_time_s(flops, nbytes, "decode") == pytest.approx(expected, rel=1e-12)
     assert gpu.attention_time_s(flops, nbytes, "prefill") == base.attention_time_s(flops, nbytes, "prefill")
+
+
+def test_an_alltoall_sends_each_gpus_bytes_at_its_fitted_rate():
+    """Closed forms from the presets' own figures: t₀ + (p−1)·α + B/B_a2a inside a node (a PCIe group takes the
+    rate fitted for its size); across two nodes the 8/15 of B bound for the other node leave through each GPU's
+    own NIC while 7/15 cross NVLink, and the slower decides."""
+    size = 16e6
+    a2a = catalog_yaml("fabrics", "nvlink4-nvswitch")["alltoall"]
+    t0, alpha = q(a2a["collective_launch_s"], "seconds"), q(a2a["latency_s"], "seconds")
+    bw = q(a2a["bw_bytes_per_s"], "bytes_per_s")
+    assert collectives.alltoall_s(load_cluster("h100-nvlink-node"), list(range(8)), size) == pytest.approx(
+        t0 + 7 * alpha + size / bw, rel=1e-12)
+    pcie = catalog_yaml("fabrics", "pcie-gen4-2socket")["alltoall"]
+    four = q(pcie["bw_by_group_bytes_per_s"][4], "bytes_per_s")
+    expected = q(pcie["collective_launch_s"], "seconds") + 3 * q(pcie["latency_s"], "seconds") + size / four
+    assert collectives.alltoall_s(load_cluster("l40s-pcie-node"), [4, 5, 6, 7], size) == pytest.approx(expected)
+    ib = catalog_yaml("fabrics", "ib-ndr-rail")
+    nic = q(ib["nic_bw_bytes_per_s"], "bytes_per_s") * ib["p2p_bw_efficiency"]
+    intra = 7 * alpha + size * 7 / 15 / bw
+    inter = q(ib["p2p_latency_s"], "seconds") + size * 8 / 15 / nic
+    assert collectives.alltoall_s(load_cluster("h100-ib-2node"), list(range(16)), size) == pytest.approx(
+        t0 + max(intra, inter), rel=1e-12)
+    assert inter > intra  # the NICs are the bottleneck of an all-to-all across nodes
+
+
+def test_an_alltoall_without_measured_figures_takes_the_rings():
+    """A fabric with no all-to-all table (gloo over loopback): the ring all-gather's form and figures."""
+    cluster = load_cluster("cpu-local")
+    alpha, bw = collectives.intra_node_link(cluster, [0, 1, 2, 3])
+    expected = cluster.intra_node.collective_launch_s + 3 * alpha + 3e6 / bw
+    assert collectives.alltoall_s(cluster, [0, 1, 2, 3], 3e6) == pytest.approx(expected, rel=1e-12)

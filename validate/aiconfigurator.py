@@ -69,7 +69,7 @@ GEMM_KERNELS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 TABLE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "nvfp4": "fp4"}
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}  # as models/precision.py counts them
-NCCL_OPS = {"all_reduce": "allreduce", "all_gather": "allgather"}
+NCCL_OPS = {"all_reduce": "allreduce", "all_gather": "allgather", "alltoall": "alltoall"}
 MS = 1e-3
 
 
@@ -250,12 +250,21 @@ def attention_rows(table: Table) -> pd.DataFrame:
 
 
 def collective_rows(table: Table) -> pd.DataFrame:
-    """NCCL rows (op, group_size, nbytes, seconds, train): fp16 all_reduce and all_gather inside a node."""
+    """NCCL rows (op, group_size, nbytes, seconds, train): fp16 all_reduce, all_gather and alltoall inside a node.
+    An all-to-all's `message_size` is each rank's whole buffer, its own share included (as
+    `all_to_all_single`'s input): the row's `nbytes` is what it sends to the others, (p−1)/p of it."""
     frame = _read(table.path / "nccl_perf.parquet", ("op_name", "nccl_dtype", "num_gpus", "message_size", "latency"))
     frame = frame[frame["op_name"].isin(list(NCCL_OPS)) & (frame["nccl_dtype"] == "half")]
-    rows = pd.DataFrame({"op": frame["op_name"].map(NCCL_OPS), "group_size": frame["num_gpus"].astype(int),
-                         "nbytes": frame["message_size"].astype(float) * 2.0, "seconds": frame["latency"] * MS})
-    rows["train"] = fit.every_other(rows["nbytes"].to_numpy())
+    p = frame["num_gpus"].astype(int)
+    nbytes = frame["message_size"].astype(float) * 2.0
+    ops = frame["op_name"].map(NCCL_OPS)
+    a2a = (ops == "alltoall").to_numpy()
+    rows = pd.DataFrame({"op": ops, "group_size": p, "nbytes": np.where(a2a, nbytes * (p - 1) / p, nbytes),
+                         "seconds": frame["latency"] * MS})
+    train = np.zeros(len(rows), dtype=bool)  # every other measured size, apart for the rings and the all-to-alls
+    train[~a2a] = fit.every_other(nbytes.to_numpy()[~a2a])
+    train[a2a] = fit.every_other(nbytes.to_numpy()[a2a])
+    rows["train"] = train
     return rows.reset_index(drop=True)
 
 

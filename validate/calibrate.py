@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster, load_gpu
-from splitsim.hardware.fabric import CustomAllReduce
+from splitsim.hardware.fabric import AllToAll, CustomAllReduce
 from splitsim.hardware.gpu import Efficiency, GpuSpec
 from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, apply_profile
 from splitsim.models import ops
@@ -266,6 +266,10 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
     """The LinkFit of one kind of link; ring figures from send/recv (or the reverse) when one is missing."""
     where = "inter-node" if suffix else "intra-node"
     ring = None
+    alltoall = None
+    if collectives is not None and (collectives["op"] == "alltoall").any():
+        alltoall = _fit_alltoall(collectives[collectives["op"] == "alltoall"], errors, suffix, by_group)
+        collectives = collectives[collectives["op"] != "alltoall"]
     if collectives is not None and len(collectives):
         ring = fit.fit_collectives(collectives[collectives["train"]], launch_s, by_group)
         if by_group:
@@ -301,7 +305,18 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
                    p2p_bw_bytes_per_s=point.bw_bytes_per_s if point else ring.bw_bytes_per_s,
                    nvls_latency_s=ring.nvls[0] if ring.nvls else None,
                    nvls_bw_bytes_per_s=ring.nvls[1] if ring.nvls else None,
-                   bw_by_group_bytes_per_s=ring.bw_by_group)
+                   bw_by_group_bytes_per_s=ring.bw_by_group, alltoall=alltoall)
+
+
+def _fit_alltoall(rows: pd.DataFrame, errors: dict[str, ErrorStats], suffix: str, by_group: bool) -> AllToAll:
+    """NCCL's all-to-all: its own t₀, α per peer and rate (per group size where `by_group`), on its own rows."""
+    a2a = fit.fit_collectives(rows[rows["train"]], None, by_group)
+    errors[f"alltoall{suffix}"] = _evaluate(rows, partial(
+        fit.collective_times_s, launch_s=a2a.collective_launch_s, latency_s=a2a.latency_s,
+        bw_bytes_per_s=a2a.bandwidth))
+    return AllToAll(collective_launch_s=a2a.collective_launch_s, latency_s=a2a.latency_s,
+                    bw_bytes_per_s=a2a.bw_bytes_per_s, bw_by_group_bytes_per_s=a2a.bw_by_group,
+                    source="fitted by splitsim calibrate")
 
 
 # ---------------------------------------------------------------------------------------- Vidur input

@@ -289,7 +289,9 @@ def _ring_s(op: str, p: int, nbytes: float, alpha_s: float, bw: float) -> float:
             return ring_allreduce_s(p, nbytes, alpha_s, bw)
         case "allgather":
             return ring_allgather_s(p, nbytes, alpha_s, bw)
-    raise ValueError(f"unknown collective {op!r} (valid: allreduce, allgather)")
+        case "alltoall":  # `nbytes`: what each GPU sends to the others (hardware.collectives.alltoall_s)
+            return (p - 1) * alpha_s + nbytes / bw if p > 1 else 0.0
+    raise ValueError(f"unknown collective {op!r} (valid: allreduce, allgather, alltoall)")
 
 
 def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float,
@@ -331,10 +333,13 @@ def fit_nvls_collectives(rows: pd.DataFrame, ring: CollectiveFit) -> CollectiveF
 
 
 def _ring_terms(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, bytes factor) per row: t = t₀ + steps·α + factor·S/B."""
+    """(steps, bytes) per row: t = t₀ + steps·α + bytes/B (an all-to-all's `nbytes` already leaves its own share
+    out: `_ring_s`)."""
     p = rows["group_size"].to_numpy(float)
-    per_phase = np.where(rows["op"].to_numpy() == "allreduce", 2.0, 1.0)
-    return per_phase * (p - 1), per_phase * (p - 1) / p * rows["nbytes"].to_numpy(float)
+    op = rows["op"].to_numpy()
+    per_phase = np.where(op == "allreduce", 2.0, 1.0)
+    share = np.where(op == "alltoall", 1.0, (p - 1) / p)
+    return per_phase * (p - 1), per_phase * share * rows["nbytes"].to_numpy(float)
 
 
 def _linear_start(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -348,9 +353,9 @@ def fit_collectives(rows: pd.DataFrame, launch_s: float | None = None, by_group:
     `by_group`, a B for each group size (a PCIe ring runs at the widest level of the tree it spans)."""
     if len(rows) < 3:
         raise ValueError(f"a collective fit needs at least 3 rows, got {len(rows)}")
-    unknown = sorted(set(rows["op"]) - {"allreduce", "allgather"})
+    unknown = sorted(set(rows["op"]) - {"allreduce", "allgather", "alltoall"})
     if unknown:
-        raise ValueError(f"unknown collective {unknown[0]!r} (valid: allreduce, allgather)")
+        raise ValueError(f"unknown collective {unknown[0]!r} (valid: allreduce, allgather, alltoall)")
     seconds = rows["seconds"].to_numpy(float)
     steps, volume = _ring_terms(rows)
     alpha_identified = launch_s is not None or len(np.unique(steps)) > 1

@@ -38,7 +38,7 @@ def main(root: Path) -> None:
             & table["step"].isin([0, 1023, 8191])
         _write(table[keep], system, "attention/vllm/0.24.0", name)
     nccl = pd.read_parquet(system / "comm/nccl/2.29.2/nccl_perf.parquet")
-    nccl = nccl[nccl["op_name"].isin(["all_reduce", "all_gather"]) & (nccl["nccl_dtype"] == "half")]
+    nccl = nccl[nccl["op_name"].isin(["all_reduce", "all_gather", "alltoall"]) & (nccl["nccl_dtype"] == "half")]
     _write(nccl, system, "comm/nccl/2.29.2", "nccl_perf")
     _write(pd.concat([nccl, nccl]), system, "comm/nccl/2.30.0", "nccl_perf", provenance="legacy")  # a copy
     custom = pd.read_parquet(system / "comm/vllm/0.24.0/custom_allreduce_perf.parquet")
