@@ -166,6 +166,10 @@ FILES = {
     "fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "nvlink4-nvswitch"), "fabric"),
     "profile": ("profile.yaml", _profile, "hardware_profile"),
     "model": ("config.json", lambda: dict(TINY_CONFIG), "model"),
+    # a PCIe tree (switches, sockets, a ring rate per level, NCCL's all-to-all per group size) and a profile
+    # that fits one rate per group size
+    "pcie fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "pcie-gen4-2socket"), "fabric"),
+    "pcie profile": ("profile.yaml", lambda: catalog_yaml("profiles", "l40s-vllm"), "hardware_profile"),
 }
 
 
@@ -178,8 +182,12 @@ def _scenario_naming(folder: Path, kind: str, file: Path) -> Path:
             data["cluster"] = {"name": "c", "gpu": str(file), "gpus_per_node": 8, "intra_node": "nvlink4-nvswitch"}
         case "fabric":
             data["cluster"] = {"name": "c", "gpu": "h100-sxm", "gpus_per_node": 8, "intra_node": str(file)}
+        case "pcie fabric":
+            data["cluster"] = {"name": "c", "gpu": "l40s", "gpus_per_node": 8, "intra_node": str(file)}
         case "profile":
             data["hardware_profile"] = str(file)
+        case "pcie profile":
+            data["hardware_profile"], data["cluster"] = str(file), "l40s-pcie-p2p-node"
         case "model":
             data["model"] = str(file)
     path = folder / "s.yaml"
@@ -257,7 +265,7 @@ COST_FLAGS = {"--cluster": st.sampled_from(["h100-nvlink-node", "nope", "", "/",
 @given(data=st.data())
 def test_any_cost_command_is_answered_or_refused_in_one_line(capsys, data):
     """`splitsim cost` with any subset of its flags, any values: an answer, or exit 2 and one line."""
-    op = data.draw(st.sampled_from(["allreduce", "allgather", "sendrecv", "gemm", "bogus"]))
+    op = data.draw(st.sampled_from(["allreduce", "allgather", "alltoall", "sendrecv", "gemm", "bogus"]))
     argv = ["cost", op]
     for flag in data.draw(st.lists(st.sampled_from(list(COST_FLAGS)), unique=True, max_size=5)):
         argv += [flag, data.draw(COST_FLAGS[flag])]
