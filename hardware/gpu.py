@@ -136,26 +136,34 @@ class GpuSpec(BaseModel):
             return peak
         return self.bf16_flops_per_s
 
-    def wave_efficiency(self, m: int, n: int, dtype: ComputeDtype = "bf16") -> float:
-        """Useful fraction of the SM-tiles a GEMM with an m×n output occupies (in `dtype`'s tiles)."""
+    def wave_efficiency(self, m: int, n: int, dtype: ComputeDtype = "bf16", groups: float = 1.0) -> float:
+        """Useful fraction of the SM-tiles a GEMM with an m×n output occupies (in `dtype`'s tiles); `groups` such
+        GEMMs in one grouped kernel fill the waves together."""
         _, tile_m, tile_n, _, _ = self.efficiency.gemm_shape(dtype)
         tiles = math.ceil(m / tile_m) * math.ceil(n / tile_n)
+        if groups != 1.0:
+            tiles = math.ceil(groups * tiles)
         waves = math.ceil(tiles / self.num_sms)
-        return (m * n) / (waves * self.num_sms * tile_m * tile_n)
+        useful = m * n if groups == 1.0 else groups * m * n
+        return useful / (waves * self.num_sms * tile_m * tile_n)
 
     def gemm_time_s(
         self, m: int, n: int, k: int, *, weight_bytes: float, act_bytes: float = 2.0,
-        dtype: ComputeDtype = "bf16",
+        dtype: ComputeDtype = "bf16", groups: float = 1.0,
     ) -> float:
         """Seconds for `[m×k]·[k×n]` where the `k×n` operand is the weight matrix.
 
         Bytes moved: activations in (m·k) and out (m·n) at `act_bytes`, weights (k·n) at `weight_bytes`.
+        `groups` such GEMMs (a mixture of experts' grouped kernel, `groups` experts of m tokens each): one
+        launch, their tiles sharing the waves, each paying the small-m efficiency of its own m.
         """
         flops = 2.0 * m * n * k
         nbytes = (m * k + m * n) * act_bytes + k * n * weight_bytes
+        if groups != 1.0:
+            flops, nbytes = flops * groups, nbytes * groups
         eff = self.efficiency
         eta_peak, _, _, gamma, m_half = eff.gemm_shape(dtype)
-        eta = eta_peak * self.wave_efficiency(m, n, dtype) ** gamma * m / (m + m_half)
+        eta = eta_peak * self.wave_efficiency(m, n, dtype, groups) ** gamma * m / (m + m_half)
         compute = flops / (self.peak_flops_per_s(dtype) * eta)
         memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
         return max(compute, memory) + eff.launch_s

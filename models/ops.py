@@ -38,6 +38,7 @@ class Op:
     k: int = 0
     weight_bytes: float = 0.0  # bytes per weight element (GEMMs)
     dtype: ComputeDtype = "bf16"
+    groups: float = 1.0  # GEMMs: this many of that shape in one grouped kernel (the experts a batch reaches)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,18 @@ class Sharding:
     compute: ComputeDtype
 
 
-def gemm(name: str, m: int, n: int, k: int, sharding: Sharding) -> Op:
+def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float = 1.0) -> Op:
     w = BYTES_PER_ELEMENT[sharding.weights]
     nbytes = (m * k + m * n) * ACTIVATION_BYTES + k * n * w
-    return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
+    if groups == 1.0:
+        return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
+    return Op(name, "gemm", 2.0 * m * n * k * groups, nbytes * groups, m, n, k, w, sharding.compute, groups)
+
+
+def expected_experts(num_experts: int, top_k: int, tokens: int) -> float:
+    """Distinct experts `tokens` tokens reach, each routed to `top_k` distinct experts uniformly at random: an
+    expert escapes one token with probability 1 − k/E, all of them with (1 − k/E)^T, so E·(1 − (1 − k/E)^T)."""
+    return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 
 def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> tuple[Op, Op]:
@@ -137,7 +146,33 @@ def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, 
     return tuple(ops)
 
 
-LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer}
+def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
+    """A mixture-of-experts decoder layer: the dense layer's attention half, then the router (a replicated
+    [T×h]·[h×E] GEMM in 16 bits, as vLLM keeps the gate unquantised) and the experts, split by TP (no EP): the
+    T·k routed tokens reach `expected_experts` distinct experts, each a GEMM of T·k/D tokens on its gate/up and
+    down slices (a grouped kernel: only the experts reached read their weights), SiLU-and-mul between them,
+    then the TP all-reduce."""
+    moe = model.moe
+    assert moe is not None, "a moe layer needs the model's experts"
+    tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES
+    attention_half = dense_layer(model, tokens, sharding)
+    ops = list(attention_half[:attention_half.index(next(op for op in attention_half if op.name == "post_norm")) + 1])
+    ffn = moe.intermediate_size // tp
+    routed = tokens * moe.top_k
+    reached = expected_experts(moe.num_experts, moe.top_k, tokens)
+    per_expert = -(-routed // max(1, round(reached))) if tokens else 0
+    router = Sharding(sharding.tp, "bf16", sharding.kv_cache, "bf16")
+    ops += [gemm("router", tokens, moe.num_experts, h, router),
+            gemm("experts_gate_up", per_expert, 2 * ffn, h, sharding, groups=reached),
+            Op("experts_act", "memory", nbytes=3 * routed * ffn * b),
+            gemm("experts_down", per_expert, h, ffn, sharding, groups=reached)]
+    if tp > 1:
+        ops.append(allreduce("mlp_allreduce", tokens, model))
+    return tuple(ops)
+
+
+LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer,
+                                                                                  "moe": moe_layer}
 
 
 def layer_graph(model: ModelSpec, kind: LayerKind, tokens: int, sharding: Sharding) -> tuple[Op, ...]:

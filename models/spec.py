@@ -1,6 +1,9 @@
-"""ModelSpec: the shapes of a Llama-class dense decoder, from our catalog or an HF `config.json`.
+"""ModelSpec: the shapes of a Llama-class decoder, dense or mixture-of-experts, from our catalog or an HF
+`config.json`.
 
-Derived sizes (head_dim, parameter count, KV bytes per token) are properties, never stored copies.
+A mixture-of-experts layer (Mixtral, Qwen3-MoE) replaces the MLP by a router over `moe.num_experts` experts,
+`moe.top_k` of them per token, each a SwiGLU MLP of `moe.intermediate_size`. Derived sizes (head_dim, parameter
+counts, KV bytes per token) are properties, never stored copies.
 """
 
 from __future__ import annotations
@@ -15,9 +18,28 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from splitsim.files import cut, read_json_file, shown
 from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, WeightDtype
 
-LayerKind = Literal["dense"]  # what a decoder layer is made of (models/ops.py LAYERS)
+LayerKind = Literal["dense", "moe"]  # what a decoder layer is made of (models/ops.py LAYERS)
 _CATALOG = "catalog"
-_SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+_SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
+                            "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+
+
+class MoeSpec(BaseModel):
+    """The experts of a mixture-of-experts model: `num_experts` SwiGLU MLPs of `intermediate_size`, `top_k` per
+    token, on every layer but `dense_layers` (those keep the dense MLP of the model's `intermediate_size`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_experts: int = Field(gt=1)
+    top_k: int = Field(gt=0)
+    intermediate_size: int = Field(gt=0)
+    dense_layers: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> MoeSpec:
+        if self.top_k > self.num_experts:
+            raise ValueError(f"num_experts_per_tok={self.top_k} is more than the {self.num_experts} experts")
+        return self
 
 
 class ModelSpec(BaseModel):
@@ -35,6 +57,7 @@ class ModelSpec(BaseModel):
     tie_word_embeddings: bool = False
     max_position_embeddings: int = Field(gt=0)
     default_weight_dtype: WeightDtype = "bf16"
+    moe: MoeSpec | None = None
 
     @model_validator(mode="after")
     def _heads_group(self) -> ModelSpec:
@@ -50,8 +73,8 @@ class ModelSpec(BaseModel):
     @property
     def layer_kinds(self) -> tuple[LayerKind, ...]:
         """Each layer's kind, in order (the layers of one model may differ)."""
-        dense: LayerKind = "dense"
-        return (dense,) * self.num_layers
+        moe = self.moe
+        return tuple("dense" if moe is None or i in moe.dense_layers else "moe" for i in range(self.num_layers))
 
     @property
     def head_dim(self) -> int:
@@ -59,11 +82,13 @@ class ModelSpec(BaseModel):
 
     @property
     def layer_params(self) -> int:
-        """Parameters of one decoder layer: QKV, O, gate/up/down and two RMSNorm weights."""
-        d, h = self.head_dim, self.hidden_size
-        attention = h * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
-        mlp = 3 * h * self.intermediate_size
-        return attention + mlp + 2 * h
+        """Parameters of one dense decoder layer: QKV, O, gate/up/down and two RMSNorm weights."""
+        return self.layer_params_per_rank(1)
+
+    def kind_params(self, kind: LayerKind, active: bool = False) -> int:
+        """Parameters of one layer of `kind`; with `active`, those one token's forward pass reads (its top-k
+        experts of a mixture-of-experts layer, not all of them)."""
+        return self.layer_params_per_rank(1, kind, active)
 
     @property
     def embedding_params(self) -> int:
@@ -76,14 +101,29 @@ class ModelSpec(BaseModel):
 
     @property
     def num_params(self) -> int:
-        return self.num_layers * self.layer_params + self.embedding_params + self.lm_head_params
+        return sum(self.kind_params(kind) for kind in self.layer_kinds) + self.embedding_params + self.lm_head_params
 
-    def layer_params_per_rank(self, tp: int) -> int:
+    @property
+    def num_active_params(self) -> int:
+        """Parameters one token's forward pass reads: all of a dense model's; a mixture-of-experts model's top-k
+        experts (and router) on each MoE layer."""
+        return (sum(self.kind_params(kind, active=True) for kind in self.layer_kinds) + self.embedding_params
+                + self.lm_head_params)
+
+    def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False) -> int:
         """One layer's parameters on one TP rank: its heads (KV heads replicated when TP > h_kv), its FFN
-        slice, and both norms whole."""
+        slice — or the router (replicated) and every expert's FFN slice (experts split by TP, no EP; `active`:
+        the top-k's) —, and both norms whole."""
         d, h = self.head_dim, self.hidden_size
         q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
-        return h * (q_heads + 2 * kv_heads) * d + q_heads * d * h + 3 * h * (self.intermediate_size // tp) + 2 * h
+        attention = h * (q_heads + 2 * kv_heads) * d + q_heads * d * h
+        if kind == "moe":
+            assert self.moe is not None, "a moe layer needs the model's experts"
+            experts = self.moe.top_k if active else self.moe.num_experts
+            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // tp)
+        else:
+            mlp = 3 * h * (self.intermediate_size // tp)
+        return attention + mlp + 2 * h
 
     def vocab_params_per_rank(self, tp: int) -> int:
         """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
@@ -97,8 +137,10 @@ class ModelSpec(BaseModel):
         if self.num_kv_heads % tp and tp % self.num_kv_heads:
             return (f"{self.num_kv_heads} KV heads neither split over {tp} ranks nor replicate evenly "
                     f"({tp} is not a multiple of {self.num_kv_heads})")
-        if self.intermediate_size % tp:
+        if self.intermediate_size % tp and "dense" in self.layer_kinds:
             return f"intermediate_size {self.intermediate_size} does not split over {tp} ranks"
+        if self.moe is not None and self.moe.intermediate_size % tp:
+            return f"the experts' intermediate size {self.moe.intermediate_size} does not split over {tp} ranks"
         if self.hidden_size % tp:
             return f"hidden_size {self.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
         return None
@@ -129,8 +171,6 @@ class ModelSpec(BaseModel):
         if not (isinstance(architectures, list) and all(isinstance(a, str) for a in architectures)):
             raise ValueError(f"{where}: architectures = {cut(repr(architectures))}: need a list of class names "
                              f"such as [\"LlamaForCausalLM\"]")
-        if "num_local_experts" in config or "n_routed_experts" in config:
-            raise ValueError(f"{where}: mixture-of-experts configs are not supported yet")
         if architectures and not set(architectures) & set(_SUPPORTED_ARCHITECTURES):
             raise ValueError(f"{where}: architecture {cut(architectures[0])} is not supported "
                              f"(valid: {', '.join(_SUPPORTED_ARCHITECTURES)})")
@@ -163,9 +203,42 @@ class ModelSpec(BaseModel):
                 tie_word_embeddings=tied,
                 max_position_embeddings=given["max_position_embeddings"] or 4096,
                 default_weight_dtype=HF_DTYPES[dtype],
+                moe=_hf_moe(config, sizes["num_hidden_layers"], where),
             )
         except ValidationError as err:  # the cross-field checks, whose messages use the HF names
             raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | None:
+    """The experts of a Mixtral (`num_local_experts`, `intermediate_size` per expert) or Qwen3-MoE
+    (`num_experts`, `moe_intermediate_size`; `mlp_only_layers` and `decoder_sparse_step` keep some layers dense,
+    as transformers' Qwen3MoeDecoderLayer decides) config; None for a dense one."""
+    if "n_routed_experts" in config or "num_local_experts" not in config and "num_experts" not in config:
+        if "n_routed_experts" in config:
+            raise ValueError(f"{where}: DeepSeek-style experts (n_routed_experts) are not supported yet "
+                             f"(valid: Mixtral's num_local_experts, Qwen3-MoE's num_experts)")
+        return None
+    mixtral = "num_local_experts" in config
+    experts = _hf_count(config["num_local_experts" if mixtral else "num_experts"],
+                        "num_local_experts" if mixtral else "num_experts", where)
+    if "num_experts_per_tok" not in config:
+        raise ValueError(f"{where}: config.json lacks num_experts_per_tok")
+    top_k = _hf_count(config["num_experts_per_tok"], "num_experts_per_tok", where)
+    size_key = "intermediate_size" if mixtral else "moe_intermediate_size"
+    if size_key not in config:
+        raise ValueError(f"{where}: config.json lacks {size_key}")
+    size = _hf_count(config[size_key], size_key, where)
+    dense: tuple[int, ...] = ()
+    if not mixtral:
+        only = config.get("mlp_only_layers") or []
+        if not (isinstance(only, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in only)):
+            raise ValueError(f"{where}: mlp_only_layers = {cut(repr(only))}: need a list of layer indices")
+        step = _hf_count(config.get("decoder_sparse_step", 1), "decoder_sparse_step", where)
+        dense = tuple(i for i in range(num_layers) if i in only or (i + 1) % step)
+    try:
+        return MoeSpec(num_experts=experts, top_k=top_k, intermediate_size=size, dense_layers=dense)
+    except ValidationError as err:
+        raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 _HF_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")

@@ -99,7 +99,8 @@ class StageCosts:
     def _op_time(self, op: Op) -> float:
         match op.kind:
             case "gemm":
-                return self.gpu.gemm_time_s(op.m, op.n, op.k, weight_bytes=op.weight_bytes, dtype=op.dtype)
+                return self.gpu.gemm_time_s(op.m, op.n, op.k, weight_bytes=op.weight_bytes, dtype=op.dtype,
+                                            groups=op.groups)
             case "attention":
                 return self.gpu.attention_time_s(op.flops, op.nbytes, "prefill")  # decode: attention_times
             case "memory":

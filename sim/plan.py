@@ -101,7 +101,7 @@ class Plan:
         model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = count * model.layer_params_per_rank(self.tp)
+            params = sum(model.layer_params_per_rank(self.tp, kind) for kind in model.layer_kinds[first:first + count])
             if index == 0:
                 params += model.vocab_params_per_rank(self.tp)
             if index == self.pp - 1:
@@ -122,7 +122,10 @@ class Plan:
         fp32 logits for max_num_seqs sequences."""
         model, tp = self.model, self.tp
         tokens = self.scheduler.max_batched_tokens
-        per_token = (4 * model.hidden_size + 2 * model.intermediate_size // tp
+        mlp = 2 * model.intermediate_size // tp if "dense" in model.layer_kinds else 0
+        if model.moe is not None:  # each token's experts' gate/up outputs, and the router's logits
+            mlp = max(mlp, 2 * model.moe.top_k * model.moe.intermediate_size // tp + model.moe.num_experts)
+        per_token = (4 * model.hidden_size + mlp
                      + (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim)
         logits = self.scheduler.max_num_seqs * model.vocab_size / tp * 4
         return tokens * per_token * ACTIVATION_BYTES + logits

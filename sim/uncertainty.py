@@ -36,6 +36,7 @@ HALF_NORMAL_MEDIAN = 0.6744897501960817
 ASSUMED_ERROR = 0.31
 ERROR_CAP = 10.0  # per kind: a fit more than 10× off (a noisy CPU run) bounds nothing finer, and keeps e^(zσ) finite
 _OP_KIND = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
+            "router": "gemm", "experts_gate_up": "gemm", "experts_down": "gemm", "experts_act": "elementwise",
             "attention_prefill": "attention prefill", "attention_decode": "attention decode",
             "input_norm": "elementwise", "rope": "elementwise", "post_norm": "elementwise", "act": "elementwise",
             "embedding": "elementwise"}

@@ -51,6 +51,8 @@ BATTERY: dict[str, tuple[dict[str, Any], float | None]] = {
     "trace": ({"scheduler": CHUNKED, "workload": {"trace": "trace.csv"}}, 0.5),
     "burst": ({"scheduler": CHUNKED, "workload": {"num_requests": 100, "rate": "inf", **DECODE_HEAVY}}, 0.6),
     # a replica with fewer outstanding requests than another steps (a finish there may send it a request)
+    "mixture of experts tp2": ({"model": "qwen3-30b-a3b", "parallel": {"tp": 2}, "scheduler": CHUNKED,
+                                "workload": {"num_requests": 200, "rate": 4, **DECODE_HEAVY}}, 0.6),
     "closed loop dp2": ({"parallel": {"dp": 2}, "scheduler": CHUNKED,
                          "workload": {"num_requests": 100, "concurrency": 7, **DECODE_HEAVY}}, 0.5),
     # symmetric replicas: their steps and finishes tie in time, so event order at equal times matters

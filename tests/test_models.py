@@ -36,10 +36,10 @@ def test_config_json_from_a_path_or_folder(tmp_path):
         assert (model.name, model.head_dim, model.default_weight_dtype) == ("tiny", 64, "fp16")
 
 
-def test_mixture_of_experts_and_unknown_models_are_refused(tmp_path):
+def test_unmodelled_experts_and_unknown_models_are_refused(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"architectures": ["MixtralForCausalLM"], "num_local_experts": 8}))
-    with pytest.raises(ValueError, match="mixture-of-experts"):
+    path.write_text(json.dumps({"architectures": ["DeepseekV3ForCausalLM"], "n_routed_experts": 256}))
+    with pytest.raises(ValueError, match="DeepseekV3ForCausalLM is not supported"):
         load_model(str(path))
     with pytest.raises(ValueError, match="llama-3-70b"):
         load_model("llama-9")

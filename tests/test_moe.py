@@ -1,0 +1,144 @@
+"""Mixture-of-experts models (issue 11): shapes from their config.json, parameter counts against the published
+figures, the experts a batch reaches, and their runs (experts split by TP; expert parallelism comes next)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import scenario_dict
+from splitsim.models import ops
+from splitsim.models.ops import Sharding
+from splitsim.models.spec import ModelSpec, load_model
+from splitsim.scenario import scenario_from_dict
+
+
+def _mixtral_params(c: dict) -> tuple[float, float]:
+    """(total, active) parameters of a Mixtral config, written out: per layer QKV and O, a router of h×E,
+    E SwiGLU experts of 3·h·ffn (k of them active), two RMSNorms; embedding, LM head and the final norm."""
+    h, ffn, d = c["hidden_size"], c["intermediate_size"], c["hidden_size"] // c["num_attention_heads"]
+    attention = h * c["num_attention_heads"] * d * 2 + h * c["num_key_value_heads"] * d * 2
+    per_layer = attention + h * c["num_local_experts"] + 2 * h
+    outside = 2 * c["vocab_size"] * h + h
+    layers = c["num_hidden_layers"]
+    return (layers * (per_layer + c["num_local_experts"] * 3 * h * ffn) + outside,
+            layers * (per_layer + c["num_experts_per_tok"] * 3 * h * ffn) + outside)
+
+
+def _qwen3_moe_params(c: dict) -> tuple[float, float]:
+    """The same for Qwen3-MoE, with its own head_dim and the per-head q/k RMSNorms (2·d a layer)."""
+    h, ffn, d = c["hidden_size"], c["moe_intermediate_size"], c["head_dim"]
+    attention = h * c["num_attention_heads"] * d * 2 + h * c["num_key_value_heads"] * d * 2 + 2 * d
+    per_layer = attention + h * c["num_experts"] + 2 * h
+    outside = 2 * c["vocab_size"] * h + h
+    layers = c["num_hidden_layers"]
+    return (layers * (per_layer + c["num_experts"] * 3 * h * ffn) + outside,
+            layers * (per_layer + c["num_experts_per_tok"] * 3 * h * ffn) + outside)
+
+
+@pytest.mark.parametrize(("name", "formula", "total", "active"), [
+    ("mixtral-8x7b", _mixtral_params, 46.7e9, 12.9e9),  # Mistral AI's Mixtral announcement
+    ("qwen3-235b-a22b", _qwen3_moe_params, 235e9, 22e9),  # the Qwen3 model card
+    ("qwen3-30b-a3b", _qwen3_moe_params, None, None),  # its card's "3.3B activated" is rounded (3.35B)
+])
+def test_total_and_active_parameters_match_the_published_figures(name, formula, total, active):
+    import json
+    from importlib import resources
+
+    config = json.loads((resources.files("splitsim.models") / "catalog" / name / "config.json").read_text())
+    total_by_hand, active_by_hand = formula(config)
+    if total is not None:
+        assert total_by_hand == pytest.approx(total, rel=0.01) and active_by_hand == pytest.approx(active, rel=0.01)
+    model = load_model(name)
+    # splitsim leaves out Qwen3's q/k norms (256 parameters a layer): nothing else differs
+    assert model.num_params == pytest.approx(total_by_hand, rel=1e-6)
+    assert model.num_active_params == pytest.approx(active_by_hand, rel=1e-5)
+
+
+def test_the_experts_a_batch_reaches_follow_the_closed_form():
+    """E·(1 − (1 − k/E)^T) against routing drawn at random (seeded): T tokens each pick k distinct experts."""
+    rng = np.random.default_rng(0)
+    for experts, k, tokens in ((8, 2, 1), (8, 2, 5), (128, 8, 1), (128, 8, 16), (128, 8, 256)):
+        drawn = [len({e for _ in range(tokens) for e in rng.choice(experts, k, replace=False)}) for _ in range(400)]
+        assert ops.expected_experts(experts, k, tokens) == pytest.approx(np.mean(drawn), rel=0.02)
+
+
+def test_decode_reads_the_reached_experts_weights_from_active_toward_total():
+    """At batch 1 a decode step's expert GEMMs read k experts' weights; with the batch they approach all E."""
+    model = load_model("qwen3-235b-a22b")
+    moe = model.moe
+    sharding = Sharding(1, "bf16", "bf16", "bf16")
+    per_expert = 3 * model.hidden_size * moe.intermediate_size * 2  # bf16 gate, up and down of one expert
+
+    def expert_weight_bytes(tokens: int) -> float:
+        graph = {op.name: op for op in ops.layer_graph(model, "moe", tokens, sharding)}
+        return sum(op.groups * op.k * op.n * op.weight_bytes for name, op in graph.items()
+                   if name.startswith("experts_") and op.kind == "gemm")
+
+    assert expert_weight_bytes(1) == pytest.approx(moe.top_k * per_expert)
+    previous = 0.0
+    for tokens in (1, 4, 16, 64, 256, 2048):
+        reads = expert_weight_bytes(tokens)
+        assert reads == pytest.approx(ops.expected_experts(moe.num_experts, moe.top_k, tokens) * per_expert)
+        assert previous < reads <= moe.num_experts * per_expert
+        previous = reads
+    assert previous > 0.99 * moe.num_experts * per_expert
+
+
+def test_config_fields_decide_which_layers_are_sparse_and_other_experts_are_refused():
+    base = {"architectures": ["Qwen3MoeForCausalLM"], "hidden_size": 256, "intermediate_size": 512,
+            "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+            "vocab_size": 1000, "num_experts": 8, "num_experts_per_tok": 2, "moe_intermediate_size": 128}
+    kinds = ModelSpec.from_hf_config(base | {"mlp_only_layers": [0], "decoder_sparse_step": 2}, "q").layer_kinds
+    assert kinds == ("dense", "moe", "dense", "moe", "dense", "moe")  # transformers' Qwen3MoeDecoderLayer rule
+    mixed = ModelSpec.from_hf_config(base | {"mlp_only_layers": [0]}, "q")
+    assert mixed.num_params - load_dense_like(base).num_params == 5 * (
+        256 * 8 + 8 * 3 * 256 * 128 - 3 * 256 * 512)  # five sparse layers in place of dense ones
+    with pytest.raises(ValueError, match="num_experts_per_tok=9 is more than the 8 experts"):
+        ModelSpec.from_hf_config(base | {"num_experts_per_tok": 9}, "q")
+    with pytest.raises(ValueError, match="n_routed_experts"):
+        ModelSpec.from_hf_config(base | {"architectures": ["Qwen3MoeForCausalLM"], "n_routed_experts": 256}, "d")
+    with pytest.raises(ValueError, match="GptOssForCausalLM is not supported"):
+        ModelSpec.from_hf_config(base | {"architectures": ["GptOssForCausalLM"]}, "g")
+
+
+def load_dense_like(config: dict) -> ModelSpec:
+    """The same shapes with every layer dense."""
+    return ModelSpec.from_hf_config({k: v for k, v in config.items() if "expert" not in k}
+                                    | {"architectures": ["Qwen3ForCausalLM"]}, "dense")
+
+
+def test_stage_and_layer_mode_agree_on_a_mixture_of_experts():
+    from splitsim.api import simulate
+
+    workload = {"num_requests": 8, "rate": 40.0, "prompt_tokens": {"dist": "uniform", "low": 20, "high": 300},
+                "output_tokens": {"dist": "uniform", "low": 1, "high": 10}}
+    runs = {}
+    for granularity in ("stage", "layer"):
+        data = scenario_dict(model="mixtral-8x7b", parallel={"tp": 2, "pp": 2}, workload=workload,
+                             sim={"granularity": granularity})
+        runs[granularity] = simulate(scenario_from_dict(data)).requests
+    for column in ("first_token_s", "finish_s"):
+        np.testing.assert_allclose(runs["layer"][column], runs["stage"][column], rtol=1e-9)
+
+
+def test_the_experts_run_as_one_grouped_kernel():
+    """A grouped GEMM of g experts with m tokens each: one launch, the experts' tiles filling the waves
+    together, each paying its own m's small-m efficiency (hardware/gpu.py's GEMM model, written out here)."""
+    import math
+
+    from splitsim.hardware.catalog import load_gpu
+
+    gpu = load_gpu("h100-sxm")
+    eff = gpu.efficiency
+    eta_peak, tile_m, tile_n, gamma, m_half = eff.gemm_shape("bf16")
+    m, n, k, groups = 6, 384, 4096, 127.5
+    tiles = math.ceil(groups * math.ceil(m / tile_m) * math.ceil(n / tile_n))
+    waves = math.ceil(tiles / gpu.num_sms)
+    wave = groups * m * n / (waves * gpu.num_sms * tile_m * tile_n)
+    eta = eta_peak * wave ** gamma * m / (m + m_half)
+    compute = groups * 2 * m * n * k / (gpu.bf16_flops_per_s * eta)
+    memory = groups * ((m * k + m * n) * 2 + k * n * 2) / (gpu.memory_bw_bytes_per_s * eff.memory)
+    grouped = gpu.gemm_time_s(m, n, k, weight_bytes=2.0, groups=groups)
+    assert grouped == pytest.approx(max(compute, memory) + eff.launch_s, rel=1e-12)
+    assert grouped < groups * gpu.gemm_time_s(m, n, k, weight_bytes=2.0)  # one launch, shared waves
