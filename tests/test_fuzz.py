@@ -166,6 +166,10 @@ FILES = {
     "fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "nvlink4-nvswitch"), "fabric"),
     "profile": ("profile.yaml", _profile, "hardware_profile"),
     "model": ("config.json", lambda: dict(TINY_CONFIG), "model"),
+    "moe model": ("config.json", lambda: TINY_CONFIG | {"architectures": ["Qwen3MoeForCausalLM"], "head_dim": 64,
+                                                         "num_experts": 4, "num_experts_per_tok": 2,
+                                                         "moe_intermediate_size": 128, "mlp_only_layers": [0],
+                                                         "decoder_sparse_step": 1}, "model"),
     # a PCIe tree (switches, sockets, a ring rate per level, NCCL's all-to-all per group size) and a profile
     # that fits one rate per group size
     "pcie fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "pcie-gen4-2socket"), "fabric"),
@@ -188,7 +192,7 @@ def _scenario_naming(folder: Path, kind: str, file: Path) -> Path:
             data["hardware_profile"] = str(file)
         case "pcie profile":
             data["hardware_profile"], data["cluster"] = str(file), "l40s-pcie-p2p-node"
-        case "model":
+        case "model" | "moe model":
             data["model"] = str(file)
     path = folder / "s.yaml"
     path.write_text(yaml.safe_dump(data))
