@@ -15,9 +15,13 @@ its context). Shapes only: no time, no hardware. Activations are always 16-bit.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+import numpy as np
 
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
 from splitsim.models.spec import LayerKind, ModelSpec
@@ -66,6 +70,7 @@ class Sharding:
     weights: WeightDtype
     kv_cache: KvDtype
     compute: ComputeDtype
+    ep: int = 1  # experts spread over this many of the TP ranks (whole experts each); 1: every expert split by TP
 
 
 def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float = 1.0) -> Op:
@@ -74,6 +79,29 @@ def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float = 
     if groups == 1.0:
         return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
     return Op(name, "gemm", 2.0 * m * n * k * groups, nbytes * groups, m, n, k, w, sharding.compute, groups)
+
+
+def expert_load(num_experts: int, top_k: int, ranks: int, tokens: int) -> float:
+    """The busiest of `ranks` expert-parallel ranks' routed tokens over the mean, expected under uniform top-k
+    routing (deterministic: never drawn). A token sends a hypergeometric count to a rank holding E/r of the E
+    experts (mean k/r, variance k·(1/r)(1−1/r)(E−k)/(E−1)); over T tokens the load is about normal, and the
+    expected maximum of r such loads is the mean plus σ times the expected maximum of r standard normals
+    (`_max_of_normals`), at most every routed token on one rank."""
+    if ranks == 1 or tokens == 0:
+        return 1.0
+    mean = tokens * top_k / ranks
+    variance = tokens * top_k / ranks * (1 - 1 / ranks) * (num_experts - top_k) / (num_experts - 1)
+    return min(1.0 + math.sqrt(variance) / mean * _max_of_normals(ranks), float(ranks))
+
+
+@functools.cache
+def _max_of_normals(n: int) -> float:
+    """E[max of n independent standard normals] = ∫ x·n·φ(x)·Φ(x)^(n−1) dx, by quadrature (0.564 for 2, 1.029
+    for 4, 1.424 for 8, 1.766 for 16)."""
+    x = np.linspace(-8.0, 8.0, 16001)
+    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+    return float(np.trapezoid(x * n * pdf * cdf ** (n - 1), x))
 
 
 def expected_experts(num_experts: int, top_k: int, tokens: int) -> float:
@@ -157,9 +185,11 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
     tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES
     attention_half = dense_layer(model, tokens, sharding)
     ops = list(attention_half[:attention_half.index(next(op for op in attention_half if op.name == "post_norm")) + 1])
-    ffn = moe.intermediate_size // tp
-    routed = tokens * moe.top_k
-    reached = expected_experts(moe.num_experts, moe.top_k, tokens)
+    ep = sharding.ep
+    ffn = moe.intermediate_size // (tp // ep)
+    # this rank's experts (E/ep of them) get its share of the routed tokens, the busiest rank's (`expert_load`)
+    routed = math.ceil(tokens * moe.top_k / ep * expert_load(moe.num_experts, moe.top_k, ep, tokens))
+    reached = expected_experts(moe.num_experts, moe.top_k, tokens) / ep
     per_expert = -(-routed // max(1, round(reached))) if tokens else 0
     router = Sharding(sharding.tp, "bf16", sharding.kv_cache, "bf16")
     ops += [gemm("router", tokens, moe.num_experts, h, router),

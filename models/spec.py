@@ -110,17 +110,17 @@ class ModelSpec(BaseModel):
         return (sum(self.kind_params(kind, active=True) for kind in self.layer_kinds) + self.embedding_params
                 + self.lm_head_params)
 
-    def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False) -> int:
+    def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False, ep: int = 1) -> int:
         """One layer's parameters on one TP rank: its heads (KV heads replicated when TP > h_kv), its FFN
-        slice — or the router (replicated) and every expert's FFN slice (experts split by TP, no EP; `active`:
-        the top-k's) —, and both norms whole."""
+        slice — or the router (replicated) and its experts: E/ep of them, each split tp/ep ways (`active`: the
+        top-k's) —, and both norms whole."""
         d, h = self.head_dim, self.hidden_size
         q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
         attention = h * (q_heads + 2 * kv_heads) * d + q_heads * d * h
         if kind == "moe":
             assert self.moe is not None, "a moe layer needs the model's experts"
-            experts = self.moe.top_k if active else self.moe.num_experts
-            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // tp)
+            experts = self.moe.top_k if active else self.moe.num_experts // ep
+            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // (tp // ep))
         else:
             mlp = 3 * h * (self.intermediate_size // tp)
         return attention + mlp + 2 * h

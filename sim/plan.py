@@ -65,7 +65,7 @@ class Plan:
         self.model = model
         self.cluster = cluster
         par = scenario.parallel
-        self.tp, self.pp, self.dp = par.tp, par.pp, par.dp
+        self.tp, self.pp, self.dp, self.ep = par.tp, par.pp, par.dp, par.ep
         self.order = par.order
         self.granularity = scenario.sim.granularity
         self.engine = ENGINES[scenario.engine]
@@ -80,7 +80,7 @@ class Plan:
         weights = scenario.precision.weights or model.default_weight_dtype
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
         self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8,
-                                                                         cluster.gpu.has_fp4))
+                                                                         cluster.gpu.has_fp4), self.ep)
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
@@ -101,7 +101,8 @@ class Plan:
         model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = sum(model.layer_params_per_rank(self.tp, kind) for kind in model.layer_kinds[first:first + count])
+            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep)
+                         for kind in model.layer_kinds[first:first + count])
             if index == 0:
                 params += model.vocab_params_per_rank(self.tp)
             if index == self.pp - 1:
@@ -168,6 +169,16 @@ class Plan:
             raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
         if pp > model.num_layers:
             raise ScenarioError(f"parallel.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
+        ep = self.ep
+        if ep > 1:
+            if model.moe is None:
+                raise ScenarioError(f"parallel.ep = {ep}: {model.name} has no experts (valid: 1)")
+            if self.dp > 1 or ep != tp:
+                raise ScenarioError(f"parallel.ep = {ep}: expert parallelism is modelled over one TP group so far "
+                                    f"(valid: 1, or ep = tp = {tp} with dp = 1)")
+            if model.moe.num_experts % ep:
+                raise ScenarioError(f"parallel.ep = {ep}: {model.name}'s {model.moe.num_experts} experts do not "
+                                    f"spread evenly over {ep} GPUs")
         g = cluster.gpus_per_node
         if g % tp and tp % g:
             raise ScenarioError(

@@ -468,6 +468,8 @@ def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:
     flags = [f"vllm serve {hub_id(model)}", f"--tensor-parallel-size {c.tp}", f"--pipeline-parallel-size {c.pp}",
              f"--data-parallel-size {c.dp}", f"--max-num-seqs {m['max_num_seqs']}",
              f"--max-num-batched-tokens {m['max_batched_tokens']}"]
+    if c.ep > 1:  # vLLM spreads the experts over the TP group's GPUs (ep = tp × dp; here dp = 1)
+        flags.append("--enable-expert-parallel")
     if c.weights == "fp8":
         flags.append("--quantization fp8")
     if c.kv_cache == "fp8":

@@ -61,7 +61,7 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
         "model": {"name": model.name, "architecture": model.architecture, "layers": model.num_layers,
                   "hidden_size": model.hidden_size, "max_position_embeddings": model.max_position_embeddings},
         "cluster": cluster.name, "gpu": cluster.gpu.name,
-        "layout": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "order": plan.order},
+        "layout": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep, "order": plan.order},
         "precision": {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
                       "compute": plan.sharding.compute},
         "workload": workload,
@@ -137,7 +137,7 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
     sim_time = records.sim_time_s
     frame = requests_frame(log.take_columns())
     totals = gpu_time_totals(records.recorder, plan.tp, sim_time)
-    extra = {"parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp},
+    extra = {"parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep},
              "weights_bytes_per_gpu": plan.weights_bytes_per_gpu,
              "kv_cache_tokens_per_replica": plan.kv_cache_tokens, "version": __version__}
     summary = summarize(frame, records, totals, scenario.slo, describe(scenario, plan, stream, requests is not None),

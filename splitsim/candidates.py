@@ -1,6 +1,7 @@
 """The layouts an advisor considers, derived from the model and the cluster, each kept or pruned with its reason.
 
-A candidate uses exactly `gpus` GPUs: every TP × PP × DP that multiplies to it, with each placement order
+A candidate uses exactly `gpus` GPUs: every TP × PP × DP that multiplies to it (for a mixture of experts, with its
+experts split by TP and, where DP is 1, spread whole over the TP group: EP = TP), with each placement order
 that places it differently (`tp-dp-pp` differs from `tp-pp-dp` only when PP and DP are both > 1 and the GPUs
 span nodes), for each weight and KV-cache precision asked. A candidate is pruned when the simulator would
 refuse it, with its one-line error as the reason: heads TP does not divide, a TP group that neither fits
@@ -15,6 +16,7 @@ from typing import Any
 
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster
+from splitsim.models.spec import load_model
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
 
@@ -31,13 +33,15 @@ class Candidate:
     kv_cache: str
     max_num_seqs: int = 0  # 0: as the scenario (or the engine's default) has it
     max_batched_tokens: int = 0
+    ep: int = 1  # expert parallelism (mixture-of-experts models): the experts spread over the TP group
 
     @property
     def label(self) -> str:
         order = "" if self.order == ORDERS[0] else f" {self.order}"
+        experts = f"×EP{self.ep}" if self.ep > 1 else ""
         knobs = "".join(f" {name}={value}" for name, value in (("seqs", self.max_num_seqs),
                                                                 ("tokens", self.max_batched_tokens)) if value)
-        return f"TP{self.tp}×PP{self.pp}×DP{self.dp}{order} {self.weights}/kv {self.kv_cache}{knobs}"
+        return f"TP{self.tp}×PP{self.pp}×DP{self.dp}{experts}{order} {self.weights}/kv {self.kv_cache}{knobs}"
 
     def scenario(self, base: dict[str, Any]) -> dict[str, Any]:
         """`base` (a scenario mapping) with this candidate's layout, precisions and scheduler knobs."""
@@ -45,7 +49,7 @@ class Candidate:
         for name in ("max_num_seqs", "max_batched_tokens"):
             if getattr(self, name):
                 scheduler[name] = getattr(self, name)
-        return {**base, "parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "order": self.order},
+        return {**base, "parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "order": self.order},
                 "precision": {"weights": self.weights, "kv_cache": self.kv_cache}, "scheduler": scheduler}
 
     def as_row(self) -> dict[str, Any]:
@@ -80,11 +84,14 @@ def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: lis
     """Every candidate for the scenario mapping `base` (model, cluster, workload…), kept or pruned."""
     considered = []
     multi_node = gpus > load_cluster(base["cluster"]).gpus_per_node
+    experts = load_model(base["model"]).moe is not None
     for tp, pp, dp, order in layouts(gpus, multi_node):
-        for weight in weights:
-            for kv in kv_caches:
-                candidate = Candidate(tp, pp, dp, order, weight, kv)
-                considered.append(Considered(candidate, prune_reason(base, candidate)))
+        # a mixture of experts: its experts split by TP, or spread whole over the TP group (EP over one TP group)
+        for ep in (1, tp) if experts and tp > 1 and dp == 1 else (1,):
+            for weight in weights:
+                for kv in kv_caches:
+                    candidate = Candidate(tp, pp, dp, order, weight, kv, ep=ep)
+                    considered.append(Considered(candidate, prune_reason(base, candidate)))
     return considered
 
 

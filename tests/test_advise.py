@@ -34,6 +34,21 @@ def test_candidates_are_every_factorisation_with_its_orders_and_precisions():
     assert len(found) == len(expected)  # each once
 
 
+def test_a_mixture_of_experts_is_also_tried_with_its_experts_spread_over_the_tp_group():
+    """Every factorisation of 8 GPUs; for a mixture of experts, each with DP 1 and TP > 1 once more with
+    EP = TP (written out here)."""
+    base = _base(model="mixtral-8x7b", cluster="h100-nvlink-node")
+    expected = set()
+    for tp, pp, dp in itertools.product(range(1, 9), repeat=3):
+        if tp * pp * dp == 8:
+            expected.add(Candidate(tp, pp, dp, "tp-pp-dp", "bf16", "bf16"))
+            if dp == 1 and tp > 1:
+                expected.add(Candidate(tp, pp, dp, "tp-pp-dp", "bf16", "bf16", ep=tp))
+    found = {c.candidate for c in consider(base, 8, ["bf16"], ["bf16"])}
+    assert found == expected
+    assert Candidate(8, 1, 1, "tp-pp-dp", "bf16", "bf16", ep=8).label == "TP8×PP1×DP1×EP8 bf16/kv bf16"
+
+
 def test_pruned_candidates_carry_the_simulators_reason():
     base = _base(cluster=ideal_cluster(gpus_per_node=6, num_nodes=2))  # llama-3-8b: 32 heads, 8 KV heads
     by_layout = {(c.candidate.tp, c.candidate.pp, c.candidate.dp, c.candidate.order): c.pruned

@@ -142,3 +142,61 @@ def test_the_experts_run_as_one_grouped_kernel():
     grouped = gpu.gemm_time_s(m, n, k, weight_bytes=2.0, groups=groups)
     assert grouped == pytest.approx(max(compute, memory) + eff.launch_s, rel=1e-12)
     assert grouped < groups * gpu.gemm_time_s(m, n, k, weight_bytes=2.0)  # one launch, shared waves
+
+
+def test_the_expected_maximum_of_normals_matches_the_order_statistics_tables():
+    """E[max of n standard normals]: 1/√π for 2; 1.0294, 1.4236, 1.7660 for 4, 8, 16 (Harter's tables)."""
+    import math
+
+    for n, expected in ((2, 1 / math.sqrt(math.pi)), (4, 1.0294), (8, 1.4236), (16, 1.7660)):
+        assert ops._max_of_normals(n) == pytest.approx(expected, abs=2e-4)
+
+
+@pytest.mark.parametrize(("experts", "k", "ranks", "tokens"), [(128, 8, 8, 16), (128, 8, 8, 256), (8, 2, 2, 64),
+                                                               (256, 8, 16, 512)])
+def test_the_busiest_expert_rank_is_estimated_as_random_routing_loads_it(experts, k, ranks, tokens):
+    """The deterministic estimate against loads drawn at random (seeded): within 6 %."""
+    rng = np.random.default_rng(1)
+    per_rank = experts // ranks
+    ratios = []
+    for _ in range(300):
+        chosen = np.array([rng.choice(experts, k, replace=False) for _ in range(tokens)]).ravel()
+        loads = np.bincount(chosen // per_rank, minlength=ranks)
+        ratios.append(loads.max() / loads.mean())
+    assert ops.expert_load(experts, k, ranks, tokens) == pytest.approx(np.mean(ratios), rel=0.06)
+    assert ops.expert_load(experts, k, 1, tokens) == 1.0
+
+
+def test_expert_parallelism_over_the_tp_group_gives_each_gpu_whole_experts():
+    """ep = tp = 8 on Qwen3-235B: the same bytes per GPU as experts split by TP, but 16 whole experts each;
+    a rank runs the reached experts among its own on the busiest rank's share of the routed tokens."""
+    model = load_model("qwen3-235b-a22b")
+    moe = model.moe
+    assert model.layer_params_per_rank(8, "moe", ep=8) == model.layer_params_per_rank(8, "moe")
+    tokens = 64
+    split = {op.name: op for op in ops.layer_graph(model, "moe", tokens, Sharding(8, "bf16", "bf16", "bf16"))}
+    whole = {op.name: op for op in ops.layer_graph(model, "moe", tokens, Sharding(8, "bf16", "bf16", "bf16", ep=8))}
+    assert split["experts_gate_up"].n == 2 * moe.intermediate_size // 8
+    assert whole["experts_gate_up"].n == 2 * moe.intermediate_size
+    reached = ops.expected_experts(moe.num_experts, moe.top_k, tokens)
+    assert whole["experts_gate_up"].groups == pytest.approx(reached / 8)
+    routed = np.ceil(tokens * moe.top_k / 8 * ops.expert_load(moe.num_experts, moe.top_k, 8, tokens))
+    assert whole["experts_gate_up"].m == -(-int(routed) // round(reached / 8))
+    assert "mlp_allreduce" in whole  # the tokens were on every rank: the outputs are summed as under TP
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"parallel": {"tp": 2, "ep": 2}}, "llama-3-8b has no experts (valid: 1)"),
+    ({"model": "mixtral-8x7b", "parallel": {"tp": 4, "ep": 2}}, "(valid: 1, or ep = tp = 4 with dp = 1)"),
+    ({"model": "mixtral-8x7b", "parallel": {"tp": 2, "dp": 2, "ep": 2}}, "with dp = 1"),
+])
+def test_expert_parallelism_that_is_not_modelled_is_refused_in_one_line(tmp_path, capsys, changes, words):
+    import yaml
+
+    from helpers import error_line
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario_dict(**changes)))
+    err = error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "-q"])
+    assert err.startswith("splitsim: error: parallel.ep = ") and words in err, err
+    assert not (tmp_path / "out").exists()

@@ -64,7 +64,7 @@ def test_summary_is_what_the_rows_give(small_run):
     assert ((rows["queue_s"] >= 0) & (rows["queue_s"] <= rows["ttft_s"])).all()
     assert set(rows["replica"]) == {0, 1}
     np.testing.assert_allclose(rows["e2e_s"], rows["finish_s"] - rows["arrival_s"], rtol=1e-12)
-    assert summary["parallel"] == {"tp": 2, "pp": 2, "dp": 2}
+    assert summary["parallel"] == {"tp": 2, "pp": 2, "dp": 2, "ep": 1}
 
 
 def test_gpu_intervals_tile_the_run_and_match_the_fractions(small_run):
