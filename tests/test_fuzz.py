@@ -31,7 +31,7 @@ from splitsim.cli import main
 from splitsim.validate import measurements
 
 BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4},
-                              sim={"contention": False})  # every key a scenario may hold is there to mutate
+                              parallel={"ep": 1}, sim={"contention": False})  # every key a scenario may hold
 
 # Values no field should take silently, and a few that are valid somewhere.
 ABSURD = st.one_of(
