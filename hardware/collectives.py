@@ -173,7 +173,8 @@ def engine_allreduce(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -
     p = len(gpus)
     if custom is None or p <= 1 or len(_nodes(cluster, gpus)) > 1:
         return allreduce_s(cluster, gpus, nbytes), "nccl"
-    peer_links = isinstance(fabric, NvSwitchFabric) or (isinstance(fabric, PcieFabric) and fabric.p2p and p == 2)
+    peer_links = isinstance(fabric, NvSwitchFabric) or (isinstance(fabric, PcieFabric) and fabric.p2p and p == 2
+                                                         and _pcie_level(fabric, cluster, gpus) == "switch")
     regime = custom_allreduce_regime(custom, p, nbytes, peer_links)
     if regime == "nccl":
         return allreduce_s(cluster, gpus, nbytes), regime
@@ -216,6 +217,8 @@ def alltoall_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> floa
     figures = fabric.alltoall
     if figures is not None:
         launch, alpha, bw = figures.collective_launch_s, figures.latency_s, figures.bandwidth(per_node)
+        if isinstance(fabric, PcieFabric) and figures.bw_by_group_bytes_per_s:
+            bw = _pcie_alltoall_bw(fabric, cluster, nodes[0], figures.bw_by_group_bytes_per_s, bw)
     else:  # no measured all-to-all: the ring's figures (the same α-β form as a ring all-gather)
         alpha, bw = intra_node_link(cluster, nodes[0])
         launch = fabric.collective_launch_s
@@ -227,6 +230,17 @@ def alltoall_s(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -> floa
     assert net is not None
     inter = net.p2p_latency_s + (nbytes - local) / _rail_bw(cluster, per_node, p2p=True)
     return launch + max(intra, inter)
+
+
+def _pcie_alltoall_bw(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[int], by_group: dict[int, float],
+                      default: float) -> float:
+    """On PCIe, the all-to-all rate fitted for the group size (GPUs 0…p−1 of the tables) whose level of the tree
+    matches this group's; a switch's pair without P2P stages like a group across switches."""
+    level = _pcie_level(fabric, cluster, gpus)
+    if level == "switch" and not fabric.p2p:
+        level = "socket"
+    matching = [p for p in sorted(by_group) if fabric.level(range(p)) == level]
+    return by_group[matching[0]] if matching else default
 
 
 def sendrecv_s(cluster: ClusterSpec, src: int, dst: int, nbytes: float) -> float:

@@ -187,9 +187,13 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
     ops = list(attention_half[:attention_half.index(next(op for op in attention_half if op.name == "post_norm")) + 1])
     ep = sharding.ep
     ffn = moe.intermediate_size // (tp // ep)
-    # this rank's experts (E/ep of them) get its share of the routed tokens, the busiest rank's (`expert_load`)
-    routed = math.ceil(tokens * moe.top_k / ep * expert_load(moe.num_experts, moe.top_k, ep, tokens))
-    reached = expected_experts(moe.num_experts, moe.top_k, tokens) / ep
+    if ep == 1:
+        routed = tokens * moe.top_k
+        reached = expected_experts(moe.num_experts, moe.top_k, tokens)
+    else:  # the busiest rank decides: its share of the routed tokens (`expert_load`) over its E/ep experts
+        routed = math.ceil(tokens * moe.top_k / ep * expert_load(moe.num_experts, moe.top_k, ep, tokens))
+        local = moe.num_experts // ep
+        reached = local * (1.0 - (1.0 - 1.0 / local) ** routed)  # distinct experts its routed tokens reach
     per_expert = -(-routed // max(1, round(reached))) if tokens else 0
     router = Sharding(sharding.tp, "bf16", sharding.kv_cache, "bf16")
     ops += [gemm("router", tokens, moe.num_experts, h, router),

@@ -129,7 +129,7 @@ class ModelSpec(BaseModel):
         """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
         return -(-self.vocab_size // tp) * self.hidden_size
 
-    def tp_problem(self, tp: int) -> str | None:
+    def tp_problem(self, tp: int, ep: int = 1) -> str | None:
         """Why this model cannot be split over `tp` tensor-parallel ranks, or None when it can: heads and FFN
         split evenly, KV heads split or replicate evenly (vLLM's rule), the hidden size slices for hand-offs."""
         if self.num_heads % tp:
@@ -139,8 +139,9 @@ class ModelSpec(BaseModel):
                     f"({tp} is not a multiple of {self.num_kv_heads})")
         if self.intermediate_size % tp and "dense" in self.layer_kinds:
             return f"intermediate_size {self.intermediate_size} does not split over {tp} ranks"
-        if self.moe is not None and self.moe.intermediate_size % tp:
-            return f"the experts' intermediate size {self.moe.intermediate_size} does not split over {tp} ranks"
+        if self.moe is not None and tp % ep == 0 and self.moe.intermediate_size % (tp // ep):
+            return (f"the experts' intermediate size {self.moe.intermediate_size} does not split over {tp // ep} "
+                    "ranks")
         if self.hidden_size % tp:
             return f"hidden_size {self.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
         return None
@@ -213,10 +214,14 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
     """The experts of a Mixtral (`num_local_experts`, `intermediate_size` per expert) or Qwen3-MoE
     (`num_experts`, `moe_intermediate_size`; `mlp_only_layers` and `decoder_sparse_step` keep some layers dense,
     as transformers' Qwen3MoeDecoderLayer decides) config; None for a dense one."""
-    if "n_routed_experts" in config or "num_local_experts" not in config and "num_experts" not in config:
-        if "n_routed_experts" in config:
-            raise ValueError(f"{where}: DeepSeek-style experts (n_routed_experts) are not supported yet "
-                             f"(valid: Mixtral's num_local_experts, Qwen3-MoE's num_experts)")
+    if "n_routed_experts" in config:
+        raise ValueError(f"{where}: DeepSeek-style experts (n_routed_experts) are not supported yet "
+                         f"(valid: Mixtral's num_local_experts, Qwen3-MoE's num_experts)")
+    architectures = config.get("architectures") or []
+    for architecture, key in (("MixtralForCausalLM", "num_local_experts"), ("Qwen3MoeForCausalLM", "num_experts")):
+        if architecture in architectures and key not in config:
+            raise ValueError(f"{where}: config.json lacks {key} ({architecture} has experts)")
+    if "num_local_experts" not in config and "num_experts" not in config:
         return None
     mixtral = "num_local_experts" in config
     experts = _hf_count(config["num_local_experts" if mixtral else "num_experts"],

@@ -4,8 +4,9 @@ models/ops.py's `layer_graph` is the one description of a layer's work; it is pr
 op. The engine's hot path calls `stage_time` once per stage per batch, so the ops that depend on the token
 count alone (GEMMs, element-wise kernels, collectives) are priced once per (layer kind, token count) into
 `LayerTerms`; attention, which depends on the context lengths, is two rooflines. Stage mode sums each layer
-kind's terms times its count; layer mode walks the same ops (`layer_ops`). Both add the same floats in the
-same order, so without contention the two granularities agree bit for bit.
+kind's terms times its count; layer mode walks the same ops (`layer_ops`): without contention the two
+granularities agree to float rounding (the clock adds layer mode's ops one at a time), and `decode_stage_times`
+gives what `stage_time` gives bit for bit (the fast-forward relies on it).
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ class Plan:
                 f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
                 f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
             )
-        problem = model.tp_problem(tp)
+        problem = model.tp_problem(tp, self.ep)
         if problem:
             valid = ", ".join(map(str, model.valid_tp()))
             raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")

@@ -99,6 +99,11 @@ def _cost(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--gpus = {args.gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
                                 f"(valid: 2 to {cluster.num_gpus})")
         gpus = list(range(args.gpus))
+        per_node = [sum(cluster.node_of(g) == n for g in gpus) for n in {cluster.node_of(g) for g in gpus}]
+        if args.op != "sendrecv" and len(set(per_node)) > 1:
+            raise ScenarioError(f"--gpus = {args.gpus}: a collective over {cluster.name}'s nodes of "
+                                f"{cluster.gpus_per_node} GPUs needs as many on each node (valid: up to "
+                                f"{cluster.gpus_per_node}, or a multiple of it)")
         regime = "nccl"
         if args.op == "allreduce":
             custom = args.impl == "custom" or (args.engine is not None and ENGINES[args.engine].custom_allreduce)

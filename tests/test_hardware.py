@@ -262,6 +262,23 @@ def test_an_alltoall_sends_each_gpus_bytes_at_its_fitted_rate():
     assert inter > intra  # the NICs are the bottleneck of an all-to-all across nodes
 
 
+def test_a_pcie_alltoall_takes_its_levels_rate_and_a_pair_without_p2p_stages():
+    pcie = catalog_yaml("fabrics", "pcie-gen4-2socket")["alltoall"]
+    rates = {p: q(rate, "bytes_per_s") for p, rate in pcie["bw_by_group_bytes_per_s"].items()}
+    fixed = q(pcie["collective_launch_s"], "seconds") + q(pcie["latency_s"], "seconds")
+    size = 1e8
+    assert collectives.alltoall_s(load_cluster("l40s-pcie-p2p-node"), [0, 1], size) == pytest.approx(
+        fixed + size / rates[2])  # a pair under one switch, peer to peer
+    for cluster, pair in (("l40s-pcie-node", [0, 1]), ("l40s-pcie-p2p-node", [1, 2])):  # no P2P; across switches
+        assert collectives.alltoall_s(load_cluster(cluster), pair, size) == pytest.approx(fixed + size / rates[4])
+
+
+def test_cost_refuses_a_group_uneven_over_nodes_in_one_line(capsys):
+    assert main(["cost", "alltoall", "--cluster", "h100-ib-2node", "--gpus", "12", "--bytes", "1e6"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splitsim: error: --gpus = 12:") and err.count("\n") == 1
+
+
 def test_an_alltoall_without_measured_figures_takes_the_rings():
     """A fabric with no all-to-all table (gloo over loopback): the ring all-gather's form and figures."""
     cluster = load_cluster("cpu-local")

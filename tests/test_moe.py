@@ -100,6 +100,12 @@ def test_config_fields_decide_which_layers_are_sparse_and_other_experts_are_refu
         ModelSpec.from_hf_config(base | {"architectures": ["Qwen3MoeForCausalLM"], "n_routed_experts": 256}, "d")
     with pytest.raises(ValueError, match="GptOssForCausalLM is not supported"):
         ModelSpec.from_hf_config(base | {"architectures": ["GptOssForCausalLM"]}, "g")
+    without = {k: v for k, v in base.items() if k != "num_experts"}
+    with pytest.raises(ValueError, match="lacks num_experts"):  # not read as a dense model
+        ModelSpec.from_hf_config(without, "q")
+    odd = ModelSpec.from_hf_config(base | {"moe_intermediate_size": 50}, "q")  # 50 does not split 4 ways
+    assert "intermediate size 50 does not split over 4 ranks" in odd.tp_problem(4)
+    assert odd.tp_problem(4, ep=4) is None  # whole experts on each GPU
 
 
 def load_dense_like(config: dict) -> ModelSpec:
@@ -178,11 +184,17 @@ def test_expert_parallelism_over_the_tp_group_gives_each_gpu_whole_experts():
     whole = {op.name: op for op in ops.layer_graph(model, "moe", tokens, Sharding(8, "bf16", "bf16", "bf16", ep=8))}
     assert split["experts_gate_up"].n == 2 * moe.intermediate_size // 8
     assert whole["experts_gate_up"].n == 2 * moe.intermediate_size
-    reached = ops.expected_experts(moe.num_experts, moe.top_k, tokens)
-    assert whole["experts_gate_up"].groups == pytest.approx(reached / 8)
-    routed = np.ceil(tokens * moe.top_k / 8 * ops.expert_load(moe.num_experts, moe.top_k, 8, tokens))
-    assert whole["experts_gate_up"].m == -(-int(routed) // round(reached / 8))
+    routed = int(np.ceil(tokens * moe.top_k / 8 * ops.expert_load(moe.num_experts, moe.top_k, 8, tokens)))
+    local = moe.num_experts // 8  # the busiest rank's routed tokens reach this many of its 16 experts
+    reached = local * (1 - (1 - 1 / local) ** routed)
+    assert whole["experts_gate_up"].groups == pytest.approx(reached)
+    assert whole["experts_gate_up"].m == -(-routed // round(reached))
     assert "mlp_allreduce" in whole  # the tokens were on every rank: the outputs are summed as under TP
+    # one token of Mixtral over EP8 (an expert a GPU): the busiest GPU reads one whole expert's weights
+    mixtral = load_model("mixtral-8x7b")
+    one = {op.name: op for op in ops.layer_graph(mixtral, "moe", 1, Sharding(8, "bf16", "bf16", "bf16", ep=8))}
+    assert one["experts_gate_up"].groups == pytest.approx(1.0) and one["experts_gate_up"].m == 1
+    assert one["experts_gate_up"].n == 2 * mixtral.moe.intermediate_size
 
 
 @pytest.mark.parametrize(("changes", "words"), [

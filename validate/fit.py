@@ -302,6 +302,8 @@ def collective_times_s(rows: pd.DataFrame, launch_s: float, latency_s: float,
     B_nvls)), the faster of ring and NVLS."""
     times = []
     for op, p, s in zip(rows["op"], rows["group_size"], rows["nbytes"]):
+        if isinstance(bw_bytes_per_s, Mapping) and int(p) not in bw_bytes_per_s:
+            raise ValueError(f"no training rows for groups of {int(p)} GPUs: their bandwidth cannot be fitted")
         bw = bw_bytes_per_s[int(p)] if isinstance(bw_bytes_per_s, Mapping) else bw_bytes_per_s
         t = _ring_s(op, int(p), float(s), latency_s, bw)
         if nvls is not None and op == "allreduce" and int(p) > 2:
