@@ -72,7 +72,8 @@ class StageCosts:
         first, self.num_layers = plan.stages[stage].first_layer, plan.stages[stage].num_layers
         kinds = plan.model.layer_kinds[first:first + self.num_layers]
         self.layer_runs = _layer_runs(kinds)  # layer mode walks these, in order
-        self.layer_counts = tuple((kind, kinds.count(kind)) for kind in dict.fromkeys(kinds))  # stage mode sums
+        self.layer_counts: tuple[tuple[str, int], ...] = tuple(  # stage mode sums these
+            (kind, kinds.count(kind)) for kind in dict.fromkeys(kinds))
         self.is_first = stage == 0
         self.is_last = stage == plan.pp - 1
         self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
