@@ -212,3 +212,31 @@ def test_expert_parallelism_that_is_not_modelled_is_refused_in_one_line(tmp_path
     err = error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "-q"])
     assert err.startswith("splitsim: error: parallel.ep = ") and words in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_every_config_the_aiconfigurator_package_ships_loads_or_is_refused_in_one_line():
+    """aiconfigurator-core's model_configs/ (117 real configs) as a plan-only corpus, when it is installed: each
+    loads, with sane shapes and a layer graph for each kind, or is refused with a ValueError naming the file."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("aiconfigurator_core")
+    if spec is None or spec.origin is None:
+        pytest.skip("aiconfigurator-core is not installed (pip install 'splitsim[aiconfigurator]')")
+    files = sorted(p for p in (Path(spec.origin).parent / "model_configs").glob("*_config.json")
+                   if not p.name.endswith("_hf_quant_config.json"))
+    loaded = 0
+    for path in files:
+        try:
+            model = ModelSpec.from_hf_config(json.loads(path.read_text()), path.stem, str(path))
+        except ValueError as err:
+            assert str(err).startswith(str(path)) and "\n" not in str(err), err
+            continue
+        loaded += 1
+        assert 0 < model.num_active_params <= model.num_params and len(model.layer_kinds) == model.num_layers
+        tp = max(t for t in model.valid_tp() if t <= 8)
+        for kind in set(model.layer_kinds):
+            graph = ops.layer_graph(model, kind, 16, Sharding(tp, "bf16", "bf16", "bf16"))
+            assert ops.ATTENTION in graph and all(op.flops >= 0 and op.nbytes >= 0 for op in graph)
+    assert len(files) > 100 and loaded >= 15  # Llama 3.1, Mixtral, Qwen3 dense and MoE among them
