@@ -215,7 +215,7 @@ def test_expert_parallelism_that_is_not_modelled_is_refused_in_one_line(tmp_path
 
 
 def test_every_config_the_aiconfigurator_package_ships_loads_or_is_refused_in_one_line():
-    """aiconfigurator-core's model_configs/ (117 real configs) as a plan-only corpus, when it is installed: each
+    """aiconfigurator-core's model_configs/ (89 model configs beside 28 quantisation sidecars) as a plan-only corpus, when it is installed: each
     loads, with sane shapes and a layer graph for each kind, or is refused with a ValueError naming the file."""
     import importlib.util
     import json
@@ -239,4 +239,5 @@ def test_every_config_the_aiconfigurator_package_ships_loads_or_is_refused_in_on
         for kind in set(model.layer_kinds):
             graph = ops.layer_graph(model, kind, 16, Sharding(tp, "bf16", "bf16", "bf16"))
             assert ops.ATTENTION in graph and all(op.flops >= 0 and op.nbytes >= 0 for op in graph)
-    assert len(files) > 100 and loaded >= 15  # Llama 3.1, Mixtral, Qwen3 dense and MoE among them
+    assert len(files) >= 80 and loaded >= 15  # 117 files, 28 of them quantisation sidecars; Llama 3.1, Mixtral,
+    # Qwen3 dense and MoE among those that load
