@@ -215,8 +215,9 @@ def test_expert_parallelism_that_is_not_modelled_is_refused_in_one_line(tmp_path
 
 
 def test_every_config_the_aiconfigurator_package_ships_loads_or_is_refused_in_one_line():
-    """aiconfigurator-core's model_configs/ (89 model configs beside 28 quantisation sidecars) as a plan-only corpus, when it is installed: each
-    loads, with sane shapes and a layer graph for each kind, or is refused with a ValueError naming the file."""
+    """aiconfigurator-core's model_configs/ (89 model configs beside 28 quantisation sidecars) as a plan-only
+    corpus, when it is installed: each loads, with sane shapes and a layer graph for each kind, or is refused
+    with a ValueError naming the file."""
     import importlib.util
     import json
     from pathlib import Path
