@@ -55,7 +55,8 @@ def _nodes(cluster: ClusterSpec, gpus: Sequence[int]) -> list[list[int]]:
 
 
 def _pcie_level(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[int]) -> str:
-    return fabric.level(cluster.local_index(g) for g in gpus)
+    """The level of the PCIe tree a transfer among `gpus` runs at (`PcieFabric.ring_level`)."""
+    return fabric.ring_level(cluster.local_index(g) for g in gpus)
 
 
 def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: int = 1,
@@ -74,7 +75,7 @@ def intra_node_link(cluster: ClusterSpec, gpus: Sequence[int], flows_on_bridge: 
             return fabric.latency_s, fabric.bw_bytes_per_s
         case PcieFabric():
             level = _pcie_level(fabric, cluster, gpus)
-            if level == "switch" and fabric.p2p:
+            if level == "switch":
                 if p2p:
                     return fabric.p2p_latency_s, fabric.link_bw_bytes_per_s * fabric.p2p_bw_efficiency
                 return fabric.latency_s, fabric.link_bw_bytes_per_s * fabric.bw_efficiency
@@ -173,7 +174,7 @@ def engine_allreduce(cluster: ClusterSpec, gpus: Sequence[int], nbytes: float) -
     p = len(gpus)
     if custom is None or p <= 1 or len(_nodes(cluster, gpus)) > 1:
         return allreduce_s(cluster, gpus, nbytes), "nccl"
-    peer_links = isinstance(fabric, NvSwitchFabric) or (isinstance(fabric, PcieFabric) and fabric.p2p and p == 2
+    peer_links = isinstance(fabric, NvSwitchFabric) or (isinstance(fabric, PcieFabric) and p == 2
                                                          and _pcie_level(fabric, cluster, gpus) == "switch")
     regime = custom_allreduce_regime(custom, p, nbytes, peer_links)
     if regime == "nccl":
@@ -237,9 +238,7 @@ def _pcie_alltoall_bw(fabric: PcieFabric, cluster: ClusterSpec, gpus: Sequence[i
     """On PCIe, the all-to-all rate fitted for the group size (GPUs 0…p−1 of the tables) whose level of the tree
     matches this group's; a switch's pair without P2P stages like a group across switches."""
     level = _pcie_level(fabric, cluster, gpus)
-    if level == "switch" and not fabric.p2p:
-        level = "socket"
-    matching = [p for p in sorted(by_group) if fabric.level(range(p)) == level]
+    matching = [p for p in sorted(by_group) if fabric.level(range(p)) == level]  # the tables' box had P2P
     return by_group[matching[0]] if matching else default
 
 
@@ -299,7 +298,7 @@ def shared_links(cluster: ClusterSpec, gpus: Sequence[int]) -> tuple[str, ...]:
     node = cluster.node_of(gpus[0])
     if isinstance(fabric, PcieFabric) and len(gpus) > 1:
         level = _pcie_level(fabric, cluster, gpus)
-        if level != "switch" or not fabric.p2p:  # staged: through each socket's host memory path
+        if level != "switch":  # staged: through each socket's host memory path
             links.update(f"node{node}/socket{cluster.local_index(g) // fabric.gpus_per_socket}" for g in gpus)
         if level == "sockets":
             links.add(f"node{node}/host-bridge")

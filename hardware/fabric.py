@@ -175,6 +175,12 @@ class PcieFabric(_NodeFabric):
             return "sockets"
         return "socket" if len({i // self.gpus_per_switch for i in indices}) > 1 else "switch"
 
+    def ring_level(self, local_indices: Iterable[int]) -> Literal["switch", "socket", "sockets"]:
+        """The level whose rate a transfer among these GPUs runs at: `level`, except that a switch's GPUs
+        without P2P stage through host memory as GPUs across switches do ("socket")."""
+        level = self.level(local_indices)
+        return "socket" if level == "switch" and not self.p2p else level
+
 
 class SharedMemoryFabric(_SwitchedFabric):
     """Processes on one host exchanging tensors through host memory (gloo over loopback): every pair

@@ -112,9 +112,7 @@ def pcie_ring_figures(fabric: PcieFabric, fit: LinkFit) -> dict[str, object]:
              "sockets": "host_bridge_bw_bytes_per_s"}
     seen: dict[str, int] = {}
     for p, bw in sorted(by_group.items()):
-        level = fabric.level(range(p))
-        if level == "switch" and not fabric.p2p:
-            level = "socket"  # without P2P a switch's GPUs stage through host memory too
+        level = fabric.ring_level(range(p))
         if level in seen:
             raise ValueError(f"hardware_profile: groups of {seen[level]} and {p} GPUs both span the {level} level "
                              f"of fabric {fabric.name} (gpus_per_switch {fabric.gpus_per_switch}, gpus_per_socket "

@@ -144,19 +144,12 @@ def allreduce(name: str, tokens: int, model: ModelSpec) -> Op:
 ATTENTION = Op("attention", "attention")  # a layer's attention kernels: sized per batch by `attention`
 
 
-def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
-    """A dense decoder layer for `tokens` tokens, in execution order (the module docstring's sequence; the
-    all-reduces only when TP > 1). `ATTENTION` stands for the batch's attention kernels, which depend on
-    the contexts, not on the token count alone.
-
-    GEMMs: QKV and gate/up column-parallel, O and down row-parallel. Element-wise, at 16 bits: fused
-    residual add + RMSNorm reads the input and the residual and writes both (4·T·h values); RoPE reads and
-    writes this rank's Q and K (2·T·(h_q + h_kv)·d); SiLU-and-mul reads gate and up and writes their
-    product (3·T·ffn/TP).
-    """
+def _attention_block(model: ModelSpec, tokens: int, sharding: Sharding) -> list[Op]:
+    """A decoder layer up to its MLP: norm, QKV, RoPE, attention, O (and its all-reduce when TP > 1), and the
+    norm ahead of the MLP. Fused residual add + RMSNorm reads the input and the residual and writes both
+    (4·T·h values); RoPE reads and writes this rank's Q and K (2·T·(h_q + h_kv)·d); at 16 bits."""
     tp, d, h, b = sharding.tp, model.head_dim, model.hidden_size, ACTIVATION_BYTES
     q_heads, kv_heads = model.num_heads // tp, model.kv_heads_per_rank(tp)
-    ffn = model.intermediate_size // tp
     norm = 4 * tokens * h * b + h * b
     ops = [Op("input_norm", "memory", nbytes=norm),
            gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
@@ -165,8 +158,20 @@ def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, 
            gemm("o_proj", tokens, h, q_heads * d, sharding)]
     if tp > 1:
         ops.append(allreduce("attn_allreduce", tokens, model))
-    ops += [Op("post_norm", "memory", nbytes=norm),
-            gemm("gate_up", tokens, 2 * ffn, h, sharding),
+    ops.append(Op("post_norm", "memory", nbytes=norm))
+    return ops
+
+
+def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
+    """A dense decoder layer for `tokens` tokens, in execution order (the module docstring's sequence; the
+    all-reduces only when TP > 1). `ATTENTION` stands for the batch's attention kernels, which depend on
+    the contexts, not on the token count alone. GEMMs: QKV and gate/up column-parallel, O and down
+    row-parallel; SiLU-and-mul reads gate and up and writes their product (3·T·ffn/TP values, 16 bits).
+    """
+    tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES
+    ffn = model.intermediate_size // tp
+    ops = _attention_block(model, tokens, sharding)
+    ops += [gemm("gate_up", tokens, 2 * ffn, h, sharding),
             Op("act", "memory", nbytes=3 * tokens * ffn * b),
             gemm("down", tokens, h, ffn, sharding)]
     if tp > 1:
@@ -183,8 +188,7 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
     moe = model.moe
     assert moe is not None, "a moe layer needs the model's experts"
     tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES
-    attention_half = dense_layer(model, tokens, sharding)
-    ops = list(attention_half[:attention_half.index(next(op for op in attention_half if op.name == "post_norm")) + 1])
+    ops = _attention_block(model, tokens, sharding)
     ep = sharding.ep
     ffn = moe.intermediate_size // (tp // ep)
     if ep == 1:

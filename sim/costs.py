@@ -156,7 +156,7 @@ class StageCosts:
                 cached = self._allreduce[tokens] = self.allreduce_time(padded)
                 return cached
             op = model_ops.allreduce("attn_allreduce", tokens, self.plan.model)
-            cached = self._allreduce[tokens] = self._op_time(op) if self.plan.tp > 1 else 0.0
+            cached = self._allreduce[tokens] = self._op_time(op)  # 0 at TP1
         return cached
 
     def attention_times(self, batch: BatchShape) -> tuple[float, float]:

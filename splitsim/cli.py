@@ -22,6 +22,7 @@ from splitsim.errors import ScenarioError
 from splitsim.writing import check_out_path
 
 if TYPE_CHECKING:
+    from splitsim.hardware.cluster import ClusterSpec
     from splitsim.scenario import Scenario
 
 EXIT_BAD_INPUT = 2
@@ -79,9 +80,7 @@ def _notes(scenario: Scenario) -> list[str]:
 
 
 def _cost(args: argparse.Namespace) -> int:
-    from splitsim.hardware import collectives
     from splitsim.hardware.catalog import load_cluster, load_gpu
-    from splitsim.sim.defaults import ENGINES
 
     if args.op == "gemm":
         gpu = load_gpu(args.gpu)
@@ -99,22 +98,12 @@ def _cost(args: argparse.Namespace) -> int:
             raise ScenarioError(f"--gpus = {args.gpus}: {cluster.name} has {cluster.num_gpus} GPUs "
                                 f"(valid: 2 to {cluster.num_gpus})")
         gpus = list(range(args.gpus))
-        per_node = [sum(cluster.node_of(g) == n for g in gpus) for n in {cluster.node_of(g) for g in gpus}]
-        if args.op != "sendrecv" and len(set(per_node)) > 1:
+        try:
+            seconds, regime = _collective_s(args, cluster, gpus)
+        except ValueError:  # a group uneven over nodes (hardware.collectives refuses it)
             raise ScenarioError(f"--gpus = {args.gpus}: a collective over {cluster.name}'s nodes of "
                                 f"{cluster.gpus_per_node} GPUs needs as many on each node (valid: up to "
-                                f"{cluster.gpus_per_node}, or a multiple of it)")
-        regime = "nccl"
-        if args.op == "allreduce":
-            custom = args.impl == "custom" or (args.engine is not None and ENGINES[args.engine].custom_allreduce)
-            seconds, regime = (collectives.engine_allreduce(cluster, gpus, args.bytes) if custom
-                               else (collectives.allreduce_s(cluster, gpus, args.bytes), "nccl"))
-        elif args.op == "allgather":
-            seconds = collectives.allgather_s(cluster, gpus, args.bytes)
-        elif args.op == "alltoall":
-            seconds = collectives.alltoall_s(cluster, gpus, args.bytes)
-        else:
-            seconds = collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes)
+                                f"{cluster.gpus_per_node}, or a multiple of it)") from None
         how = "NCCL" if regime == "nccl" else f"the engine's own, {regime.replace('_', '-')}"
         label = f"{args.op} of {args.bytes:g} bytes over {args.gpus} GPUs of {cluster.name} ({how})"
         result = {"seconds": seconds, "impl": "nccl" if regime == "nccl" else "custom", "regime": regime}
@@ -122,6 +111,23 @@ def _cost(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _collective_s(args: argparse.Namespace, cluster: ClusterSpec, gpus: list[int]) -> tuple[float, str]:
+    """(seconds, regime) of the collective `splitsim cost` was asked for."""
+    from splitsim.hardware import collectives
+    from splitsim.sim.defaults import ENGINES
+
+    if args.op == "allreduce":
+        custom = args.impl == "custom" or (args.engine is not None and ENGINES[args.engine].custom_allreduce)
+        if custom:
+            return collectives.engine_allreduce(cluster, gpus, args.bytes)
+        return collectives.allreduce_s(cluster, gpus, args.bytes), "nccl"
+    if args.op == "allgather":
+        return collectives.allgather_s(cluster, gpus, args.bytes), "nccl"
+    if args.op == "alltoall":
+        return collectives.alltoall_s(cluster, gpus, args.bytes), "nccl"
+    return collectives.sendrecv_s(cluster, gpus[0], gpus[-1], args.bytes), "nccl"
 
 
 def _list(args: argparse.Namespace) -> int:
