@@ -26,7 +26,7 @@ import numpy as np
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
 from splitsim.models.spec import LayerKind, ModelSpec
 
-OpKind = Literal["gemm", "attention", "memory", "allreduce"]
+OpKind = Literal["gemm", "attention", "memory", "allreduce", "allgather", "alltoall"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +64,22 @@ class BatchShape:
 
 @dataclass(frozen=True, slots=True)
 class Sharding:
-    """How a model's layer is cut and stored: TP degree and number formats."""
+    """How a model's layer is cut and stored: TP degree and number formats; for mixture-of-experts layers, the EP
+    ranks the experts spread over and the replicas whose GPUs they span (`dp_attention` > 1: attention runs
+    data-parallel on each replica's tokens, the experts on all `tp × dp_attention` GPUs)."""
 
     tp: int
     weights: WeightDtype
     kv_cache: KvDtype
     compute: ComputeDtype
-    ep: int = 1  # experts spread over this many of the TP ranks (whole experts each); 1: every expert split by TP
+    ep: int = 1  # experts spread over this many ranks (whole experts each); 1: every expert split by TP
+    dp_attention: int = 1  # replicas sharing the experts; 1: a replica holds all of them
+
+    @property
+    def moe_tp(self) -> int:
+        """The GPUs each expert's FFN is split over: the MoE group's `tp × dp_attention` GPUs over `ep` ranks
+        (TRT-LLM's moe_tp; vLLM's is 1 under expert parallelism and TP without it)."""
+        return self.tp * self.dp_attention // self.ep
 
 
 def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float = 1.0) -> Op:
@@ -181,32 +190,64 @@ def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, 
 
 def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
     """A mixture-of-experts decoder layer: the dense layer's attention half, then the router (a replicated
-    [T×h]·[h×E] GEMM in 16 bits, as vLLM keeps the gate unquantised) and the experts, split by TP (no EP): the
-    T·k routed tokens reach `expected_experts` distinct experts, each a GEMM of T·k/D tokens on its gate/up and
-    down slices (a grouped kernel: only the experts reached read their weights), SiLU-and-mul between them,
-    then the TP all-reduce."""
+    [T×h]·[h×E] GEMM in 16 bits, as vLLM keeps the gate unquantised) and the experts: the routed tokens reach
+    some distinct experts, each a GEMM of its tokens on its gate/up and down slices (a grouped kernel: only the
+    experts reached read their weights), SiLU-and-mul between them.
+
+    Split by TP (ep = 1): the T·k routed tokens reach `expected_experts`, then the TP all-reduce. Under EP the
+    busiest rank decides (`expert_load`), over its E/ep experts. Within one TP group the tokens are already on
+    every rank (no all-to-all; the all-reduce after). Across replicas (`dp_attention` > 1) every replica runs
+    `tokens` (vLLM pads each DP rank to the largest one's count), each GPU sends its share of them to the
+    GPUs holding their experts (`moe_dispatch`) and gets the results back (`moe_combine`), and with TP > 1
+    the replica's ranks all-gather the tokens they dispatched apart."""
     moe = model.moe
     assert moe is not None, "a moe layer needs the model's experts"
     tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES
     ops = _attention_block(model, tokens, sharding)
-    ep = sharding.ep
-    ffn = moe.intermediate_size // (tp // ep)
+    ep, replicas = sharding.ep, sharding.dp_attention
+    ffn = moe.intermediate_size // sharding.moe_tp
+    group_tokens = tokens * replicas
+    load = 1.0
     if ep == 1:
         routed = tokens * moe.top_k
         reached = expected_experts(moe.num_experts, moe.top_k, tokens)
     else:  # the busiest rank decides: its share of the routed tokens (`expert_load`) over its E/ep experts
-        routed = math.ceil(tokens * moe.top_k / ep * expert_load(moe.num_experts, moe.top_k, ep, tokens))
+        load = expert_load(moe.num_experts, moe.top_k, ep, group_tokens)
+        routed = math.ceil(group_tokens * moe.top_k / ep * load)
         local = moe.num_experts // ep
         reached = local * (1.0 - (1.0 - 1.0 / local) ** routed)  # distinct experts its routed tokens reach
     per_expert = -(-routed // max(1, round(reached))) if tokens else 0
     router = Sharding(sharding.tp, "bf16", sharding.kv_cache, "bf16")
-    ops += [gemm("router", tokens, moe.num_experts, h, router),
-            gemm("experts_gate_up", per_expert, 2 * ffn, h, sharding, groups=reached),
+    ops.append(gemm("router", tokens, moe.num_experts, h, router))
+    if replicas > 1:
+        sent = dispatch_copies(moe.num_experts, moe.top_k, sharding) * -(-tokens // tp) * load
+        value = DISPATCH_BYTES["fp8"] if sharding.compute in ("fp8", "fp4") else DISPATCH_BYTES["bf16"]
+        ops.append(Op("moe_dispatch", "alltoall", nbytes=sent * h * value))
+    ops += [gemm("experts_gate_up", per_expert, 2 * ffn, h, sharding, groups=reached),
             Op("experts_act", "memory", nbytes=3 * routed * ffn * b),
             gemm("experts_down", per_expert, h, ffn, sharding, groups=reached)]
-    if tp > 1:
+    if replicas > 1:
+        ops.append(Op("moe_combine", "alltoall", nbytes=sent * h * b))
+        if tp > 1:
+            ops.append(Op("moe_allgather", "allgather", nbytes=tokens * h * b))
+    elif tp > 1:
         ops.append(allreduce("mlp_allreduce", tokens, model))
     return tuple(ops)
+
+
+# Bytes per hidden value a dispatch sends: 16-bit activations, or fp8 with one fp32 scale per 128 values (DeepEP's
+# fp8 dispatch, used by vLLM, SGLang and TRT-LLM when the experts compute in fp8). The combine sends 16 bits.
+DISPATCH_BYTES = {"bf16": float(ACTIVATION_BYTES), "fp8": 1.0 + 4.0 / 128}
+
+
+def dispatch_copies(num_experts: int, top_k: int, sharding: Sharding) -> float:
+    """Other GPUs of the MoE group one token is sent to: every GPU of each EP rank holding one of its top-k
+    experts, once per GPU however many of its experts live there (DeepEP). A rank holds E/ep of the E experts
+    and escapes all k picks with probability C(E − E/ep, k) / C(E, k), so each of the other G − 1 GPUs gets the
+    token with probability 1 − that."""
+    group = sharding.tp * sharding.dp_attention
+    escape = math.comb(num_experts - num_experts // sharding.ep, top_k) / math.comb(num_experts, top_k)
+    return (1.0 - escape) * (group - 1)
 
 
 LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer,

@@ -110,17 +110,19 @@ class ModelSpec(BaseModel):
         return (sum(self.kind_params(kind, active=True) for kind in self.layer_kinds) + self.embedding_params
                 + self.lm_head_params)
 
-    def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False, ep: int = 1) -> int:
+    def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False, ep: int = 1,
+                              moe_tp: int | None = None) -> int:
         """One layer's parameters on one TP rank: its heads (KV heads replicated when TP > h_kv), its FFN
-        slice — or the router (replicated) and its experts: E/ep of them, each split tp/ep ways (`active`: the
-        top-k's) —, and both norms whole."""
+        slice — or the router (replicated) and its experts: E/ep of them, each split `moe_tp` ways (by default
+        tp/ep; `active`: the top-k's) —, and both norms whole."""
         d, h = self.head_dim, self.hidden_size
         q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
         attention = h * (q_heads + 2 * kv_heads) * d + q_heads * d * h
         if kind == "moe":
             assert self.moe is not None, "a moe layer needs the model's experts"
             experts = self.moe.top_k if active else self.moe.num_experts // ep
-            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // (tp // ep))
+            split = moe_tp or tp // ep
+            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // split)
         else:
             mlp = 3 * h * (self.intermediate_size // tp)
         return attention + mlp + 2 * h
@@ -129,7 +131,7 @@ class ModelSpec(BaseModel):
         """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
         return -(-self.vocab_size // tp) * self.hidden_size
 
-    def tp_problem(self, tp: int, ep: int = 1) -> str | None:
+    def tp_problem(self, tp: int, ep: int = 1, moe_tp: int | None = None) -> str | None:
         """Why this model cannot be split over `tp` tensor-parallel ranks, or None when it can: heads and FFN
         split evenly, KV heads split or replicate evenly (vLLM's rule), the hidden size slices for hand-offs."""
         if self.num_heads % tp:
@@ -139,9 +141,9 @@ class ModelSpec(BaseModel):
                     f"({tp} is not a multiple of {self.num_kv_heads})")
         if self.intermediate_size % tp and "dense" in self.layer_kinds:
             return f"intermediate_size {self.intermediate_size} does not split over {tp} ranks"
-        if self.moe is not None and tp % ep == 0 and self.moe.intermediate_size % (tp // ep):
-            return (f"the experts' intermediate size {self.moe.intermediate_size} does not split over {tp // ep} "
-                    "ranks")
+        split = moe_tp or (tp // ep if tp % ep == 0 else 1)
+        if self.moe is not None and self.moe.intermediate_size % split:
+            return f"the experts' intermediate size {self.moe.intermediate_size} does not split over {split} ranks"
         if self.hidden_size % tp:
             return f"hidden_size {self.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
         return None

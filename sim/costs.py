@@ -11,6 +11,7 @@ gives what `stage_time` gives bit for bit (the fast-forward relies on it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from splitsim.sim.plan import Plan
 @dataclass(frozen=True, slots=True)
 class TimedOp:
     name: str
-    category: str  # "compute" | "tp_comm" | "attention" (the placeholder of a layer's attention kernels)
+    category: str  # "compute" | "tp_comm" | "ep_comm" | "attention" (the placeholder of a layer's attention kernels)
     seconds: float
 
 
@@ -35,12 +36,14 @@ class TimedOp:
 class LayerTerms:
     """One layer kind's token-priced ops for one token count. `before`: the compute ahead of the attention,
     summed in order; `after`: the compute ops behind it, each apart (a float sum depends on its order, and the
-    attention comes between); `comm`: the collectives, summed; `timed`: every op, for layer mode."""
+    attention comes between); `comm`: the TP collectives, summed; `ep_comm`: the experts' all-to-alls across
+    replicas, summed; `timed`: every op, for layer mode."""
 
     before: float
     after: tuple[float, ...]
     comm: float
     timed: tuple[TimedOp, ...]
+    ep_comm: float = 0.0
 
 
 def _layer_runs(kinds: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
@@ -69,6 +72,7 @@ class StageCosts:
         self.plan = plan
         self.gpu: GpuSpec = plan.cluster.gpu
         self.group = plan.tp_group(replica, stage)
+        self.moe_group = plan.moe_group(replica, stage)
         first, self.num_layers = plan.stages[stage].first_layer, plan.stages[stage].num_layers
         kinds = plan.model.layer_kinds[first:first + self.num_layers]
         self.layer_runs = _layer_runs(kinds)  # layer mode walks these, in order
@@ -81,7 +85,7 @@ class StageCosts:
         # collectives) in this process: an advisor's runs of many layouts and loads price each shape once.
         self._padded = plan.padded_tokens  # CUDA-graph sizes (the engine's): a batch's tokens as its graph runs them
         layer = (plan.model, plan.sharding, self.gpu, self._padded)
-        comm = (plan.model, plan.cluster, tuple(self.group), plan.engine, self._padded)
+        comm = (plan.model, plan.cluster, tuple(self.group), tuple(self.moe_group), plan.engine, self._padded)
         self._terms: dict[tuple[str, int], LayerTerms] = _shared(("terms", layer, comm))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
         self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
@@ -113,6 +117,10 @@ class StageCosts:
                 if self.plan.engine.custom_allreduce:
                     return collectives.engine_allreduce(self.plan.cluster, self.group, op.nbytes)[0]
                 return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
+            case "allgather":
+                return collectives.allgather_s(self.plan.cluster, self.group, op.nbytes)
+            case "alltoall":
+                return collectives.alltoall_s(self.plan.cluster, self.moe_group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")
 
     def _graph_tokens(self, tokens: int) -> int:
@@ -129,23 +137,27 @@ class StageCosts:
                 cached = self._terms[key] = self.layer_terms(kind, padded)
                 return cached
             timed = []
-            before, after, comm, seen_attention = 0.0, [], 0.0, False
+            before, after, comm, ep_comm, seen_attention = 0.0, [], 0.0, 0.0, False
             for op in model_ops.layer_graph(self.plan.model, kind, tokens, self.plan.sharding):  # type: ignore[arg-type]
                 if op is model_ops.ATTENTION:
                     timed.append(TimedOp("attention", "attention", 0.0))
                     seen_attention = True
                     continue
                 seconds = self._op_time(op)
-                if op.kind == "allreduce":
+                if op.kind in ("allreduce", "allgather"):
                     timed.append(TimedOp(op.name, "tp_comm", seconds))
                     comm += seconds
+                    continue
+                if op.kind == "alltoall":
+                    timed.append(TimedOp(op.name, "ep_comm", seconds))
+                    ep_comm += seconds
                     continue
                 timed.append(TimedOp(op.name, "compute", seconds))
                 if seen_attention:
                     after.append(seconds)
                 else:
                     before += seconds
-            cached = self._terms[key] = LayerTerms(before, tuple(after), comm, tuple(timed))
+            cached = self._terms[key] = LayerTerms(before, tuple(after), comm, tuple(timed), ep_comm)
         return cached
 
     def allreduce_time(self, tokens: int) -> float:
@@ -250,10 +262,11 @@ class StageCosts:
             comm += count * terms.comm
         return compute + self.lm_head_time(num_decode), comm + self.logits_gather_time(num_decode)
 
-    def layer_ops(self, batch: BatchShape, kind: str | None = None) -> list[TimedOp]:
+    def layer_ops(self, batch: BatchShape, kind: str | None = None, tokens: int | None = None) -> list[TimedOp]:
         """One layer's ops in execution order, timed, its attention kernels in place: what layer mode makes
-        events of (`kind`: the stage's first layer kind unless given)."""
-        terms = self.layer_terms(kind or self.layer_counts[0][0], batch.num_tokens)
+        events of (`kind`: the stage's first layer kind unless given; `tokens`: the count the token-priced ops
+        run, the batch's own unless given)."""
+        terms = self.layer_terms(kind or self.layer_counts[0][0], batch.num_tokens if tokens is None else tokens)
         attn_prefill, attn_decode = self.attention_times(batch)
         timed: list[TimedOp] = []
         for op in terms.timed:
@@ -265,3 +278,37 @@ class StageCosts:
             if batch.num_decode:
                 timed.append(TimedOp("attention_decode", "compute", attn_decode))
         return timed
+
+    def lockstep_times(self, shapes: Sequence[BatchShape], num_logits: Sequence[int]) -> LockstepTimes:
+        """One step of replicas whose experts span them (attention-DP, one stage): every replica runs the largest
+        one's token count (vLLM v0.11 pads each DP rank to it, `coordinate_batch_across_dp`) and its own attention,
+        and no replica passes an all-to-all before all have reached it, so each layer takes its slowest
+        attention. A replica's wait for the slowest counts as `ep_comm` (it sits in the all-to-all's kernel).
+        Layer mode walks the same ops (the engine's `_lockstep_layers`) and agrees to float rounding."""
+        tokens = max(shape.num_tokens for shape in shapes)
+        attention = [sum(self.attention_times(shape)) for shape in shapes]
+        slowest = max(attention)
+        compute, comm = self.edge_times(tokens)
+        ep_comm, layers = 0.0, 0
+        for kind, count in self.layer_counts:
+            terms = self.layer_terms(kind, tokens)
+            compute += count * (terms.before + sum(terms.after))
+            comm += count * terms.comm
+            ep_comm += count * terms.ep_comm
+            layers += count
+        heads = [self.lm_head_time(n) for n in num_logits]
+        gathers = [self.logits_gather_time(n) for n in num_logits]
+        step = compute + layers * slowest + comm + ep_comm + max(h + g for h, g in zip(heads, gathers))
+        return LockstepTimes(
+            step, tuple(compute + layers * a + h for a, h in zip(attention, heads)),
+            tuple(comm + g for g in gathers), tuple(ep_comm + layers * (slowest - a) for a in attention))
+
+
+@dataclass(frozen=True, slots=True)
+class LockstepTimes:
+    """A lockstep step's seconds, and each replica's compute, TP collectives and all-to-alls (waits included)."""
+
+    step: float
+    compute: tuple[float, ...]
+    tp_comm: tuple[float, ...]
+    ep_comm: tuple[float, ...]

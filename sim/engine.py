@@ -30,6 +30,7 @@ import numpy as np
 import simpy
 
 from splitsim.hardware.collectives import shared_links
+from splitsim.models.ops import BatchShape
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
 from splitsim.sim.flows import SharedLinks
@@ -41,6 +42,7 @@ from splitsim.sim.scheduler import Batch, KvPool, Occupancy, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
+DUMMY_BATCH = BatchShape(num_decode=1, decode_context=1)  # an idle DP rank's step (vLLM's `execute_dummy_batch`)
 TICK_BATCHES = 4096  # a long request shows progress too, at a cost of one countdown a batch
 
 
@@ -70,7 +72,8 @@ class _Replica:
     def wake_idle_slots(self) -> None:
         for slot in self.slots:
             if slot.wake is not None:
-                slot.wake.succeed()
+                if not slot.wake.triggered:  # lockstep slots share one wake
+                    slot.wake.succeed()
                 slot.wake = None
 
 
@@ -111,9 +114,12 @@ class Engine:
     def run(self) -> RunRecords:
         """Simulate until every request has finished."""
         self.env.process(self._arrivals())
-        for replica in self.replicas:
-            for slot in replica.slots:
-                self.env.process(self._slot_loop(replica, slot))
+        if self.plan.attention_dp:
+            self.env.process(self._lockstep_loop())
+        else:
+            for replica in self.replicas:
+                for slot in replica.slots:
+                    self.env.process(self._slot_loop(replica, slot))
         self.env.run()
         unfinished = self.stream.num_requests - self.finished
         if unfinished:
@@ -162,24 +168,16 @@ class Engine:
         if self.routed == self.stream.num_requests:
             self.last_arrival = self._moment()
         if slot.wake is not None:
-            slot.wake.succeed()
+            if not slot.wake.triggered:  # lockstep slots share one wake
+                slot.wake.succeed()
             slot.wake = None
 
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
         env, recorder, index = self.env, self.recorder, replica.index
         one_delay = self.plan.pp == 1 and not self.layer_mode and not self.contended  # the hot path of most runs
-        queue = slot.waiting
         while True:
-            waiting = len(queue)
-            batch = slot.next_batch(env.now)
-            if slot.preempted:
-                self._preempted(replica, slot.preempted)
-            if waiting and not queue and not any(s.waiting for r in self.replicas for s in r.slots):
-                self.queue_drained = self._moment()
-            if self.wave_over and waiting + len(slot.preempted) > len(queue):
-                self.steady_from = self._moment()  # the first admission after the first wave
-                self.wave_over = False
+            batch = self._next_batch(replica, slot)
             if batch is None:
                 slot.wake = env.event()
                 yield slot.wake
@@ -211,12 +209,114 @@ class Engine:
                     yield env.timeout(_delay_to(env.now, self._through_stages(replica, batch)))
             recorder.batch_finished(index, env.now)
             self._complete(replica, slot, batch)
-            self.fast_forward.steps_total += 1
-            self.batches_to_tick -= 1
-            if not self.batches_to_tick:
-                self.batches_to_tick = TICK_BATCHES
-                if self.on_tick is not None:
-                    self.on_tick(env.now)
+            self._tick()
+
+    def _next_batch(self, replica: _Replica, slot: _Slot) -> Batch | None:
+        """The slot's next batch (None: nothing to run), noting preemptions and the steady-state window's ends."""
+        queue = slot.waiting
+        waiting = len(queue)
+        batch = slot.next_batch(self.env.now)
+        if slot.preempted:
+            self._preempted(replica, slot.preempted)
+        if waiting and not queue and not any(s.waiting for r in self.replicas for s in r.slots):
+            self.queue_drained = self._moment()
+        if self.wave_over and waiting + len(slot.preempted) > len(queue):
+            self.steady_from = self._moment()  # the first admission after the first wave
+            self.wave_over = False
+        return batch
+
+    def _tick(self) -> None:
+        self.fast_forward.steps_total += 1
+        self.batches_to_tick -= 1
+        if not self.batches_to_tick:
+            self.batches_to_tick = TICK_BATCHES
+            if self.on_tick is not None:
+                self.on_tick(self.env.now)
+
+    # -- replicas in lockstep: experts spread over them (attention-DP) ----------------------------------
+    def _lockstep_loop(self) -> Process:
+        """Every replica steps together, as vLLM's DP ranks do when their experts span them: each forms its
+        batch, a replica with none runs a dummy batch of one token while another has work, and the step ends when
+        the slowest replica is done (sim.costs `lockstep_times`). With nothing to run anywhere, all wait."""
+        env, rec, replicas = self.env, self.recorder, self.replicas
+        slots = [replica.slots[0] for replica in replicas]
+        while True:
+            batches = [self._next_batch(replica, slot) for replica, slot in zip(replicas, slots)]
+            if all(batch is None for batch in batches):
+                wake = env.event()
+                for slot in slots:
+                    slot.wake = wake
+                yield wake
+                continue
+            self.fast_forward.fallbacks["attention_dp"] += 1
+            shapes = [DUMMY_BATCH if batch is None else batch.shape for batch in batches]
+            logits = [0 if batch is None else batch.num_logits for batch in batches]
+            start = env.now
+            for replica in replicas:
+                rec.batch_started(replica.index, start)
+            if self.layer_mode:
+                end = self._lockstep_layers(shapes, logits, [batch is None for batch in batches])
+            else:
+                times = replicas[0].costs[0].lockstep_times(shapes, logits)
+                for r, batch in enumerate(batches):
+                    compute_end = start + times.compute[r]
+                    rec.busy(r, 0, start, compute_end, "compute", "layers" if batch is not None else "dummy")
+                    tp_end = compute_end + times.tp_comm[r]
+                    if times.tp_comm[r]:
+                        rec.busy(r, 0, compute_end, tp_end, "tp_comm", "allreduce")
+                    rec.busy(r, 0, tp_end, tp_end + times.ep_comm[r], "ep_comm", "alltoall")
+                end = start + times.step
+            yield env.timeout(_delay_to(start, end))
+            for replica, slot, batch in zip(replicas, slots, batches):
+                rec.batch_finished(replica.index, env.now)
+                if batch is not None:
+                    self._complete(replica, slot, batch)
+            self._tick()
+
+    def _lockstep_layers(self, shapes: list[BatchShape], logits: list[int], dummy: list[bool]) -> float:
+        """Layer granularity of a lockstep step: each replica's ops from its own clock; at an all-to-all every
+        replica waits for the last to arrive (the wait recorded as part of the all-to-all), then all leave
+        together. Returns when the slowest replica is done."""
+        rec, cost = self.recorder, self.replicas[0].costs[0]
+        tokens = max(shape.num_tokens for shape in shapes)
+        clocks = [self.env.now] * len(shapes)
+
+        def run(r: int, seconds: float, category: str, name: str) -> None:
+            rec.busy(r, 0, clocks[r], clocks[r] + seconds, category, name)
+            clocks[r] += seconds
+
+        edge_compute, edge_comm = cost.edge_times(tokens)
+        for r in range(len(shapes)):
+            run(r, edge_compute, "compute", "dummy" if dummy[r] else "embedding")
+            if edge_comm:
+                run(r, edge_comm, "tp_comm", "embedding_allreduce")
+        for kind, count in cost.layer_runs:
+            ops = [cost.layer_ops(shape, kind, tokens) for shape in shapes]
+            for _ in range(count):
+                position = [0] * len(shapes)
+                while True:  # each replica up to its next all-to-all (or the layer's end), then the exchange
+                    exchange = None
+                    for r, mine in enumerate(ops):
+                        i = position[r]
+                        while i < len(mine) and mine[i].category != "ep_comm":
+                            run(r, mine[i].seconds, mine[i].category, mine[i].name)
+                            i += 1
+                        if i < len(mine):
+                            exchange = mine[i]
+                            i += 1
+                        position[r] = i
+                    if exchange is None:
+                        break
+                    done = max(clocks) + exchange.seconds
+                    for r in range(len(shapes)):
+                        run(r, done - clocks[r], "ep_comm", exchange.name)
+        for r, n in enumerate(logits):
+            if n:
+                run(r, cost.lm_head_time(n), "compute", "lm_head")
+                gather = cost.logits_gather_time(n)
+                if gather:
+                    run(r, gather, "tp_comm", "logits_gather")
+        return max(clocks)
 
     def _span(self, replica: _Replica, slot: _Slot, batch: Batch) -> Span | str:
         """A fast-forward span from `batch`, or why it steps (counted)."""

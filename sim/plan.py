@@ -79,8 +79,10 @@ class Plan:
         self.block_size = memory.block_size
         weights = scenario.precision.weights or model.default_weight_dtype
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
-        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8,
-                                                                         cluster.gpu.has_fp4), self.ep)
+        # The experts span the replicas (attention data-parallel, lockstep) when EP is wider than one TP group.
+        self.attention_dp = self.dp > 1 and self.ep > 1 and self.tp % self.ep != 0
+        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8, cluster.gpu.has_fp4),
+                                 self.ep, self.dp if self.attention_dp else 1)
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
@@ -90,6 +92,12 @@ class Plan:
 
     def tp_group(self, replica: int, stage: int) -> list[int]:
         return [self.gpu(replica, stage, rank) for rank in range(self.tp)]
+
+    def moe_group(self, replica: int, stage: int) -> list[int]:
+        """The GPUs a stage's experts spread over: every replica's TP group under attention-DP, else its own."""
+        if not self.attention_dp:
+            return self.tp_group(replica, stage)
+        return [gpu for r in range(self.dp) for gpu in self.tp_group(r, stage)]
 
     @property
     def num_gpus(self) -> int:
@@ -101,7 +109,7 @@ class Plan:
         model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep)
+            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep, moe_tp=self.sharding.moe_tp)
                          for kind in model.layer_kinds[first:first + count])
             if index == 0:
                 params += model.vocab_params_per_rank(self.tp)
@@ -125,7 +133,8 @@ class Plan:
         tokens = self.scheduler.max_batched_tokens
         mlp = 2 * model.intermediate_size // tp if "dense" in model.layer_kinds else 0
         if model.moe is not None:  # each token's experts' gate/up outputs, and the router's logits
-            mlp = max(mlp, 2 * model.moe.top_k * model.moe.intermediate_size // tp + model.moe.num_experts)
+            mlp = max(mlp, 2 * model.moe.top_k * model.moe.intermediate_size // self.sharding.moe_tp
+                      + model.moe.num_experts)
         per_token = (4 * model.hidden_size + mlp
                      + (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim)
         logits = self.scheduler.max_num_seqs * model.vocab_size / tp * 4
@@ -163,7 +172,7 @@ class Plan:
                 f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
                 f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
             )
-        problem = model.tp_problem(tp, self.ep)
+        problem = model.tp_problem(tp, self.ep, self.sharding.moe_tp if (tp * self.dp) % self.ep == 0 else None)
         if problem:
             valid = ", ".join(map(str, model.valid_tp()))
             raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
@@ -173,9 +182,13 @@ class Plan:
         if ep > 1:
             if model.moe is None:
                 raise ScenarioError(f"parallel.ep = {ep}: {model.name} has no experts (valid: 1)")
-            if self.dp > 1 or ep != tp:
-                raise ScenarioError(f"parallel.ep = {ep}: expert parallelism is modelled over one TP group so far "
-                                    f"(valid: 1, or ep = tp = {tp} with dp = 1)")
+            if (tp * self.dp) % ep:
+                raise ScenarioError(f"parallel.ep = {ep}: the experts spread over a divisor of tp × dp = "
+                                    f"{tp * self.dp} GPUs (valid: {_divisors(tp * self.dp)})")
+            if self.attention_dp and pp > 1:
+                raise ScenarioError(f"parallel.pp = {pp}: experts spread over the replicas (ep = {ep}, not a divisor "
+                                    f"of tp = {tp}) are modelled without pipeline stages (valid: pp = 1, or ep "
+                                    "dividing tp)")
             if model.moe.num_experts % ep:
                 raise ScenarioError(f"parallel.ep = {ep}: {model.name}'s {model.moe.num_experts} experts do not "
                                     f"spread evenly over {ep} GPUs")

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
-CATEGORIES = ("compute", "tp_comm", "pp_comm", "bubble", "idle")
-_BUSY_INDEX = {"compute": 0, "tp_comm": 1, "pp_comm": 2}
+CATEGORIES = ("compute", "tp_comm", "pp_comm", "ep_comm", "bubble", "idle")
+_BUSY_INDEX = {"compute": 0, "tp_comm": 1, "pp_comm": 2, "ep_comm": 3}
 
 
 class Recorder:
     def __init__(self, dp: int, pp: int, window: tuple[float, float]) -> None:
         self.window_start, self.window_end = window
-        self.busy_s = [[[0.0, 0.0, 0.0] for _ in range(pp)] for _ in range(dp)]
+        self.busy_s = [[[0.0, 0.0, 0.0, 0.0] for _ in range(pp)] for _ in range(dp)]
         # (replica, stage, start_s, end_s, category, name) inside the window
         self.intervals: list[tuple[int, int, float, float, str, str]] = []
         self.inflight_s = [0.0] * dp

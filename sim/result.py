@@ -47,11 +47,12 @@ def gpu_time_totals(recorder: Recorder, tp: int, sim_time_s: float) -> dict[str,
     totals = dict.fromkeys(CATEGORIES, 0.0)
     for replica, stages in enumerate(recorder.busy_s):
         inflight = recorder.inflight_s[replica]
-        for compute, tp_comm, pp_comm in stages:
+        for compute, tp_comm, pp_comm, ep_comm in stages:
             totals["compute"] += tp * compute
             totals["tp_comm"] += tp * tp_comm
             totals["pp_comm"] += tp * pp_comm
-            totals["bubble"] += tp * max(0.0, inflight - compute - tp_comm - pp_comm)
+            totals["ep_comm"] += tp * ep_comm
+            totals["bubble"] += tp * max(0.0, inflight - compute - tp_comm - pp_comm - ep_comm)
             totals["idle"] += tp * max(0.0, sim_time_s - inflight)
     return totals
 

@@ -463,17 +463,22 @@ def _typical(spec: Any) -> int:
 def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:
     """The `vllm serve` command line (vLLM v0.11.0 flags) that deploys this candidate."""
     c, m = evaluated.candidate, evaluated.metrics
-    from splitsim.models.spec import hub_id
+    from splitsim.models.spec import hub_id, load_model
 
     flags = [f"vllm serve {hub_id(model)}", f"--tensor-parallel-size {c.tp}", f"--pipeline-parallel-size {c.pp}",
              f"--data-parallel-size {c.dp}", f"--max-num-seqs {m['max_num_seqs']}",
              f"--max-num-batched-tokens {m['max_batched_tokens']}"]
-    if c.ep > 1:  # vLLM spreads the experts over the TP group's GPUs (ep = tp × dp; here dp = 1)
+    if c.ep > 1:  # vLLM spreads the experts over all tp × dp GPUs
         flags.append("--enable-expert-parallel")
+    separate = c.ep == 1 and c.dp > 1 and load_model(model).moe is not None
+    if separate:  # one server's DP would run the MoE layers across its replicas, in lockstep
+        flags[3] = "--data-parallel-size 1"
     if c.weights == "fp8":
         flags.append("--quantization fp8")
     if c.kv_cache == "fp8":
         flags.append("--kv-cache-dtype fp8")
+    if separate:
+        flags.append(f" # on each of {c.dp} servers behind a load balancer")
     return " ".join(flags)
 
 
@@ -531,7 +536,7 @@ def format_table(advice: Advice, limit: int = 15) -> str:
 
 
 CATEGORY_WORDS = {"compute": "computing", "tp_comm": "in TP all-reduces", "pp_comm": "in PP hand-offs",
-                  "bubble": "in pipeline bubbles", "idle": "idle"}
+                  "ep_comm": "in expert all-to-alls", "bubble": "in pipeline bubbles", "idle": "idle"}
 
 
 def explain(advice: Advice, wires: str) -> str:

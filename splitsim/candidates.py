@@ -33,7 +33,7 @@ class Candidate:
     kv_cache: str
     max_num_seqs: int = 0  # 0: as the scenario (or the engine's default) has it
     max_batched_tokens: int = 0
-    ep: int = 1  # expert parallelism (mixture-of-experts models): the experts spread over the TP group
+    ep: int = 1  # expert parallelism (mixture-of-experts models): the experts spread over tp (or tp × dp) GPUs
 
     @property
     def label(self) -> str:
@@ -86,13 +86,23 @@ def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: lis
     multi_node = gpus > load_cluster(base["cluster"]).gpus_per_node
     experts = load_model(base["model"]).moe is not None
     for tp, pp, dp, order in layouts(gpus, multi_node):
-        # a mixture of experts: its experts split by TP, or spread whole over the TP group (EP over one TP group)
-        for ep in (1, tp) if experts and tp > 1 and dp == 1 else (1,):
+        for ep in _expert_splits(experts, tp, pp, dp):
             for weight in weights:
                 for kv in kv_caches:
                     candidate = Candidate(tp, pp, dp, order, weight, kv, ep=ep)
                     considered.append(Considered(candidate, prune_reason(base, candidate)))
     return considered
+
+
+def _expert_splits(experts: bool, tp: int, pp: int, dp: int) -> tuple[int, ...]:
+    """A mixture of experts' EP degrees worth trying: its experts split by TP (1), spread whole over one TP group
+    (tp, with one replica), or over every replica's GPUs with attention data-parallel (tp × dp, one stage:
+    vLLM's `--data-parallel-size` with `--enable-expert-parallel`)."""
+    if not experts:
+        return (1,)
+    if dp == 1:
+        return (1, tp) if tp > 1 else (1,)
+    return (1, tp * dp) if pp == 1 else (1,)
 
 
 def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:

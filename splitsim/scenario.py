@@ -32,8 +32,10 @@ class Parallel(_Strict):
     pp: StrictInt = Field(1, ge=1, description="pipeline stages: contiguous groups of layers")
     dp: StrictInt = Field(1, ge=1, description="replicas behind the router")
     ep: StrictInt = Field(1, ge=1, description="expert parallelism (mixture-of-experts models): the experts spread "
-                                                "over this many GPUs of a TP group, each holding whole experts; 1: "
-                                                "every expert split by TP")
+                                                "whole over this many ranks. A divisor of tp: within each replica's "
+                                                "TP group; else a divisor of tp×dp: over every replica's GPUs, "
+                                                "attention data-parallel (vLLM's DP+EP), each expert split tp×dp/ep "
+                                                "ways; 1: every expert split by TP")
     order: Literal["tp-pp-dp", "tp-dp-pp"] = Field(
         "tp-pp-dp",
         description="placement, innermost first: tp-pp-dp packs each replica onto adjacent GPUs; "

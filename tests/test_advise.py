@@ -34,9 +34,10 @@ def test_candidates_are_every_factorisation_with_its_orders_and_precisions():
     assert len(found) == len(expected)  # each once
 
 
-def test_a_mixture_of_experts_is_also_tried_with_its_experts_spread_over_the_tp_group():
+def test_a_mixture_of_experts_is_also_tried_with_its_experts_spread():
     """Every factorisation of 8 GPUs; for a mixture of experts, each with DP 1 and TP > 1 once more with
-    EP = TP (written out here)."""
+    EP = TP, and each with DP > 1 and one stage once more with EP over every GPU, attention data-parallel
+    (written out here)."""
     base = _base(model="mixtral-8x7b", cluster="h100-nvlink-node")
     expected = set()
     for tp, pp, dp in itertools.product(range(1, 9), repeat=3):
@@ -44,6 +45,8 @@ def test_a_mixture_of_experts_is_also_tried_with_its_experts_spread_over_the_tp_
             expected.add(Candidate(tp, pp, dp, "tp-pp-dp", "bf16", "bf16"))
             if dp == 1 and tp > 1:
                 expected.add(Candidate(tp, pp, dp, "tp-pp-dp", "bf16", "bf16", ep=tp))
+            if dp > 1 and pp == 1:
+                expected.add(Candidate(tp, pp, dp, "tp-pp-dp", "bf16", "bf16", ep=8))
     found = {c.candidate for c in consider(base, 8, ["bf16"], ["bf16"])}
     assert found == expected
     assert Candidate(8, 1, 1, "tp-pp-dp", "bf16", "bf16", ep=8).label == "TP8×PP1×DP1×EP8 bf16/kv bf16"

@@ -140,6 +140,21 @@ def test_any_scenario_field_is_accepted_or_refused_in_one_line(tmp_path, capsys,
 
 @FUZZ
 @given(data=st.data())
+def test_any_field_of_an_attention_dp_scenario_is_accepted_or_refused_in_one_line(tmp_path, capsys, data):
+    """A mixture of experts spread over four replicas (lockstep steps, dummy batches, all-to-alls)."""
+    folder = _fresh(tmp_path)
+    model = folder / "config.json"
+    model.write_text(json.dumps(FILES["moe model"][1]()))
+    base = {**BASE_SCENARIO, "model": str(model), "parallel": {"tp": 1, "pp": 1, "dp": 4, "ep": 4, "order": "tp-pp-dp"}}
+    tree, path = _mutated(base, data)
+    scenario = folder / "s.yaml"
+    scenario.write_text(yaml.safe_dump(tree))
+    code, out = _run(folder, scenario)
+    _check(capsys, code, out, (str(path[0]), "s.yaml", "workload", "memory", "result"))
+
+
+@FUZZ
+@given(data=st.data())
 def test_any_broken_scenario_text_is_refused_in_one_line(tmp_path, capsys, data):
     folder = _fresh(tmp_path)
     scenario = folder / "s.yaml"
@@ -192,8 +207,10 @@ def _scenario_naming(folder: Path, kind: str, file: Path) -> Path:
             data["hardware_profile"] = str(file)
         case "pcie profile":
             data["hardware_profile"], data["cluster"] = str(file), "l40s-pcie-p2p-node"
-        case "model" | "moe model":
+        case "model":
             data["model"] = str(file)
+        case "moe model":  # its experts over two replicas, attention data-parallel
+            data["model"], data["parallel"] = str(file), {"tp": 1, "pp": 1, "dp": 2, "ep": 2}
     path = folder / "s.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
