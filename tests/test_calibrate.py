@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from helpers import error_line, scenario_dict
 from splitsim.cli import main
@@ -219,6 +220,7 @@ def test_every_other_holds_out_alternate_distinct_values():
 CPU_PLANT = {"compute": 0.4, "tile_m": 64, "tile_n": 64, "wave_exponent": 0.5, "m_half": 8.0, "memory": 0.06,
              "launch_s": 30 * US, "attention": 0.25}
 RING = {"t0": 80 * US, "alpha": 30 * US, "bw": 2 * GB}
+A2A = {"t0": 60 * US, "alpha": 20 * US, "bw": 1.5 * GB}  # the all-to-all's own figures, unlike the ring's
 P2P = {"alpha": 40 * US, "bw": 3 * GB}
 ELEMENTWISE = {"elementwise": 0.02, "elementwise_launch_s": 120 * US}  # slower per byte than GEMMs, as on CPU
 TINY = {"name": "tiny", "hidden_size": 512, "intermediate_size": 1024, "num_layers": 2, "num_heads": 8,
@@ -229,8 +231,13 @@ def _row(**fields) -> dict:
     return {column: fields.get(column, np.nan) for column in measurements.COLUMNS}
 
 
+def _a2a_s(p: int, sent: float, t0: float, alpha: float, bw: float) -> float:
+    """The all-to-all oracle, written out: t₀, α per peer, and the bytes each rank sends to the others at B."""
+    return t0 + (p - 1) * alpha + sent / bw
+
+
 def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFrame:
-    """What `splitsim validate run` would write for a machine with the CPU_PLANT / RING / P2P figures."""
+    """What `splitsim validate run` would write for a machine with the CPU_PLANT / RING / A2A / P2P figures."""
     rng = np.random.default_rng(seed)
     _, gpu = _planted_gpu("cpu-core", **CPU_PLANT)
     rows = []
@@ -272,6 +279,11 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFram
             for s in sizes:
                 rows.append(_row(kind="micro", op=op, nbytes=s, group_size=p,
                                  seconds=_ring_s(op, p, s, RING["t0"], RING["alpha"], RING["bw"])))
+    for p in (2, 4):
+        for s in sizes:  # `nbytes` of an all-to-all row: what each rank sends to the others, (p−1)/p of its buffer
+            sent = s * (p - 1) / p
+            rows.append(_row(kind="micro", op="alltoall", nbytes=sent, group_size=p,
+                             seconds=_a2a_s(p, sent, A2A["t0"], A2A["alpha"], A2A["bw"])))
     for s in sizes:
         rows.append(_row(kind="micro", op="sendrecv", nbytes=s, group_size=2, seconds=P2P["alpha"] + s / P2P["bw"]))
     table = pd.DataFrame(rows)
@@ -314,7 +326,8 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     assert link.bw_bytes_per_s == pytest.approx(RING["bw"], rel=0.05)
     assert link.p2p_latency_s == pytest.approx(P2P["alpha"], rel=0.1)
     assert link.p2p_bw_bytes_per_s == pytest.approx(P2P["bw"], rel=0.05)
-    assert set(profile.errors) == {"gemm", "attention", "elementwise", "allreduce", "allgather", "sendrecv"}
+    assert set(profile.errors) == {"gemm", "attention", "elementwise", "allreduce", "allgather", "alltoall",
+                                   "sendrecv"}
     assert all(s.held_out and s.median < 3 * NOISE for s in profile.errors.values())
     assert len(profile.fitted_on) == 1 and profile.fitted_on[0].startswith(str(runner_folder.resolve()))
 
@@ -327,9 +340,85 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     medians = {kind: stats.median for kind, stats in profile.errors.items()}
     assert cluster.gpu.efficiency == eff.model_copy(update={"held_out_errors": {
         k: medians[k] for k in ("gemm", "attention", "elementwise")}})
-    assert cluster.intra_node.held_out_errors == {k: medians[k] for k in ("allreduce", "allgather", "sendrecv")}
+    assert cluster.intra_node.held_out_errors == {k: medians[k] for k in ("allreduce", "allgather", "alltoall",
+                                                                           "sendrecv")}
     assert cluster.intra_node.collective_launch_s == link.collective_launch_s
     assert cluster.intra_node.latency_s == link.latency_s
+
+
+def test_runner_alltoall_rows_give_the_profile_an_alltoall_that_prices_the_fabric(runner_folder, tmp_path, capsys):
+    """The runner's `micro` alltoall rows, planted with A2A (not the ring's figures), fit an `AllToAll` of their
+    own; `apply_profile` puts it on the fabric, and `alltoall_s` then prices with it.
+
+    Tolerances: 300 seeds of this layout (30 sizes, every other one trained, groups of 2 and 4, ±2 % noise)
+    spread the fitted t₀ by 1.8 %, α by 2.9 % and B by 0.6 % (one σ; worst of 300: 5 %, 8 %, 2 %), so
+    8 %, 12 % and 3 % are about four σ: a refit with another seed passes, a wrong unit (the whole buffer for
+    the bytes sent: B off by 4/3 or 2×; the ring's figures: t₀ off by a third) does not."""
+    from splitsim.hardware import collectives
+
+    out = tmp_path / "cpu.yaml"
+    assert main(["calibrate", str(runner_folder), "--out", str(out)]) == 0
+    assert "all-to-all  t0" in capsys.readouterr().out
+    profile = load_profile(out)
+    assert profile.intra_node is not None and profile.intra_node.alltoall is not None
+    a2a = profile.intra_node.alltoall
+    assert a2a.collective_launch_s == pytest.approx(A2A["t0"], rel=0.08)
+    assert a2a.latency_s == pytest.approx(A2A["alpha"], rel=0.12)
+    assert a2a.bw_bytes_per_s == pytest.approx(A2A["bw"], rel=0.03)
+    assert a2a.bw_by_group_bytes_per_s is None  # one rate: the runner's box is not a PCIe tree
+    assert profile.errors["alltoall"].held_out and profile.errors["alltoall"].median < 3 * NOISE
+
+    cluster = build_plan(scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))).cluster
+    assert cluster.intra_node.alltoall == a2a
+    for gpus, sent in (([0, 1], 3e5), ([0, 1, 2, 3], 6e6)):
+        p = len(gpus)
+        got = collectives.alltoall_s(cluster, gpus, sent)
+        assert got == pytest.approx(_a2a_s(p, sent, a2a.collective_launch_s, a2a.latency_s, a2a.bw_bytes_per_s),
+                                    rel=1e-12)
+        assert got == pytest.approx(_a2a_s(p, sent, A2A["t0"], A2A["alpha"], A2A["bw"]), rel=0.05)
+
+
+def test_a_profile_without_alltoall_figures_leaves_the_fabrics_alltoall_alone(tmp_path):
+    """Profiles written before the runner measured all-to-alls carry none: such a file still loads and applies,
+    and the fabric keeps its own all-to-all (the catalog's fitted figures, or none, the ring standing in)."""
+    from splitsim.hardware import collectives
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.hardware.fabric import AllToAll
+    from splitsim.hardware.profile import HardwareProfile, LinkFit, apply_profile
+
+    node = load_cluster("h100-nvlink-node")
+    assert node.intra_node.alltoall is not None
+    link = LinkFit(collective_launch_s=30 * US, latency_s=2 * US, bw_bytes_per_s=100 * GB, p2p_latency_s=5 * US,
+                   p2p_bw_bytes_per_s=100 * GB)
+    bare = HardwareProfile(name="bare", gpu="h100-sxm", efficiency=node.gpu.efficiency, intra_node=link,
+                           fitted_on=[])
+    bare.write(tmp_path / "bare.yaml")
+    data = yaml.safe_load((tmp_path / "bare.yaml").read_text())
+    assert data["intra_node"].pop("alltoall") is None  # as a file written before the field was: no key at all
+    (tmp_path / "bare.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    gpus, sent = list(range(8)), 4e6
+    before = collectives.alltoall_s(node, gpus, sent)
+    without = apply_profile(node, load_profile(tmp_path / "bare.yaml"))
+    assert without.intra_node.alltoall == node.intra_node.alltoall
+    assert collectives.alltoall_s(without, gpus, sent) == before
+    assert collectives.allreduce_s(without, gpus, sent) != collectives.allreduce_s(node, gpus, sent)  # it applied
+
+    fitted = AllToAll(collective_launch_s=12 * US, latency_s=1 * US, bw_bytes_per_s=50 * GB, source="test")
+    with_a2a = bare.model_copy(update={"intra_node": link.model_copy(update={"alltoall": fitted})})
+    with_a2a.write(tmp_path / "a2a.yaml")
+    priced = apply_profile(node, load_profile(tmp_path / "a2a.yaml"))
+    assert collectives.alltoall_s(priced, gpus, sent) == pytest.approx(_a2a_s(8, sent, 12 * US, 1 * US, 50 * GB),
+                                                                       rel=1e-12)
+
+    cpu = load_cluster("cpu-local")  # no all-to-all figures of its own: the profile's ring stands in, as before
+    assert cpu.intra_node.alltoall is None
+    ring = LinkFit(collective_launch_s=RING["t0"], latency_s=RING["alpha"], bw_bytes_per_s=RING["bw"],
+                   p2p_latency_s=P2P["alpha"], p2p_bw_bytes_per_s=P2P["bw"])
+    profiled = apply_profile(cpu, HardwareProfile(name="cpu", gpu="cpu-core", efficiency=cpu.gpu.efficiency,
+                                                  intra_node=ring, fitted_on=[]))
+    assert profiled.intra_node.alltoall is None
+    assert collectives.alltoall_s(profiled, [0, 1, 2, 3], sent) == pytest.approx(
+        _a2a_s(4, sent, RING["t0"], RING["alpha"], RING["bw"]), rel=1e-12)
 
 
 def test_cli_calibrates_several_runner_folders_together(tmp_path, capsys):

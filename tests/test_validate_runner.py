@@ -39,11 +39,17 @@ def _tiny(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, dict]:
+def sweep_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small sweep's measurements folder: run once for the module (it is the slow part)."""
     root = tmp_path_factory.mktemp("sweep")
     out = root / "m"
     assert main(["validate", "run", "--model", str(_tiny(root / "tiny")), *ARGS, "--out", str(out)]) == 0
-    return measurements.read(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_folder: Path) -> tuple[pd.DataFrame, dict]:
+    return measurements.read(sweep_folder)
 
 
 def _ops(rows: pd.DataFrame) -> pd.DataFrame:
@@ -113,6 +119,7 @@ def test_times_positive_and_shapes_recorded(sweep):
 
 
 def test_microbenchmarks_cover_gemms_attention_collectives_and_sendrecv(sweep):
+    """Every microbenchmark at every size, once; an all-to-all row counts the bytes a rank sends to the others."""
     rows, _ = sweep
     micro = rows[rows["kind"] == "micro"]
     gemm = micro[micro["op"] == "gemm"]
@@ -127,10 +134,35 @@ def test_microbenchmarks_cover_gemms_attention_collectives_and_sendrecv(sweep):
         for size in (2, 4):
             sizes = sorted(part[part["group_size"] == size]["nbytes"])
             assert sizes == [2**10 * 4**i for i in range(8)]  # once each: the sweep measures nothing twice
+    alltoall = micro[micro["op"] == "alltoall"]
+    assert set(alltoall["group_size"]) == {2, 4}
+    for size in (2, 4):  # the same buffers as the all-reduce's, less the slice each rank keeps
+        sent = sorted(alltoall[alltoall["group_size"] == size]["nbytes"])
+        assert sent == [2**10 * 4**i * (size - 1) // size for i in range(8)]
     assert sorted(micro[micro["op"] == "sendrecv"]["nbytes"]) == [2**10 * 4**i for i in range(8)]
     assert not micro[micro["op"] == "attention_prefill"].empty
     decode = micro[micro["op"] == "attention_decode"]
     assert PROMPT + DECODE in set(decode["context"])
+
+
+def test_the_sweeps_alltoall_rows_calibrate_into_the_profile(sweep_folder, tmp_path):
+    """gloo's timings, whatever they are, fit an all-to-all of their own (α told from t₀: groups of 2 and 4),
+    judged on held-out sizes, and the profile carries it to the cluster's fabric."""
+    from splitsim.hardware import collectives
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.hardware.profile import apply_profile, load_profile
+
+    out = tmp_path / "cpu.yaml"
+    assert main(["calibrate", str(sweep_folder), "--out", str(out)]) == 0
+    profile = load_profile(out)
+    assert profile.intra_node is not None and profile.intra_node.alltoall is not None
+    a2a = profile.intra_node.alltoall
+    assert a2a.bw_bytes_per_s > 0 and a2a.collective_launch_s + a2a.latency_s > 0
+    assert profile.errors["alltoall"].held_out and profile.errors["alltoall"].rows == 8  # 4 sizes × 2 groups
+    cluster = apply_profile(load_cluster("cpu-local"), profile)
+    assert cluster.intra_node.alltoall == a2a
+    assert collectives.alltoall_s(cluster, [0, 1, 2, 3], 3e6) == pytest.approx(
+        a2a.collective_launch_s + 3 * a2a.latency_s + 3e6 / a2a.bw_bytes_per_s, rel=1e-12)
 
 
 def test_config_records_how_it_was_measured(sweep):
@@ -218,7 +250,7 @@ def test_torchrun_style_launch(tmp_path):
     ops = _ops(rows)
     assert set(ops["rank"].astype(int)) == {0, 1} and set(ops["tp"]) == {2}
     assert len(ops[(ops["op"] == "mlp_allreduce") & (ops["phase"] == "decode")]) == 2 * 2  # 2 layers × 2 ranks
-    assert set(rows[rows["kind"] == "micro"]["op"]) >= {"gemm", "allreduce", "allgather", "sendrecv"}
+    assert set(rows[rows["kind"] == "micro"]["op"]) >= {"gemm", "allreduce", "allgather", "alltoall", "sendrecv"}
 
 
 def test_a_second_run_replaces_the_folder_whole(tmp_path, capsys):

@@ -5,7 +5,8 @@ Two inputs, told apart by what the folder holds:
 - folders written by `splitsim validate run` (`config.json` + `measurements.csv`): GEMMs from `micro` gemm
   rows and from `op` rows of qkv/o_proj/gate_up/down (shapes from the config's model spec and the row's
   TP), attention from `micro` attention rows and `op` attention rows, collectives from `micro`
-  allreduce/allgather, send/recv from `micro` sendrecv. The GPU is the config's cluster preset's
+  allreduce/allgather, the all-to-all (`AllToAll`, fitted apart from the ring) from `micro` alltoall,
+  send/recv from `micro` sendrecv. The GPU is the config's cluster preset's
   (`cpu-local` on CPU). Held out: every other token count (GEMMs) and size (the rest).
 - a Vidur profiling folder (`compute/`, `network/`): `--gpu` picks `compute/<gpu>/` (every model under
   it), `--network` picks `network/<topology>/`: rows with `num_workers == devices_per_node` are inside a
@@ -268,7 +269,7 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
     ring = None
     alltoall = None
     if collectives is not None and (collectives["op"] == "alltoall").any():
-        alltoall = _fit_alltoall(collectives[collectives["op"] == "alltoall"], errors, suffix, by_group)
+        alltoall = _fit_alltoall(collectives[collectives["op"] == "alltoall"], errors, suffix, by_group, notes)
         collectives = collectives[collectives["op"] != "alltoall"]
     if collectives is not None and len(collectives):
         ring = fit.fit_collectives(collectives[collectives["train"]], launch_s, by_group)
@@ -296,7 +297,7 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
                      + ("" if launch_s is not None else ", t0 = 0"))
         return LinkFit(collective_launch_s=launch_s or 0.0, latency_s=point.latency_s,
                        bw_bytes_per_s=point.bw_bytes_per_s, p2p_latency_s=point.latency_s,
-                       p2p_bw_bytes_per_s=point.bw_bytes_per_s)
+                       p2p_bw_bytes_per_s=point.bw_bytes_per_s, alltoall=alltoall)
     if point is None:
         notes.append(f"{where}: no send/recv rows: send/recv α and B taken from the ring fit")
     return LinkFit(collective_launch_s=ring.collective_launch_s, latency_s=ring.latency_s,
@@ -308,9 +309,15 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
                    bw_by_group_bytes_per_s=ring.bw_by_group, alltoall=alltoall)
 
 
-def _fit_alltoall(rows: pd.DataFrame, errors: dict[str, ErrorStats], suffix: str, by_group: bool) -> AllToAll:
-    """NCCL's all-to-all: its own t₀, α per peer and rate (per group size where `by_group`), on its own rows."""
+def _fit_alltoall(rows: pd.DataFrame, errors: dict[str, ErrorStats], suffix: str, by_group: bool,
+                  notes: list[str]) -> AllToAll:
+    """The all-to-all (NCCL's in the tables, the runner's `all_to_all_single` on gloo or NCCL): its own t₀, α
+    per peer and rate (per group size where `by_group`), on its own rows. It is not a ring (every pair at
+    once), so the ring's figures would misprice it; `fit_collectives` fits its α-β form all the same."""
     a2a = fit.fit_collectives(rows[rows["train"]], None, by_group)
+    if not a2a.alpha_identified:
+        notes.append(f"{'inter-node' if suffix else 'intra-node'}: all-to-all of one group size: α set to 0, "
+                     "t0 holds it")
     errors[f"alltoall{suffix}"] = _evaluate(rows, partial(
         fit.collective_times_s, launch_s=a2a.collective_launch_s, latency_s=a2a.latency_s,
         bw_bytes_per_s=a2a.bandwidth))
@@ -422,7 +429,7 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "rope_bytes", "seconds"]),
         "elementwise": pd.DataFrame(elementwise, columns=["nbytes", "seconds"]),
     }
-    coll = micro[micro["op"].isin(["allreduce", "allgather"]) & (micro["group_size"] > 1)]
+    coll = micro[micro["op"].isin(["allreduce", "allgather", "alltoall"]) & (micro["group_size"] > 1)]
     out["collectives"] = coll[["op", "group_size", "nbytes", "seconds"]].astype({"group_size": int})
     out["p2p"] = micro[micro["op"] == "sendrecv"][["nbytes", "seconds"]]
     for kind, table in out.items():
@@ -556,6 +563,12 @@ def format_report(cal: Calibration, out: Path) -> str:
                     if link.bw_by_group_bytes_per_s else _gbs(link.bw_bytes_per_s))
             lines.append(f"  {label:11} t0 {_us(link.collective_launch_s)}  α {_us(link.latency_s)}/step  "
                          f"B {ring}  p2p α {_us(link.p2p_latency_s)}  B {_gbs(link.p2p_bw_bytes_per_s)}")
+            if link.alltoall is not None:
+                a2a = link.alltoall
+                rate = (", ".join(f"{_gbs(bw)} ({p} GPUs)" for p, bw in a2a.bw_by_group_bytes_per_s.items())
+                        if a2a.bw_by_group_bytes_per_s else _gbs(a2a.bw_bytes_per_s))
+                lines.append(f"  {'all-to-all':11} t0 {_us(a2a.collective_launch_s)}  α {_us(a2a.latency_s)}/peer  "
+                             f"B {rate} (what each GPU sends)")
     lines += [f"  note: {note}" for note in cal.notes if not note.startswith("warning")]
     lines.append(f"  {'|predicted/measured − 1|':28} {'rows':>6} {'median':>8} {'worst':>8} {'in 80%':>7}")
     rows = [(kind, s) for kind, s in p.errors.items()]

@@ -11,13 +11,15 @@ with the residuals of the rows it saw. The forward models are the simulator's ow
 - attention (`GpuSpec.kernel_time_s`): the roofline with the op's FLOPs and bytes; only η_attention is
   fitted (η_m and t_launch come from the GEMMs), and only if some row is compute-bound.
 - collectives (`hardware.collectives`): t = t₀ + 2(p−1)α + 2(p−1)/p · S/B (all-reduce) and
-  t = t₀ + (p−1)α + (p−1)/p · S/B (all-gather, S the gathered size), over several group sizes p.
+  t = t₀ + (p−1)α + (p−1)/p · S/B (all-gather, S the gathered size), over several group sizes p;
+  an all-to-all, t = t₀ + (p−1)α + S/B with S what each GPU sends to the others, takes the same fit on its
+  own rows (`hardware.collectives.alltoall_s`).
 - send/recv: t = α + S/B.
 - the engine's own all-reduce (`hardware.collectives.custom_allreduce_regime`): each regime's α and B
   (one-shot, two-shot, symmetric memory) on the rows vLLM's rules send to it; the switch points are vLLM's.
 
 Rows are DataFrames: GEMMs `m, n, k, weight_bytes, seconds` (optional `dtype`, default bf16); attention
-`flops, nbytes, seconds`; collectives `op` (allreduce | allgather), `group_size, nbytes, seconds`;
+`flops, nbytes, seconds`; collectives `op` (allreduce | allgather | alltoall), `group_size, nbytes, seconds`;
 send/recv `nbytes, seconds`.
 """
 

@@ -14,6 +14,7 @@ Row kinds:
   slowest rank's time from a common start;
 - `micro`: a microbenchmark between the run's own ranks: `op` = gemm (m, n, k), attention_prefill
   (batch, prompt), attention_decode (batch, context), allreduce / allgather (nbytes, group_size),
+  alltoall (nbytes = what each rank sends to the others, its own share excluded; group_size),
   sendrecv (nbytes, group_size = 2).
 """
 
@@ -55,7 +56,8 @@ def write(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> None:
 # What each row must carry, by kind and op (the runner writes more; these are what readers use).
 REQUIRED = {("micro", "gemm"): ("m", "n", "k"), ("micro", "attention_prefill"): ("batch", "prompt"),
             ("micro", "attention_decode"): ("batch", "context"), ("micro", "allreduce"): ("nbytes", "group_size"),
-            ("micro", "allgather"): ("nbytes", "group_size"), ("micro", "sendrecv"): ("nbytes",),
+            ("micro", "allgather"): ("nbytes", "group_size"), ("micro", "alltoall"): ("nbytes", "group_size"),
+            ("micro", "sendrecv"): ("nbytes",),
             ("step", "prefill_step"): ("tp", "pp", "batch", "prompt"),
             ("step", "decode_step"): ("tp", "pp", "batch", "prompt", "context")}
 PHASES = ("prefill", "decode")

@@ -6,6 +6,8 @@
   (RoPE, KV-cache write, kernel) with the rank's heads, on the same ranks;
 - allreduce / allgather of nbytes (all-gather: the gathered size) over a group of group_size ranks:
   stage 0's TP group, and all the layout's ranks; the slowest rank's time from a barrier;
+- alltoall (`all_to_all_single`, equal splits) over the same groups and buffers: nbytes is what each rank
+  sends to the others, (p−1)/p of its buffer, as `hardware.collectives.alltoall_s` takes it;
 - sendrecv of nbytes between two ranks (stage 0 and stage 1 when pp > 1): half a ping-pong, so no clock
   has to agree with another.
 
@@ -141,7 +143,8 @@ class Micro:
         return rows
 
     def collectives(self, group_size: int, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-        """All-reduce and all-gather over stage 0's TP group (group_size = tp) or over every rank."""
+        """All-reduce, all-gather and all-to-all over stage 0's TP group (group_size = tp) or over every rank,
+        each on the same buffer, so the three kinds are measured at the same sizes."""
         s = self.state
         if group_size == s.tp:
             if not s.is_first:
@@ -159,16 +162,22 @@ class Micro:
             nbytes = count * element
             full = torch.zeros(count, dtype=self.dtype, device=self.device)
             part = full[: count // group_size].clone()
+            received = torch.empty_like(full)
 
             ops: dict[str, Callable[[], object]] = {
                 "allreduce": partial(dist.all_reduce, full, group=group),
                 "allgather": partial(all_gather_into, full, part, group=group),
+                "alltoall": partial(dist.all_to_all_single, received, full, group=group),
             }
+            # An all-to-all row records the bytes each rank sends to the OTHER ranks: the buffer's p−1 slices
+            # bound elsewhere, not the one it keeps (the unit of hardware.collectives.alltoall_s and of the
+            # aiconfigurator rows, validate/aiconfigurator.collective_rows).
+            sent = {"alltoall": nbytes * (group_size - 1) // group_size}
             for op, run in ops.items():
                 times = group_max(self._times(run, before=partial(dist.barrier, group=group)), self.device, group)
                 if (s.rank if group is None else s.tp_rank) == 0:
-                    rows.append(row(op=op, nbytes=nbytes, group_size=group_size, seconds=median(times),
-                                    **self._common()))
+                    rows.append(row(op=op, nbytes=sent.get(op, nbytes), group_size=group_size,
+                                    seconds=median(times), **self._common()))
         return rows
 
     def sendrecv(self, sizes: tuple[int, ...]) -> list[dict[str, Any]]:
