@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
-from splitsim.models.spec import LayerKind, ModelSpec
+from splitsim.models.spec import LayerKind, ModelSpec, MoeSpec
 
 OpKind = Literal["gemm", "attention", "memory", "allreduce", "allgather", "alltoall"]
 
@@ -123,26 +123,42 @@ def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> tuple[
     """Prefill and decode attention (separate kernels, as vLLM runs them) on one TP rank.
 
     Prefill chunk of s tokens after c cached: token i attends to c+i+1 positions, so
-    FLOPs = 4·h_q·d·(s·c + s(s+1)/2); it reads Q and the K/V of c+s positions, writes O and the new K/V.
-    Decode: FLOPs = 4·h_q·d·ctx; it reads the K/V of ctx positions (memory-bound).
+    FLOPs = 2·h_q·(d_qk + d_v)·(s·c + s(s+1)/2); it reads Q and the K/V of c+s positions, writes O and the new K/V.
+    Decode: FLOPs = 2·h_q·(d_qk + d_v)·ctx; it reads the K/V of ctx positions (memory-bound). Under MLA
+    (`_attention_dims`) prefill runs on keys and values decompressed per head, decode on the cached latent.
     """
-    d = model.head_dim
     q_heads = model.num_heads // sharding.tp
-    kv_heads = model.kv_heads_per_rank(sharding.tp)
-    kv_b = BYTES_PER_ELEMENT[sharding.kv_cache]
-    kv_row = 2 * kv_heads * d * kv_b  # K and V of one position
-    q_row = q_heads * d * ACTIVATION_BYTES
+    prefill_dims, decode_dims = _attention_dims(model, sharding)
+    qk, v, kv_row = prefill_dims
     pf_flops = pf_bytes = 0.0
     for new, cached in batch.prefill:
-        pf_flops += 4.0 * q_heads * d * (new * cached + new * (new + 1) / 2)
-        pf_bytes += 2 * new * q_row + (cached + 2 * new) * kv_row
+        pf_flops += 2.0 * q_heads * (qk + v) * (new * cached + new * (new + 1) / 2)
+        pf_bytes += new * q_heads * (qk + v) * ACTIVATION_BYTES + (cached + 2 * new) * kv_row
+    qk, v, kv_row = decode_dims
     n, ctx = batch.num_decode, batch.decode_context
-    dec_flops = 4.0 * q_heads * d * ctx
-    dec_bytes = 2 * n * q_row + (ctx + n) * kv_row
+    dec_flops = 2.0 * q_heads * (qk + v) * ctx
+    dec_bytes = n * q_heads * (qk + v) * ACTIVATION_BYTES + (ctx + n) * kv_row
     return (
         Op("attention", "attention", pf_flops, pf_bytes),
         Op("attention", "attention", dec_flops, dec_bytes),
     )
+
+
+def _attention_dims(model: ModelSpec, sharding: Sharding) -> tuple[tuple[int, int, float], tuple[int, int, float]]:
+    """(query/key size, value size, bytes of K/V read per position) of one head's attention, for prefill and
+    decode. GQA: d, d and this rank's K and V heads. MLA as vLLM runs it: prefill on keys of qk_nope + qk_rope and
+    values of v_head_dim, decompressed for this rank's heads (16-bit); decode absorbed, every head attending to the
+    cached latent (kv_lora_rank + qk_rope_head_dim as keys, kv_lora_rank as values), read whole by every rank."""
+    kv_b = BYTES_PER_ELEMENT[sharding.kv_cache]
+    mla = model.mla
+    if mla is None:
+        d = model.head_dim
+        dims = (d, d, 2 * model.kv_heads_per_rank(sharding.tp) * d * kv_b)
+        return dims, dims
+    q_heads = model.num_heads // sharding.tp
+    qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    prefill = (qk, mla.v_head_dim, q_heads * (qk + mla.v_head_dim) * ACTIVATION_BYTES)
+    return prefill, (mla.latent, mla.kv_lora_rank, mla.latent * kv_b)
 
 
 def allreduce(name: str, tokens: int, model: ModelSpec) -> Op:
@@ -160,15 +176,44 @@ def _attention_block(model: ModelSpec, tokens: int, sharding: Sharding) -> list[
     tp, d, h, b = sharding.tp, model.head_dim, model.hidden_size, ACTIVATION_BYTES
     q_heads, kv_heads = model.num_heads // tp, model.kv_heads_per_rank(tp)
     norm = 4 * tokens * h * b + h * b
-    ops = [Op("input_norm", "memory", nbytes=norm),
-           gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
-           Op("rope", "memory", nbytes=2 * tokens * (q_heads + kv_heads) * d * b),
-           ATTENTION,
-           gemm("o_proj", tokens, h, q_heads * d, sharding)]
+    ops = [Op("input_norm", "memory", nbytes=norm)]
+    if model.mla is None:
+        ops += [gemm("qkv", tokens, (q_heads + 2 * kv_heads) * d, h, sharding),
+                Op("rope", "memory", nbytes=2 * tokens * (q_heads + kv_heads) * d * b),
+                ATTENTION,
+                gemm("o_proj", tokens, h, q_heads * d, sharding)]
+    else:
+        ops += _mla_projections(model, tokens, sharding)
     if tp > 1:
         ops.append(allreduce("attn_allreduce", tokens, model))
     ops.append(Op("post_norm", "memory", nbytes=norm))
     return ops
+
+
+def _mla_projections(model: ModelSpec, tokens: int, sharding: Sharding) -> list[Op]:
+    """MLA's projections around its attention, as vLLM shards them: the low-rank down-projections (q_a, kv_a with
+    the RoPE key) replicated on every rank, each followed by its RMSNorm; q_b and kv_b column-parallel over the
+    heads, O row-parallel. kv_b stands for decode's absorbed products too (q_nope·W_UK before the attention, W_UV
+    after it): the same weights, the same FLOPs per token. RoPE on this rank's query heads and the shared key."""
+    mla = model.mla
+    assert mla is not None
+    h, b = model.hidden_size, ACTIVATION_BYTES
+    q_heads = model.num_heads // sharding.tp
+    qk = mla.qk_nope_head_dim + mla.qk_rope_head_dim
+    ops: list[Op] = []
+    if mla.q_lora_rank is None:
+        ops.append(gemm("q_proj", tokens, q_heads * qk, h, sharding))
+    else:
+        ops += [gemm("q_a_proj", tokens, mla.q_lora_rank, h, sharding),
+                Op("q_a_norm", "memory", nbytes=2 * tokens * mla.q_lora_rank * b),
+                gemm("q_b_proj", tokens, q_heads * qk, mla.q_lora_rank, sharding)]
+    return ops + [gemm("kv_a_proj", tokens, mla.latent, h, sharding),
+                  Op("kv_a_norm", "memory", nbytes=2 * tokens * mla.kv_lora_rank * b),
+                  gemm("kv_b_proj", tokens, q_heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank,
+                       sharding),
+                  Op("rope", "memory", nbytes=2 * tokens * (q_heads + 1) * mla.qk_rope_head_dim * b),
+                  ATTENTION,
+                  gemm("o_proj", tokens, h, q_heads * mla.v_head_dim, sharding)]
 
 
 def dense_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
@@ -219,8 +264,13 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
     per_expert = -(-routed // max(1, round(reached))) if tokens else 0
     router = Sharding(sharding.tp, "bf16", sharding.kv_cache, "bf16")
     ops.append(gemm("router", tokens, moe.num_experts, h, router))
+    if moe.shared_experts:  # every token's shared expert(s): a dense SwiGLU MLP split by the replica's TP
+        shared = moe.shared_experts * moe.intermediate_size // tp
+        ops += [gemm("shared_gate_up", tokens, 2 * shared, h, sharding),
+                Op("shared_act", "memory", nbytes=3 * tokens * shared * b),
+                gemm("shared_down", tokens, h, shared, sharding)]
     if replicas > 1:
-        sent = dispatch_copies(moe.num_experts, moe.top_k, sharding) * -(-tokens // tp) * load
+        sent = dispatch_copies(moe, sharding) * -(-tokens // tp) * load
         value = DISPATCH_BYTES["fp8"] if sharding.compute in ("fp8", "fp4") else DISPATCH_BYTES["bf16"]
         ops.append(Op("moe_dispatch", "alltoall", nbytes=sent * h * value))
     ops += [gemm("experts_gate_up", per_expert, 2 * ffn, h, sharding, groups=reached),
@@ -240,14 +290,34 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
 DISPATCH_BYTES = {"bf16": float(ACTIVATION_BYTES), "fp8": 1.0 + 4.0 / 128}
 
 
-def dispatch_copies(num_experts: int, top_k: int, sharding: Sharding) -> float:
+def dispatch_copies(moe: MoeSpec, sharding: Sharding) -> float:
     """Other GPUs of the MoE group one token is sent to: every GPU of each EP rank holding one of its top-k
-    experts, once per GPU however many of its experts live there (DeepEP). A rank holds E/ep of the E experts
-    and escapes all k picks with probability C(E − E/ep, k) / C(E, k), so each of the other G − 1 GPUs gets the
-    token with probability 1 − that."""
+    experts, once per GPU however many of its experts live there (DeepEP). Each of the other G − 1 GPUs gets the
+    token with the probability that its rank holds one of the token's experts (`_rank_reached`)."""
     group = sharding.tp * sharding.dp_attention
-    escape = math.comb(num_experts - num_experts // sharding.ep, top_k) / math.comb(num_experts, top_k)
-    return (1.0 - escape) * (group - 1)
+    return _rank_reached(moe, sharding.ep) * (group - 1)
+
+
+def _rank_reached(moe: MoeSpec, ep: int) -> float:
+    """The chance that one of `ep` ranks (E/ep experts each, in order) holds one of a token's k experts, under
+    uniform routing. Without groups: 1 − C(E − E/ep, k)/C(E, k). With DeepSeek's groups (k experts among the
+    experts of `groups_per_token` of `groups` groups picked first): a rank spans E/ep experts of one group, or
+    whole groups; j of its groups picked (hypergeometric), it escapes the k picks among those groups' experts with
+    C(n − j·m, k)/C(n, k), n the picked groups' experts and m its experts per picked group."""
+    experts, k = moe.num_experts, moe.top_k
+    local = experts // ep
+    if moe.groups == 1:
+        return 1.0 - math.comb(experts - local, k) / math.comb(experts, k)
+    per_group = experts // moe.groups
+    candidates = moe.groups_per_token * per_group
+    if local <= per_group:  # within one group: it is picked, then some pick lands on its experts
+        picked = moe.groups_per_token / moe.groups
+        return picked * (1.0 - math.comb(candidates - local, k) / math.comb(candidates, k))
+    mine, g, t = local // per_group, moe.groups, moe.groups_per_token
+    escape = sum(math.comb(mine, j) * math.comb(g - mine, t - j) / math.comb(g, t)
+                 * math.comb(candidates - j * per_group, k) / math.comb(candidates, k)
+                 for j in range(0, min(mine, t) + 1))
+    return 1.0 - escape
 
 
 LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer,

@@ -21,7 +21,7 @@ from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, Wei
 LayerKind = Literal["dense", "moe"]  # what a decoder layer is made of (models/ops.py LAYERS)
 _CATALOG = "catalog"
 _SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                            "MixtralForCausalLM", "Qwen3MoeForCausalLM")
+                            "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM")
 
 
 class MoeSpec(BaseModel):
@@ -34,12 +34,40 @@ class MoeSpec(BaseModel):
     top_k: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
     dense_layers: tuple[int, ...] = ()
+    shared_experts: int = Field(0, ge=0, description="experts every token runs besides its top-k (DeepSeek)")
+    groups: int = Field(1, gt=0, description="expert groups (DeepSeek's n_group)")
+    groups_per_token: int = Field(1, gt=0, description="the groups one token's experts may come from (topk_group)")
 
     @model_validator(mode="after")
     def _top_k_fits(self) -> MoeSpec:
         if self.top_k > self.num_experts:
             raise ValueError(f"num_experts_per_tok={self.top_k} is more than the {self.num_experts} experts")
+        if self.num_experts % self.groups or self.groups_per_token > self.groups:
+            raise ValueError(f"n_group={self.groups}, topk_group={self.groups_per_token}: the {self.num_experts} "
+                             "experts must split into n_group groups, of which topk_group ≤ n_group are picked")
+        if self.top_k > self.groups_per_token * (self.num_experts // self.groups):
+            raise ValueError(f"num_experts_per_tok={self.top_k} is more than the experts of topk_group="
+                             f"{self.groups_per_token} groups")
         return self
+
+
+class MlaSpec(BaseModel):
+    """Multi-head latent attention (DeepSeek-V2/V3): queries through a low-rank `q_lora_rank` (none: a plain
+    projection), keys and values from one `kv_lora_rank` latent per token plus a shared `qk_rope_head_dim` RoPE key
+    (what the KV cache holds), each head's query/key `qk_nope_head_dim` + `qk_rope_head_dim`, value `v_head_dim`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    q_lora_rank: int | None = Field(None, gt=0)
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+    @property
+    def latent(self) -> int:
+        """Values one token's KV cache holds per layer: the latent and the RoPE key (576 for DeepSeek-V3)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
 
 
 class ModelSpec(BaseModel):
@@ -58,6 +86,7 @@ class ModelSpec(BaseModel):
     max_position_embeddings: int = Field(gt=0)
     default_weight_dtype: WeightDtype = "bf16"
     moe: MoeSpec | None = None
+    mla: MlaSpec | None = None
 
     @model_validator(mode="after")
     def _heads_group(self) -> ModelSpec:
@@ -118,11 +147,18 @@ class ModelSpec(BaseModel):
         d, h = self.head_dim, self.hidden_size
         q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
         attention = h * (q_heads + 2 * kv_heads) * d + q_heads * d * h
+        if self.mla is not None:  # the low-rank projections and their norms are replicated, the heads split
+            m = self.mla
+            qk = m.qk_nope_head_dim + m.qk_rope_head_dim
+            q = h * q_heads * qk if m.q_lora_rank is None else h * m.q_lora_rank + m.q_lora_rank * (1 + q_heads * qk)
+            attention = (q + h * m.latent + m.kv_lora_rank * (1 + q_heads * (m.qk_nope_head_dim + m.v_head_dim))
+                         + q_heads * m.v_head_dim * h)
         if kind == "moe":
             assert self.moe is not None, "a moe layer needs the model's experts"
             experts = self.moe.top_k if active else self.moe.num_experts // ep
             split = moe_tp or tp // ep
-            mlp = h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // split)
+            mlp = (h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // split)
+                   + self.moe.shared_experts * 3 * h * self.moe.intermediate_size // tp)
         else:
             mlp = 3 * h * (self.intermediate_size // tp)
         return attention + mlp + 2 * h
@@ -159,8 +195,11 @@ class ModelSpec(BaseModel):
         return max(1, self.num_kv_heads // tp)
 
     def kv_bytes_per_token(self, dtype: KvDtype, tp: int = 1, num_layers: int | None = None) -> float:
-        """K and V bytes one token occupies on one GPU: 2 · layers · h_kv/TP · d · b_kv."""
+        """K and V bytes one token occupies on one GPU: 2 · layers · h_kv/TP · d · b_kv; under MLA the latent and
+        RoPE key, layers · (kv_lora_rank + qk_rope_head_dim) · b_kv, whole on every TP rank (vLLM replicates it)."""
         layers = self.num_layers if num_layers is None else num_layers
+        if self.mla is not None:
+            return layers * self.mla.latent * BYTES_PER_ELEMENT[dtype]
         return 2 * layers * self.kv_heads_per_rank(tp) * self.head_dim * BYTES_PER_ELEMENT[dtype]
 
     @classmethod
@@ -182,9 +221,7 @@ class ModelSpec(BaseModel):
             raise ValueError(f"{where}: config.json lacks {', '.join(missing)}")
         sizes = {key: _hf_count(config[key], key, where) for key in _HF_REQUIRED}
         given = {key: None if config.get(key) is None else _hf_count(config[key], key, where) for key in _HF_OPTIONAL}
-        dtype = config.get("torch_dtype", "bfloat16")
-        if not isinstance(dtype, str) or dtype not in HF_DTYPES:
-            raise ValueError(f"{where}: torch_dtype = {cut(repr(dtype))} (valid: {', '.join(HF_DTYPES)})")
+        weight_dtype = _hf_weight_dtype(config, where)
         tied = config.get("tie_word_embeddings", False)
         if not isinstance(tied, bool):
             raise ValueError(f"{where}: tie_word_embeddings = {cut(repr(tied))}: need true or false")
@@ -205,8 +242,9 @@ class ModelSpec(BaseModel):
                 vocab_size=sizes["vocab_size"],
                 tie_word_embeddings=tied,
                 max_position_embeddings=given["max_position_embeddings"] or 4096,
-                default_weight_dtype=HF_DTYPES[dtype],
+                default_weight_dtype=weight_dtype,
                 moe=_hf_moe(config, sizes["num_hidden_layers"], where),
+                mla=_hf_mla(config, where),
             )
         except ValidationError as err:  # the cross-field checks, whose messages use the HF names
             raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -217,8 +255,7 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
     (`num_experts`, `moe_intermediate_size`; `mlp_only_layers` and `decoder_sparse_step` keep some layers dense,
     as transformers' Qwen3MoeDecoderLayer decides) config; None for a dense one."""
     if "n_routed_experts" in config:
-        raise ValueError(f"{where}: DeepSeek-style experts (n_routed_experts) are not supported yet "
-                         f"(valid: Mixtral's num_local_experts, Qwen3-MoE's num_experts)")
+        return _hf_deepseek_moe(config, num_layers, where)
     architectures = config.get("architectures") or []
     for architecture, key in (("MixtralForCausalLM", "num_local_experts"), ("Qwen3MoeForCausalLM", "num_experts")):
         if architecture in architectures and key not in config:
@@ -246,6 +283,53 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
         return MoeSpec(num_experts=experts, top_k=top_k, intermediate_size=size, dense_layers=dense)
     except ValidationError as err:
         raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _hf_deepseek_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec:
+    """DeepSeek-V3's experts: `n_routed_experts` of `moe_intermediate_size`, `n_shared_experts` run by every token,
+    the first `first_k_dense_replace` layers dense (and, as transformers decides, layers off `moe_layer_freq`),
+    routing limited to `topk_group` of `n_group` groups."""
+    counts: dict[str, int] = {}
+    for key, default in (("n_routed_experts", None), ("num_experts_per_tok", None), ("moe_intermediate_size", None),
+                         ("n_shared_experts", 0), ("first_k_dense_replace", 0), ("moe_layer_freq", 1),
+                         ("n_group", 1), ("topk_group", 1)):
+        value = config.get(key, default)
+        if value is None:
+            raise ValueError(f"{where}: config.json lacks {key}")
+        zero = default == 0 and isinstance(value, int) and not isinstance(value, bool) and value == 0
+        counts[key] = 0 if zero else _hf_count(value, key, where)
+    freq, first = counts["moe_layer_freq"], counts["first_k_dense_replace"]
+    dense = tuple(i for i in range(num_layers) if i < first or i % freq)
+    try:
+        return MoeSpec(num_experts=counts["n_routed_experts"], top_k=counts["num_experts_per_tok"],
+                       intermediate_size=counts["moe_intermediate_size"], dense_layers=dense,
+                       shared_experts=counts["n_shared_experts"], groups=counts["n_group"],
+                       groups_per_token=counts["topk_group"])
+    except ValidationError as err:
+        raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _hf_mla(config: dict[str, Any], where: str) -> MlaSpec | None:
+    """Multi-head latent attention's ranks and head sizes (DeepSeek-V2/V3 configs), or None without `kv_lora_rank`.
+    The multi-token-prediction layers (`num_nextn_predict_layers`) are left out: vLLM loads them only to speculate."""
+    if config.get("kv_lora_rank") is None:
+        return None
+    sizes = {key: _hf_count(config.get(key), key, where)
+             for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
+    q_lora = config.get("q_lora_rank")
+    return MlaSpec(q_lora_rank=None if q_lora is None else _hf_count(q_lora, "q_lora_rank", where), **sizes)
+
+
+def _hf_weight_dtype(config: dict[str, Any], where: str) -> WeightDtype:
+    """The weights' format: a `quantization_config` with fp8 weights (DeepSeek-V3's block-scaled e4m3) says fp8;
+    otherwise `torch_dtype`."""
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and quantization.get("quant_method") == "fp8":
+        return "fp8"
+    dtype = config.get("torch_dtype", "bfloat16")
+    if not isinstance(dtype, str) or dtype not in HF_DTYPES:
+        raise ValueError(f"{where}: torch_dtype = {cut(repr(dtype))} (valid: {', '.join(HF_DTYPES)})")
+    return HF_DTYPES[dtype]
 
 
 _HF_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")

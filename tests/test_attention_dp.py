@@ -16,7 +16,7 @@ from splitsim import simulate
 from splitsim.hardware import collectives
 from splitsim.models import ops
 from splitsim.models.ops import BatchShape, Sharding
-from splitsim.models.spec import load_model
+from splitsim.models.spec import MoeSpec, load_model
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.plan import build_plan
@@ -126,8 +126,24 @@ def test_the_dispatch_reaches_the_gpus_random_routing_reaches():
     ranks = picks // (experts // ep)
     reached_other = np.mean([len(set(row) - {0}) for row in ranks])  # from rank 0
     sharding = Sharding(1, "bf16", "bf16", "bf16", ep=ep, dp_attention=8)
+    moe = MoeSpec(num_experts=experts, top_k=k, intermediate_size=64)
     # a GPU's own rank is reached as often as any other; what leaves it goes to the other seven
-    assert ops.dispatch_copies(experts, k, sharding) == pytest.approx(reached_other, rel=0.01)
+    assert ops.dispatch_copies(moe, sharding) == pytest.approx(reached_other, rel=0.01)
+
+
+@pytest.mark.parametrize("ep", [4, 8, 16, 32])
+def test_grouped_routing_reaches_the_gpus_random_grouped_routing_reaches(ep):
+    """DeepSeek-V3's routing: 4 of 8 groups of 32 experts picked, then 8 experts among their 128 (uniform)."""
+    rng = np.random.default_rng(ep)
+    moe = MoeSpec(num_experts=256, top_k=8, intermediate_size=64, groups=8, groups_per_token=4)
+    tokens = 20000
+    groups = np.argsort(rng.random((tokens, 8)), axis=1)[:, :4]
+    within = np.argsort(rng.random((tokens, 128)), axis=1)[:, :8]  # positions among the picked groups' experts
+    experts = groups[np.arange(tokens)[:, None], within // 32] * 32 + within % 32
+    ranks = experts // (256 // ep)
+    reached_other = np.mean([len(set(row) - {0}) for row in ranks])
+    sharding = Sharding(1, "bf16", "bf16", "bf16", ep=ep, dp_attention=ep)
+    assert ops.dispatch_copies(moe, sharding) == pytest.approx(reached_other, rel=0.02)
 
 
 def test_an_idle_run_of_replicas_waits_and_the_fast_forward_counts_why(model_path):

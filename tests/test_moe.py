@@ -96,8 +96,11 @@ def test_config_fields_decide_which_layers_are_sparse_and_other_experts_are_refu
         256 * 8 + 8 * 3 * 256 * 128 - 3 * 256 * 512)  # five sparse layers in place of dense ones
     with pytest.raises(ValueError, match="num_experts_per_tok=9 is more than the 8 experts"):
         ModelSpec.from_hf_config(base | {"num_experts_per_tok": 9}, "q")
-    with pytest.raises(ValueError, match="n_routed_experts"):
-        ModelSpec.from_hf_config(base | {"architectures": ["Qwen3MoeForCausalLM"], "n_routed_experts": 256}, "d")
+    deepseek = base | {"architectures": ["DeepseekV3ForCausalLM"], "n_routed_experts": 256, "n_group": 3}
+    with pytest.raises(ValueError, match="n_group=3, topk_group=1: the 256 experts must split into n_group groups"):
+        ModelSpec.from_hf_config(deepseek, "d")
+    with pytest.raises(ValueError, match="num_experts_per_tok=8 is more than the experts of topk_group=1 groups"):
+        ModelSpec.from_hf_config(deepseek | {"n_group": 64, "num_experts_per_tok": 8}, "d")
     with pytest.raises(ValueError, match="GptOssForCausalLM is not supported"):
         ModelSpec.from_hf_config(base | {"architectures": ["GptOssForCausalLM"]}, "g")
     without = {k: v for k, v in base.items() if k != "num_experts"}
@@ -242,3 +245,64 @@ def test_every_config_the_aiconfigurator_package_ships_loads_or_is_refused_in_on
             assert ops.ATTENTION in graph and all(op.flops >= 0 and op.nbytes >= 0 for op in graph)
     assert len(files) >= 80 and loaded >= 15  # 117 files, 28 of them quantisation sidecars; Llama 3.1, Mixtral,
     # Qwen3 dense and MoE among those that load
+
+
+def _deepseek_v3_params(c: dict) -> tuple[float, float]:
+    """(total, active) parameters of a DeepSeek-V3 config, written out from its modeling code's modules: MLA
+    (q_a [h×q_lora], its norm, q_b [q_lora × heads·(nope+rope)], kv_a [h × (kv_lora + rope)], its norm,
+    kv_b [kv_lora × heads·(nope + v)], o [heads·v × h]), two norms a layer; the first first_k_dense_replace
+    layers a dense SwiGLU of intermediate_size, the rest a router of h × E and E routed experts (k active) plus the
+    shared expert(s) of moe_intermediate_size; embedding, LM head, final norm. The MTP layer is not counted."""
+    h, heads = c["hidden_size"], c["num_attention_heads"]
+    qk = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+    attention = (h * c["q_lora_rank"] + c["q_lora_rank"] + c["q_lora_rank"] * heads * qk
+                 + h * (c["kv_lora_rank"] + c["qk_rope_head_dim"]) + c["kv_lora_rank"]
+                 + c["kv_lora_rank"] * heads * (c["qk_nope_head_dim"] + c["v_head_dim"])
+                 + heads * c["v_head_dim"] * h + 2 * h)
+    expert = 3 * h * c["moe_intermediate_size"]
+    dense = c["first_k_dense_replace"]
+    sparse = c["num_hidden_layers"] - dense
+    outside = 2 * c["vocab_size"] * h + h
+    common = c["num_hidden_layers"] * attention + dense * 3 * h * c["intermediate_size"] + outside
+    router = h * c["n_routed_experts"]
+    return (common + sparse * (router + (c["n_routed_experts"] + c["n_shared_experts"]) * expert),
+            common + sparse * (router + (c["num_experts_per_tok"] + c["n_shared_experts"]) * expert))
+
+
+def test_deepseek_v3_parameters_layers_and_latent_kv_cache():
+    import json
+    from importlib import resources
+
+    config = json.loads((resources.files("splitsim.models") / "catalog" / "deepseek-v3" / "config.json").read_text())
+    total, active = _deepseek_v3_params(config)
+    assert total == pytest.approx(671e9, rel=0.01)  # DeepSeek-V3 technical report: 671B, 37B activated
+    # The report's 37B is rounded: counting as Mistral counts Mixtral's 12.9B (embedding and head included) gives
+    # 37.55B, 1.5 % above it; without the input embedding (a token reads one row of it) 36.6B, 1.0 % below.
+    assert active == pytest.approx(37e9, rel=0.016)
+    model = load_model("deepseek-v3")
+    assert model.num_params == pytest.approx(total, rel=1e-9)  # the router's bias (E a layer) left out of both
+    assert model.num_active_params == pytest.approx(active, rel=1e-9)
+    assert model.layer_kinds == ("dense",) * 3 + ("moe",) * 58
+    assert model.default_weight_dtype == "fp8"  # its quantization_config: block-scaled e4m3
+    # MLA caches 512 latent + 64 RoPE values per token per layer, whole on every TP rank; num_key_value_heads
+    # (128) means nothing for it
+    for tp in (1, 8, 16):
+        assert model.kv_bytes_per_token("bf16", tp) == 61 * 576 * 2
+    assert model.kv_bytes_per_token("fp8", 8, num_layers=30) == 30 * 576
+
+
+def test_mla_attention_reads_the_latent_in_decode_and_whole_heads_in_prefill():
+    """Decode attends every head to the cached latent: FLOPs 2·h_q·(576 + 512) per position, the latent read
+    once (576 values) however many heads; prefill runs on decompressed heads (q/k 192, v 128)."""
+    model = load_model("deepseek-v3")
+    sharding = Sharding(8, "fp8", "bf16", "fp8")
+    prefill, decode = ops.attention(model, ops.BatchShape(prefill=((10, 0),), num_decode=2, decode_context=1000),
+                                    sharding)
+    heads = 128 // 8
+    assert decode.flops == 2 * heads * (576 + 512) * 1000
+    assert decode.nbytes == 2 * heads * (576 + 512) * 2 + (1000 + 2) * 576 * 2
+    assert prefill.flops == 2 * heads * (192 + 128) * (10 * 11 / 2)
+    names = [op.name for op in ops.layer_graph(model, "moe", 4, sharding)]
+    assert names[:8] == ["input_norm", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj", "kv_a_norm", "kv_b_proj",
+                         "rope"]
+    assert {"shared_gate_up", "shared_down", "experts_gate_up"} <= set(names)
