@@ -87,6 +87,8 @@ class StageCosts:
         layer = (plan.model, plan.sharding, self.gpu, self._padded)
         comm = (plan.model, plan.cluster, tuple(self.group), tuple(self.moe_group), plan.engine, self._padded)
         self._terms: dict[tuple[str, int], LayerTerms] = _shared(("terms", layer, comm))
+        self._lockstep: dict[tuple[str, int], tuple[float, float, float, float, float]] = _shared(
+            ("lockstep", layer, comm))
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
         self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
         self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
@@ -279,34 +281,70 @@ class StageCosts:
                 timed.append(TimedOp("attention_decode", "compute", attn_decode))
         return timed
 
+    def lockstep_tokens(self, shapes: Sequence[BatchShape]) -> tuple[list[int], int]:
+        """The token counts a lockstep step runs: each replica's own ops, and the experts' share (the group's tokens
+        over the replicas). When every replica's batch runs a CUDA graph, vLLM v0.11 pads them all to the largest
+        (`coordinate_batch_across_dp` pads only under a synced CUDA-graph mode; one eager rank makes all eager)."""
+        counts = [shape.num_tokens for shape in shapes]
+        top = max(counts)
+        if top < len(self._padded):
+            return [top] * len(counts), top
+        return counts, -(-sum(counts) // len(counts))
+
+    def lockstep_parts(self, kind: str, tokens: int) -> tuple[float, float, float, float, float]:
+        """A layer of `kind` cut at its first all-to-all: (compute, TP collectives) each replica runs alone before
+        it (attention aside), (compute, TP collectives) the replicas run in step after it, and the all-to-alls."""
+        cached = self._lockstep.get((kind, tokens))
+        if cached is None:
+            parts = [0.0, 0.0, 0.0, 0.0, 0.0]
+            shared = False
+            for op in self.layer_terms(kind, tokens).timed:
+                if op.category == "ep_comm":
+                    shared = True
+                    parts[4] += op.seconds
+                elif op.category != "attention":
+                    parts[(2 if shared else 0) + (op.category == "tp_comm")] += op.seconds
+            cached = self._lockstep[(kind, tokens)] = (parts[0], parts[1], parts[2], parts[3], parts[4])
+        return cached
+
     def lockstep_times(self, shapes: Sequence[BatchShape], num_logits: Sequence[int]) -> LockstepTimes:
-        """One step of replicas whose experts span them (attention-DP, one stage): every replica runs the largest
-        one's token count (vLLM v0.11 pads each DP rank to it, `coordinate_batch_across_dp`) and its own attention,
-        and no replica passes an all-to-all before all have reached it, so each layer takes its slowest
-        attention. A replica's wait for the slowest counts as `ep_comm` (it sits in the all-to-all's kernel).
-        Layer mode walks the same ops (the engine's `_lockstep_layers`) and agrees to float rounding."""
-        tokens = max(shape.num_tokens for shape in shapes)
+        """One step of replicas whose experts span them (attention-DP, one stage): each replica runs its own
+        tokens (`lockstep_tokens`) and attention up to a MoE layer's dispatch, where all wait for the last to
+        arrive; the experts and what follows run in step. A replica's wait counts as `ep_comm` (it sits in the
+        all-to-all's kernel). Layer mode walks the same ops (the engine's `_lockstep_layers`), equal to float
+        rounding."""
+        local, shared = self.lockstep_tokens(shapes)
         attention = [sum(self.attention_times(shape)) for shape in shapes]
-        slowest = max(attention)
-        compute, comm = self.edge_times(tokens)
-        ep_comm, layers = 0.0, 0
-        for kind, count in self.layer_counts:
-            terms = self.layer_terms(kind, tokens)
-            compute += count * (terms.before + sum(terms.after))
-            comm += count * terms.comm
-            ep_comm += count * terms.ep_comm
-            layers += count
+        edges = [self.edge_times(tokens) for tokens in local]
+        compute = [c for c, _ in edges]
+        comm = [t for _, t in edges]
+        clock = [c + t for c, t in edges]
+        for kind, count in self.layer_runs:
+            _, _, shared_compute, shared_comm, ep = self.lockstep_parts(kind, shared)
+            alone = []
+            for r, tokens in enumerate(local):
+                own_compute, own_comm = self.lockstep_parts(kind, tokens)[:2]
+                compute[r] += count * (own_compute + attention[r] + shared_compute)
+                comm[r] += count * (own_comm + shared_comm)
+                alone.append(own_compute + attention[r] + own_comm)
+            if not ep:  # no all-to-all: each replica goes its own pace
+                clock = [c + count * (a + shared_compute + shared_comm) for c, a in zip(clock, alone)]
+                continue
+            together = ep + shared_compute + shared_comm
+            end = max(c + a for c, a in zip(clock, alone)) + together + (count - 1) * (max(alone) + together)
+            clock = [end] * len(clock)
+        waits = [c - busy - tp for c, busy, tp in zip(clock, compute, comm)]  # all-to-alls and waits at them
         heads = [self.lm_head_time(n) for n in num_logits]
         gathers = [self.logits_gather_time(n) for n in num_logits]
-        step = compute + layers * slowest + comm + ep_comm + max(h + g for h, g in zip(heads, gathers))
-        return LockstepTimes(
-            step, tuple(compute + layers * a + h for a, h in zip(attention, heads)),
-            tuple(comm + g for g in gathers), tuple(ep_comm + layers * (slowest - a) for a in attention))
+        step = max(c + h + g for c, h, g in zip(clock, heads, gathers))
+        return LockstepTimes(step, tuple(c + h for c, h in zip(compute, heads)),
+                             tuple(t + g for t, g in zip(comm, gathers)), tuple(waits))
 
 
 @dataclass(frozen=True, slots=True)
 class LockstepTimes:
-    """A lockstep step's seconds, and each replica's compute, TP collectives and all-to-alls (waits included)."""
+    """A lockstep step's seconds, and each replica's compute, TP collectives and all-to-alls (waits included); each
+    replica's exchanges and waits are `ep_comm`."""
 
     step: float
     compute: tuple[float, ...]

@@ -278,20 +278,26 @@ class Engine:
         replica waits for the last to arrive (the wait recorded as part of the all-to-all), then all leave
         together. Returns when the slowest replica is done."""
         rec, cost = self.recorder, self.replicas[0].costs[0]
-        tokens = max(shape.num_tokens for shape in shapes)
+        local, shared = cost.lockstep_tokens(shapes)
         clocks = [self.env.now] * len(shapes)
 
         def run(r: int, seconds: float, category: str, name: str) -> None:
             rec.busy(r, 0, clocks[r], clocks[r] + seconds, category, name)
             clocks[r] += seconds
 
-        edge_compute, edge_comm = cost.edge_times(tokens)
-        for r in range(len(shapes)):
+        for r, tokens in enumerate(local):
+            edge_compute, edge_comm = cost.edge_times(tokens)
             run(r, edge_compute, "compute", "dummy" if dummy[r] else "embedding")
             if edge_comm:
                 run(r, edge_comm, "tp_comm", "embedding_allreduce")
         for kind, count in cost.layer_runs:
-            ops = [cost.layer_ops(shape, kind, tokens) for shape in shapes]
+            ops = []  # each replica's own ops up to the first all-to-all, then the ops all run in step
+            for shape, tokens in zip(shapes, local):
+                own = cost.layer_ops(shape, kind, tokens)
+                cut = next((i for i, op in enumerate(own) if op.category == "ep_comm"), len(own))
+                after = cost.layer_ops(shape, kind, shared)
+                ops.append(own[:cut] + after[next((i for i, op in enumerate(after) if op.category == "ep_comm"),
+                                                  len(after)):])
             for _ in range(count):
                 position = [0] * len(shapes)
                 while True:  # each replica up to its next all-to-all (or the layer's end), then the exchange

@@ -164,3 +164,21 @@ def test_weights_per_gpu_under_attention_dp(model_path):
     vocab = model.vocab_size * h
     expected = (dense + 3 * sparse + 2 * vocab + h) * 2  # embedding and LM head on the one stage, bf16
     assert plan.weights_bytes_per_gpu == pytest.approx(expected, rel=1e-12)
+
+
+def test_an_eager_step_runs_each_replica_at_its_own_token_count(model_path):
+    """Beyond the CUDA graphs' sizes vLLM runs every DP rank eager and pads none: a replica prefilling 2,000 tokens
+    does not make the others run 2,000; the experts see the group's tokens, shared out evenly."""
+    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage"))
+    cost = StageCosts(plan, 0, 0)
+    big, small = BatchShape(prefill=((2000, 0),)), BatchShape(num_decode=4, decode_context=400)
+    local, shared = cost.lockstep_tokens([big] + [small] * 7)
+    assert local == [2000] + [4] * 7 and shared == -(-(2000 + 28) // 8)
+    assert cost.lockstep_tokens([small] * 8) == ([4] * 8, 4)  # CUDA graphs everywhere: padded alike (to 4)
+    mixed = cost.lockstep_times([big] + [small] * 7, [1] + [4] * 7)
+    everyone_big = cost.lockstep_times([big] * 8, [1] * 8)
+    assert mixed.step < everyone_big.step
+    # the small replicas compute less than half what the big one does, and wait for it in the all-to-alls
+    assert mixed.compute[1] < mixed.compute[0] / 2 and mixed.ep_comm[1] > mixed.ep_comm[0]
+    for r in range(8):  # every replica is busy or waiting until its own LM head is done
+        assert mixed.compute[r] + mixed.tp_comm[r] + mixed.ep_comm[r] <= mixed.step * (1 + 1e-12)
