@@ -37,9 +37,14 @@ ASSUMED_ERROR = 0.31
 ERROR_CAP = 10.0  # per kind: a fit more than 10× off (a noisy CPU run) bounds nothing finer, and keeps e^(zσ) finite
 _OP_KIND = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
             "router": "gemm", "experts_gate_up": "gemm", "experts_down": "gemm", "experts_act": "elementwise",
+            "shared_gate_up": "gemm", "shared_down": "gemm", "shared_act": "elementwise",
+            "q_proj": "gemm", "q_a_proj": "gemm", "q_b_proj": "gemm", "kv_a_proj": "gemm", "kv_b_proj": "gemm",
+            "q_a_norm": "elementwise", "kv_a_norm": "elementwise",
             "attention_prefill": "attention prefill", "attention_decode": "attention decode",
             "input_norm": "elementwise", "rope": "elementwise", "post_norm": "elementwise", "act": "elementwise",
             "embedding": "elementwise"}
+_COLLECTIVE_OF = {"attn_allreduce": "allreduce", "mlp_allreduce": "allreduce", "moe_allgather": "allgather",
+                  "moe_dispatch": "alltoall", "moe_combine": "alltoall"}
 
 
 def _collective_kind(plan: Plan, name: str, group: list[int], nbytes: float) -> str:
@@ -58,8 +63,11 @@ def _stage_work(costs: StageCosts, batch: BatchShape, num_logits: int) -> dict[s
     tokens = batch.num_tokens
     for layer_kind, count in costs.layer_counts:
         for op in costs.layer_ops(batch, layer_kind):
-            kind = _OP_KIND.get(op.name) or _collective_kind(plan, "allreduce", costs.group,
-                                                             tokens * plan.model.hidden_size * 2)
+            kind = _OP_KIND.get(op.name)
+            if kind is None:  # a collective: the all-to-alls span the experts' GPUs, the rest the TP group
+                name = _COLLECTIVE_OF[op.name]
+                group = costs.moe_group if name == "alltoall" else costs.group
+                kind = _collective_kind(plan, name, group, tokens * plan.model.hidden_size * 2)
             work[kind] += count * op.seconds
     edge_compute, edge_comm = costs.edge_times(tokens)
     work["elementwise"] += edge_compute
@@ -122,9 +130,9 @@ def residuals(plan: Plan) -> tuple[dict[str, float], set[str]]:
         errors |= {f"{kind}_inter_node": error for kind, error in inter.held_out_errors.items()}
     assumed = {"gemm", "attention prefill", "attention decode", "elementwise"} if gpu.efficiency.assumed else set()
     if intra.assumed:
-        assumed |= {"allreduce", "allreduce custom", "allgather", "sendrecv"}
+        assumed |= {"allreduce", "allreduce custom", "allgather", "sendrecv", "alltoall"}
     if isinstance(inter, NetworkFabric) and inter.assumed:
-        assumed |= {"allreduce_inter_node", "allgather_inter_node", "sendrecv_inter_node"}
+        assumed |= {"allreduce_inter_node", "allgather_inter_node", "sendrecv_inter_node", "alltoall_inter_node"}
     return errors, assumed
 
 

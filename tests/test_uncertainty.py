@@ -116,3 +116,32 @@ def test_the_intervals_do_not_depend_on_the_process_string_hashing():
                              env={**os.environ, "PYTHONHASHSEED": seed}).stdout
         seen.add(json.dumps(json.loads(out.splitlines()[-1]), sort_keys=True))
     assert len(seen) == 1, seen
+
+
+@pytest.mark.parametrize(("model", "parallel"), [
+    ("deepseek-v3", {"tp": 1, "pp": 1, "dp": 16, "ep": 16}),  # MLA, a shared expert, dispatch and combine
+    ("deepseek-v3", {"tp": 8, "pp": 2, "dp": 1, "ep": 1}),
+    ("qwen3-235b-a22b", {"tp": 2, "pp": 1, "dp": 4, "ep": 8}),  # the replica's all-gather after the combine
+])
+def test_every_op_of_a_moe_model_counts_as_its_own_kind(model, parallel):
+    """Each op lands in the kind of its kernel or collective: no GEMM or norm counts as an all-reduce, the
+    all-to-alls count as all-to-alls over the experts' GPUs, and a layout without all-reduces has none."""
+    from splitsim.models.ops import BatchShape
+    from splitsim.sim.costs import StageCosts
+    from splitsim.sim.plan import build_plan
+
+    scenario = scenario_from_dict(scenario_dict(model=model, cluster="h100-ib-2node", parallel=parallel,
+                                                precision={"weights": "fp8"}))
+    plan = build_plan(scenario)
+    batch = BatchShape(prefill=((100, 0),), num_decode=8, decode_context=8000)
+    for stage in range(plan.pp):
+        work = uncertainty._stage_work(StageCosts(plan, 0, stage), batch, 9)
+        names = {op.name for kind, _ in StageCosts(plan, 0, stage).layer_counts
+                 for op in StageCosts(plan, 0, stage).layer_ops(batch, kind)}
+        collectives = {name for name in names if name not in uncertainty._OP_KIND}
+        assert collectives <= set(uncertainty._COLLECTIVE_OF)
+        if plan.tp == 1:
+            assert not any(kind.startswith("allreduce") for kind in work), work
+        if plan.attention_dp:  # over both nodes' 16 GPUs, or one node's 8
+            assert work["alltoall_inter_node" if plan.num_gpus > 8 else "alltoall"] > 0
+        assert work["gemm"] > 0 and work["elementwise"] > 0
