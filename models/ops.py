@@ -241,10 +241,10 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
 
     Split by TP (ep = 1): the T·k routed tokens reach `expected_experts`, then the TP all-reduce. Under EP the
     busiest rank decides (`expert_load`), over its E/ep experts. Within one TP group the tokens are already on
-    every rank (no all-to-all; the all-reduce after). Across replicas (`dp_attention` > 1) every replica runs
-    `tokens` (vLLM pads each DP rank to the largest one's count), each GPU sends its share of them to the
-    GPUs holding their experts (`moe_dispatch`) and gets the results back (`moe_combine`), and with TP > 1
-    the replica's ranks all-gather the tokens they dispatched apart."""
+    every rank (no all-to-all; the all-reduce after). Across replicas (`dp_attention` > 1) `tokens` is what each
+    replica holds (sim/costs.py `lockstep_tokens`), each GPU sends its share to the GPUs holding their experts
+    (`moe_dispatch`) and gets the results back (`moe_combine`), and with TP > 1 the replica's ranks all-gather
+    the tokens they dispatched apart."""
     moe = model.moe
     assert moe is not None, "a moe layer needs the model's experts"
     tp, h, b = sharding.tp, model.hidden_size, ACTIVATION_BYTES

@@ -179,7 +179,7 @@ class ModelSpec(BaseModel):
             return f"intermediate_size {self.intermediate_size} does not split over {tp} ranks"
         split = moe_tp or (tp // ep if tp % ep == 0 else 1)
         if self.moe is not None and self.moe.intermediate_size % split:
-            return f"the experts' intermediate size {self.moe.intermediate_size} does not split over {split} ranks"
+            return f"experts' intermediate size {self.moe.intermediate_size} does not split over {split} ranks"
         if self.hidden_size % tp:
             return f"hidden_size {self.hidden_size} does not split over {tp} ranks (the pipeline hand-off slices it)"
         return None
@@ -293,9 +293,11 @@ def _hf_deepseek_moe(config: dict[str, Any], num_layers: int, where: str) -> Moe
     for key, default in (("n_routed_experts", None), ("num_experts_per_tok", None), ("moe_intermediate_size", None),
                          ("n_shared_experts", 0), ("first_k_dense_replace", 0), ("moe_layer_freq", 1),
                          ("n_group", 1), ("topk_group", 1)):
-        value = config.get(key, default)
-        if value is None:
-            raise ValueError(f"{where}: config.json lacks {key}")
+        value = config.get(key)
+        if value is None:  # absent or null: its default, if it has one
+            if default is None:
+                raise ValueError(f"{where}: config.json lacks {key}")
+            value = default
         zero = default == 0 and isinstance(value, int) and not isinstance(value, bool) and value == 0
         counts[key] = 0 if zero else _hf_count(value, key, where)
     freq, first = counts["moe_layer_freq"], counts["first_k_dense_replace"]
@@ -314,8 +316,11 @@ def _hf_mla(config: dict[str, Any], where: str) -> MlaSpec | None:
     The multi-token-prediction layers (`num_nextn_predict_layers`) are left out: vLLM loads them only to speculate."""
     if config.get("kv_lora_rank") is None:
         return None
-    sizes = {key: _hf_count(config.get(key), key, where)
-             for key in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")}
+    keys = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
+    missing = [key for key in keys if config.get(key) is None]
+    if missing:
+        raise ValueError(f"{where}: config.json lacks {', '.join(missing)} (multi-head latent attention)")
+    sizes = {key: _hf_count(config[key], key, where) for key in keys}
     q_lora = config.get("q_lora_rank")
     return MlaSpec(q_lora_rank=None if q_lora is None else _hf_count(q_lora, "q_lora_rank", where), **sizes)
 
@@ -323,12 +328,12 @@ def _hf_mla(config: dict[str, Any], where: str) -> MlaSpec | None:
 def _hf_weight_dtype(config: dict[str, Any], where: str) -> WeightDtype:
     """The weights' format: a `quantization_config` with fp8 weights (DeepSeek-V3's block-scaled e4m3) says fp8;
     otherwise `torch_dtype`."""
-    quantization = config.get("quantization_config")
-    if isinstance(quantization, dict) and quantization.get("quant_method") == "fp8":
-        return "fp8"
     dtype = config.get("torch_dtype", "bfloat16")
     if not isinstance(dtype, str) or dtype not in HF_DTYPES:
         raise ValueError(f"{where}: torch_dtype = {cut(repr(dtype))} (valid: {', '.join(HF_DTYPES)})")
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and quantization.get("quant_method") == "fp8":
+        return "fp8"
     return HF_DTYPES[dtype]
 
 

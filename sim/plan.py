@@ -172,7 +172,7 @@ class Plan:
                 f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
                 f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
             )
-        problem = model.tp_problem(tp, self.ep, self.sharding.moe_tp if (tp * self.dp) % self.ep == 0 else None)
+        problem = model.tp_problem(tp, self.ep, 1 if self.attention_dp else None)  # spread experts: checked below
         if problem:
             valid = ", ".join(map(str, model.valid_tp()))
             raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
@@ -180,7 +180,7 @@ class Plan:
             raise ScenarioError(f"parallel.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
         ep = self.ep
         if ep > 1:
-            if model.moe is None:
+            if model.moe is None or "moe" not in model.layer_kinds:
                 raise ScenarioError(f"parallel.ep = {ep}: {model.name} has no experts (valid: 1)")
             if (tp * self.dp) % ep:
                 raise ScenarioError(f"parallel.ep = {ep}: the experts spread over a divisor of tp × dp = "
@@ -192,6 +192,24 @@ class Plan:
             if model.moe.num_experts % ep:
                 raise ScenarioError(f"parallel.ep = {ep}: {model.name}'s {model.moe.num_experts} experts do not "
                                     f"spread evenly over {ep} GPUs")
+            split = self.sharding.moe_tp
+            if model.moe.intermediate_size % split:
+                splits = {d: tp // d if tp % d == 0 else tp * self.dp // d for d in range(1, tp * self.dp + 1)
+                          if (tp * self.dp) % d == 0 and (tp % d == 0 or pp == 1)}  # ep: each expert's split
+                valid = [d for d, ways in splits.items()
+                         if model.moe.num_experts % d == 0 and model.moe.intermediate_size % ways == 0]
+                raise ScenarioError(f"parallel.ep = {ep}: each expert would be split over {split} GPUs, but "
+                                    f"{model.name}'s expert intermediate size {model.moe.intermediate_size} does "
+                                    f"not split {split} ways (valid: {', '.join(map(str, valid))})")
+            if self.attention_dp:
+                per_node = sorted({sum(1 for gpu in self.moe_group(0, 0) if cluster.node_of(gpu) == node)
+                                   for node in {cluster.node_of(gpu) for gpu in self.moe_group(0, 0)}})
+                if len(per_node) > 1:
+                    g = cluster.gpus_per_node
+                    raise ScenarioError(
+                        f"parallel.dp = {self.dp}: the experts' tp × dp = {tp * self.dp} GPUs would sit "
+                        f"{' and '.join(map(str, per_node))} to a node; an all-to-all needs as many on each "
+                        f"(valid: tp × dp a divisor of {g} or a multiple of it)")
         g = cluster.gpus_per_node
         if g % tp and tp % g:
             raise ScenarioError(

@@ -478,7 +478,7 @@ def vllm_serve_flags(evaluated: Evaluated, model: str) -> str:
     if c.kv_cache == "fp8":
         flags.append("--kv-cache-dtype fp8")
     if separate:
-        flags.append(f" # on each of {c.dp} servers behind a load balancer")
+        flags.append(f"# on each of {c.dp} servers behind a load balancer")
     return " ".join(flags)
 
 

@@ -204,6 +204,10 @@ def test_expert_parallelism_over_the_tp_group_gives_each_gpu_whole_experts():
     ({"parallel": {"tp": 2, "ep": 2}}, "llama-3-8b has no experts (valid: 1)"),
     ({"model": "mixtral-8x7b", "parallel": {"tp": 4, "ep": 3}}, "divisor of tp × dp = 4 GPUs (valid: 1, 2, 4)"),
     ({"model": "mixtral-8x7b", "parallel": {"tp": 1, "dp": 4, "ep": 4, "pp": 2}}, "(valid: pp = 1, or ep dividing tp)"),
+    ({"model": "qwen3-30b-a3b", "cluster": "h100-ib-2node", "parallel": {"tp": 1, "dp": 12, "ep": 4}},
+     "12 GPUs would sit 4 and 8 to a node; an all-to-all needs as many on each"),
+    ({"model": "qwen3-30b-a3b", "cluster": "h100-ib-2node", "parallel": {"tp": 1, "dp": 10, "ep": 2}},
+     "expert intermediate size 768 does not split 5 ways (valid: 1)"),
 ])
 def test_expert_parallelism_that_is_not_modelled_is_refused_in_one_line(tmp_path, capsys, changes, words):
     import yaml
@@ -306,3 +310,19 @@ def test_mla_attention_reads_the_latent_in_decode_and_whole_heads_in_prefill():
     assert names[:8] == ["input_norm", "q_a_proj", "q_a_norm", "q_b_proj", "kv_a_proj", "kv_a_norm", "kv_b_proj",
                          "rope"]
     assert {"shared_gate_up", "shared_down", "experts_gate_up"} <= set(names)
+
+
+def test_deepseek_config_defaults_and_refusals_name_the_field():
+    import json
+    from importlib import resources
+
+    config = json.loads((resources.files("splitsim.models") / "catalog" / "deepseek-v3" / "config.json").read_text())
+    nulls = ModelSpec.from_hf_config(config | {"n_shared_experts": None, "first_k_dense_replace": None}, "d")
+    assert nulls.moe.shared_experts == 0 and nulls.layer_kinds == ("moe",) * 61  # null reads as absent
+    without = {k: v for k, v in config.items() if k != "qk_rope_head_dim"}
+    with pytest.raises(ValueError, match="lacks qk_rope_head_dim \\(multi-head latent attention\\)"):
+        ModelSpec.from_hf_config(without, "d")
+    with pytest.raises(ValueError, match="torch_dtype = 'float7'"):  # checked though the weights are fp8
+        ModelSpec.from_hf_config(config | {"torch_dtype": "float7"}, "d")
+    with pytest.raises(ValueError, match="n_shared_experts = -1: need a whole number"):
+        ModelSpec.from_hf_config(config | {"n_shared_experts": -1}, "d")
