@@ -196,11 +196,11 @@ class Plan:
             if model.moe.intermediate_size % split:
                 splits = {d: tp // d if tp % d == 0 else tp * self.dp // d for d in range(1, tp * self.dp + 1)
                           if (tp * self.dp) % d == 0 and (tp % d == 0 or pp == 1)}  # ep: each expert's split
-                valid = [d for d, ways in splits.items()
-                         if model.moe.num_experts % d == 0 and model.moe.intermediate_size % ways == 0]
+                eps = [d for d, ways in splits.items()
+                       if model.moe.num_experts % d == 0 and model.moe.intermediate_size % ways == 0]
                 raise ScenarioError(f"parallel.ep = {ep}: each expert would be split over {split} GPUs, but "
                                     f"{model.name}'s expert intermediate size {model.moe.intermediate_size} does "
-                                    f"not split {split} ways (valid: {', '.join(map(str, valid))})")
+                                    f"not split {split} ways (valid: {', '.join(map(str, eps))})")
             if self.attention_dp:
                 per_node = sorted({sum(1 for gpu in self.moe_group(0, 0) if cluster.node_of(gpu) == node)
                                    for node in {cluster.node_of(gpu) for gpu in self.moe_group(0, 0)}})
