@@ -298,26 +298,31 @@ def dispatch_copies(moe: MoeSpec, sharding: Sharding) -> float:
     return _rank_reached(moe, sharding.ep) * (group - 1)
 
 
+@functools.cache
 def _rank_reached(moe: MoeSpec, ep: int) -> float:
-    """The chance that one of `ep` ranks (E/ep experts each, in order) holds one of a token's k experts, under
-    uniform routing. Without groups: 1 − C(E − E/ep, k)/C(E, k). With DeepSeek's groups (k experts among the
-    experts of `groups_per_token` of `groups` groups picked first): a rank spans E/ep experts of one group, or
-    whole groups; j of its groups picked (hypergeometric), it escapes the k picks among those groups' experts with
-    C(n − j·m, k)/C(n, k), n the picked groups' experts and m its experts per picked group."""
+    """The chance that an EP rank (E/ep consecutive experts) holds one of a token's k experts under uniform
+    routing, averaged over the ranks. Without groups: 1 − C(E − E/ep, k)/C(E, k). With DeepSeek's groups (the k
+    experts among those of `groups_per_token` of the `groups` groups, picked first): a rank holding m of the
+    picked groups' n experts escapes with C(n − m, k)/C(n, k); m's distribution over the C(G, t) picks of groups
+    is counted group by group (a rank may hold part of a group, or several)."""
     experts, k = moe.num_experts, moe.top_k
     local = experts // ep
     if moe.groups == 1:
         return 1.0 - math.comb(experts - local, k) / math.comb(experts, k)
-    per_group = experts // moe.groups
-    candidates = moe.groups_per_token * per_group
-    if local <= per_group:  # within one group: it is picked, then some pick lands on its experts
-        picked = moe.groups_per_token / moe.groups
-        return picked * (1.0 - math.comb(candidates - local, k) / math.comb(candidates, k))
-    mine, g, t = local // per_group, moe.groups, moe.groups_per_token
-    escape = sum(math.comb(mine, j) * math.comb(g - mine, t - j) / math.comb(g, t)
-                 * math.comb(candidates - j * per_group, k) / math.comb(candidates, k)
-                 for j in range(0, min(mine, t) + 1))
-    return 1.0 - escape
+    per_group, picked = experts // moe.groups, moe.groups_per_token
+    candidates = picked * per_group
+    reached = 0.0
+    for rank in range(ep):
+        first, last = rank * local, (rank + 1) * local
+        held = [max(0, min(last, (g + 1) * per_group) - max(first, g * per_group)) for g in range(moe.groups)]
+        ways: dict[tuple[int, int], int] = {(0, 0): 1}  # (groups picked so far, this rank's experts in them)
+        for count in held:
+            for (j, m), w in list(ways.items()):
+                if j < picked:
+                    ways[(j + 1, m + count)] = ways.get((j + 1, m + count), 0) + w
+        escape = sum(w * math.comb(candidates - m, k) for (j, m), w in ways.items() if j == picked)
+        reached += 1.0 - escape / (math.comb(moe.groups, picked) * math.comb(candidates, k))
+    return reached / ep
 
 
 LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = {"dense": dense_layer,

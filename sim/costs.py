@@ -310,17 +310,19 @@ class StageCosts:
     def lockstep_times(self, shapes: Sequence[BatchShape], num_logits: Sequence[int]) -> LockstepTimes:
         """One step of replicas whose experts span them (attention-DP, one stage): each replica runs its own
         tokens (`lockstep_tokens`) and attention up to a MoE layer's dispatch, where all wait for the last to
-        arrive; the experts and what follows run in step. A replica's wait counts as `ep_comm` (it sits in the
-        all-to-all's kernel). Layer mode walks the same ops (the engine's `_lockstep_layers`), equal to float
-        rounding."""
+        arrive; the experts and what follows run in step, the all-to-alls as long as the busiest replica's. A
+        replica's wait counts as `ep_comm` (it sits in the all-to-all's kernel). Layer mode walks the same ops (the
+        engine's `_lockstep_layers`), equal to float rounding."""
         local, shared = self.lockstep_tokens(shapes)
         attention = [sum(self.attention_times(shape)) for shape in shapes]
         edges = [self.edge_times(tokens) for tokens in local]
         compute = [c for c, _ in edges]
         comm = [t for _, t in edges]
         clock = [c + t for c, t in edges]
+        busiest = max(local)  # an all-to-all lasts until its busiest sender is done
         for kind, count in self.layer_runs:
-            _, _, shared_compute, shared_comm, ep = self.lockstep_parts(kind, shared)
+            _, _, shared_compute, shared_comm, _ = self.lockstep_parts(kind, shared)
+            ep = self.lockstep_parts(kind, busiest)[4]
             alone = []
             for r, tokens in enumerate(local):
                 own_compute, own_comm = self.lockstep_parts(kind, tokens)[:2]

@@ -31,7 +31,7 @@ import simpy
 
 from splitsim.hardware.collectives import shared_links
 from splitsim.models.ops import BatchShape
-from splitsim.sim.costs import StageCosts
+from splitsim.sim.costs import StageCosts, TimedOp
 from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
 from splitsim.sim.flows import SharedLinks
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram
@@ -291,13 +291,12 @@ class Engine:
             if edge_comm:
                 run(r, edge_comm, "tp_comm", "embedding_allreduce")
         for kind, count in cost.layer_runs:
-            ops = []  # each replica's own ops up to the first all-to-all, then the ops all run in step
-            for shape, tokens in zip(shapes, local):
-                own = cost.layer_ops(shape, kind, tokens)
-                cut = next((i for i, op in enumerate(own) if op.category == "ep_comm"), len(own))
-                after = cost.layer_ops(shape, kind, shared)
-                ops.append(own[:cut] + after[next((i for i, op in enumerate(after) if op.category == "ep_comm"),
-                                                  len(after)):])
+            # the busiest replica's all-to-alls (they last until it has sent), in order
+            exchanges = iter([op for op in cost.layer_ops(shapes[0], kind, max(local)) if op.category == "ep_comm"])
+            together = [op if op.category != "ep_comm" else next(exchanges)
+                        for op in _from_exchange(cost.layer_ops(shapes[0], kind, shared))]
+            # each replica's own ops up to the first all-to-all, then the ops all run in step
+            ops = [_to_exchange(cost.layer_ops(shape, kind, tokens)) + together for shape, tokens in zip(shapes, local)]
             for _ in range(count):
                 position = [0] * len(shapes)
                 while True:  # each replica up to its next all-to-all (or the layer's end), then the exchange
@@ -519,6 +518,16 @@ class Engine:
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
                 self._route(self._request(now))
         replica.wake_idle_slots()
+
+
+def _to_exchange(ops: list[TimedOp]) -> list[TimedOp]:
+    """A layer's ops before its first all-to-all: what a lockstep replica runs at its own pace."""
+    return ops[:next((i for i, op in enumerate(ops) if op.category == "ep_comm"), len(ops))]
+
+
+def _from_exchange(ops: list[TimedOp]) -> list[TimedOp]:
+    """A layer's ops from its first all-to-all on: what lockstep replicas run together."""
+    return ops[len(_to_exchange(ops)):]
 
 
 def _contended(plan: Plan) -> bool:

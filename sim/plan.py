@@ -135,8 +135,11 @@ class Plan:
         if model.moe is not None:  # each token's experts' gate/up outputs, and the router's logits
             mlp = max(mlp, 2 * model.moe.top_k * model.moe.intermediate_size // self.sharding.moe_tp
                       + model.moe.num_experts)
-        per_token = (4 * model.hidden_size + mlp
-                     + (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim)
+        qkv = (model.num_heads // tp + 2 * model.kv_heads_per_rank(tp)) * model.head_dim
+        if model.mla is not None:  # queries, the latent and RoPE key, the keys and values decompressed per head
+            m = model.mla
+            qkv = model.num_heads // tp * (2 * m.qk_nope_head_dim + m.qk_rope_head_dim + m.v_head_dim) + m.latent
+        per_token = 4 * model.hidden_size + mlp + qkv
         logits = self.scheduler.max_num_seqs * model.vocab_size / tp * 4
         return tokens * per_token * ACTIVATION_BYTES + logits
 

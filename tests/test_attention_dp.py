@@ -82,9 +82,11 @@ def test_dense_layers_keep_their_all_reduces_and_ep1_has_no_all_to_all(model_pat
     assert split.summary["gpu_time_fraction"]["ep_comm"] == 0.0
 
 
-def test_stage_and_layer_granularity_agree(model_path):
-    layer = simulate(_scenario(model_path, tp=2, dp=4, ep=8, num_requests=20))
-    stage = simulate(_scenario(model_path, tp=2, dp=4, ep=8, granularity="stage", num_requests=20))
+@pytest.mark.parametrize("prompt", [48, 1500], ids=["cuda-graph steps", "eager steps"])
+def test_stage_and_layer_granularity_agree(model_path, prompt):
+    layer = simulate(_scenario(model_path, tp=2, dp=4, ep=8, num_requests=20, prompt_tokens=prompt))
+    stage = simulate(_scenario(model_path, tp=2, dp=4, ep=8, granularity="stage", num_requests=20,
+                               prompt_tokens=prompt))
     for column in ("first_token_s", "finish_s"):
         np.testing.assert_allclose(stage.requests[column], layer.requests[column], rtol=1e-9)
     for key in ("compute", "tp_comm", "ep_comm"):
@@ -131,19 +133,23 @@ def test_the_dispatch_reaches_the_gpus_random_routing_reaches():
     assert ops.dispatch_copies(moe, sharding) == pytest.approx(reached_other, rel=0.01)
 
 
-@pytest.mark.parametrize("ep", [4, 8, 16, 32])
-def test_grouped_routing_reaches_the_gpus_random_grouped_routing_reaches(ep):
-    """DeepSeek-V3's routing: 4 of 8 groups of 32 experts picked, then 8 experts among their 128 (uniform)."""
+@pytest.mark.parametrize(("experts", "groups", "picked", "k", "ep"), [
+    (256, 8, 4, 8, 4), (256, 8, 4, 8, 8), (256, 8, 4, 8, 16), (256, 8, 4, 8, 32),  # DeepSeek-V3's routing
+    (96, 8, 4, 8, 6), (96, 8, 4, 8, 3), (60, 4, 2, 4, 6),  # ranks that cut across groups
+])
+def test_grouped_routing_reaches_the_gpus_random_grouped_routing_reaches(experts, groups, picked, k, ep):
+    """Grouped routing: `picked` of `groups` groups first, then k experts among theirs (uniform)."""
     rng = np.random.default_rng(ep)
-    moe = MoeSpec(num_experts=256, top_k=8, intermediate_size=64, groups=8, groups_per_token=4)
-    tokens = 20000
-    groups = np.argsort(rng.random((tokens, 8)), axis=1)[:, :4]
-    within = np.argsort(rng.random((tokens, 128)), axis=1)[:, :8]  # positions among the picked groups' experts
-    experts = groups[np.arange(tokens)[:, None], within // 32] * 32 + within % 32
-    ranks = experts // (256 // ep)
-    reached_other = np.mean([len(set(row) - {0}) for row in ranks])
+    moe = MoeSpec(num_experts=experts, top_k=k, intermediate_size=64, groups=groups, groups_per_token=picked)
+    tokens, size = 20000, experts // groups
+    chosen = np.argsort(rng.random((tokens, groups)), axis=1)[:, :picked]
+    within = np.argsort(rng.random((tokens, picked * size)), axis=1)[:, :k]  # among the picked groups' experts
+    routed = chosen[np.arange(tokens)[:, None], within // size] * size + within % size
+    ranks = routed // (experts // ep)
     sharding = Sharding(1, "bf16", "bf16", "bf16", ep=ep, dp_attention=ep)
-    assert ops.dispatch_copies(moe, sharding) == pytest.approx(reached_other, rel=0.02)
+    # every rank is some token's destination: the mean over ranks of how often it is reached, times ep − 1
+    reached = np.mean([len(set(row)) for row in ranks]) / ep * (ep - 1)
+    assert ops.dispatch_copies(moe, sharding) == pytest.approx(reached, rel=0.02)
 
 
 def test_an_idle_run_of_replicas_waits_and_the_fast_forward_counts_why(model_path):
@@ -180,5 +186,12 @@ def test_an_eager_step_runs_each_replica_at_its_own_token_count(model_path):
     assert mixed.step < everyone_big.step
     # the small replicas compute less than half what the big one does, and wait for it in the all-to-alls
     assert mixed.compute[1] < mixed.compute[0] / 2 and mixed.ep_comm[1] > mixed.ep_comm[0]
+    # the big replica never waits: its all-to-alls are its own, priced as if every replica sent its 2,000 tokens
+    # (the busiest sender decides)
+    exchange = ops.dispatch_copies(load_model(model_path).moe, plan.sharding) * 2000 * 1024 * 2 * ops.expert_load(
+        64, 4, 8, 8 * 2000)
+    moe_layers = LAYERS - len(DENSE)
+    assert mixed.ep_comm[0] == pytest.approx(
+        moe_layers * 2 * collectives.alltoall_s(plan.cluster, list(range(8)), exchange), rel=1e-9)
     for r in range(8):  # every replica is busy or waiting until its own LM head is done
         assert mixed.compute[r] + mixed.tp_comm[r] + mixed.ep_comm[r] <= mixed.step * (1 + 1e-12)
