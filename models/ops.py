@@ -74,6 +74,8 @@ class Sharding:
     compute: ComputeDtype
     ep: int = 1  # experts spread over this many ranks (whole experts each); 1: every expert split by TP
     dp_attention: int = 1  # replicas sharing the experts; 1: a replica holds all of them
+    expert_imbalance: float | None = None  # the hottest expert's tokens over the mean (scenario moe.imbalance)
+    redundant_experts: int = 0  # EPLB's extra copies: they even out the ranks' systematic load
 
     @property
     def moe_tp(self) -> int:
@@ -101,6 +103,17 @@ def expert_load(num_experts: int, top_k: int, ranks: int, tokens: int) -> float:
     mean = tokens * top_k / ranks
     variance = tokens * top_k / ranks * (1 - 1 / ranks) * (num_experts - top_k) / (num_experts - 1)
     return min(1.0 + math.sqrt(variance) / mean * _max_of_normals(ranks), float(ranks))
+
+
+def rank_load(moe: MoeSpec, sharding: Sharding, tokens: int) -> float:
+    """The busiest EP rank's routed tokens over the mean: random top-k routing's spread (`expert_load`), or a hot
+    expert's (`expert_imbalance` I: its rank holds it and E/ep − 1 mean ones, (I + E/ep − 1)/(E/ep)) if larger.
+    EPLB's redundant copies even out the systematic skew, not the batch's random spread."""
+    load = expert_load(moe.num_experts, moe.top_k, sharding.ep, tokens)
+    if sharding.expert_imbalance is None or sharding.redundant_experts:
+        return load
+    local = moe.num_experts // sharding.ep
+    return max(load, min((sharding.expert_imbalance + local - 1) / local, float(sharding.ep)))
 
 
 @functools.cache
@@ -256,8 +269,8 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
     if ep == 1:
         routed = tokens * moe.top_k
         reached = expected_experts(moe.num_experts, moe.top_k, tokens)
-    else:  # the busiest rank decides: its share of the routed tokens (`expert_load`) over its E/ep experts
-        load = expert_load(moe.num_experts, moe.top_k, ep, group_tokens)
+    else:  # the busiest rank decides: its share of the routed tokens (`rank_load`) over its E/ep experts
+        load = rank_load(moe, sharding, group_tokens)
         routed = math.ceil(group_tokens * moe.top_k / ep * load)
         local = moe.num_experts // ep
         reached = local * (1.0 - (1.0 - 1.0 / local) ** routed)  # distinct experts its routed tokens reach

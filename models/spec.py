@@ -140,10 +140,10 @@ class ModelSpec(BaseModel):
                 + self.lm_head_params)
 
     def layer_params_per_rank(self, tp: int, kind: LayerKind = "dense", active: bool = False, ep: int = 1,
-                              moe_tp: int | None = None) -> int:
+                              moe_tp: int | None = None, redundant: int = 0) -> int:
         """One layer's parameters on one TP rank: its heads (KV heads replicated when TP > h_kv), its FFN
-        slice — or the router (replicated) and its experts: E/ep of them, each split `moe_tp` ways (by default
-        tp/ep; `active`: the top-k's) —, and both norms whole."""
+        slice — or the router (replicated) and its experts: (E + `redundant` copies)/ep of them, each split
+        `moe_tp` ways (by default tp/ep; `active`: the top-k's) —, and both norms whole."""
         d, h = self.head_dim, self.hidden_size
         q_heads, kv_heads = self.num_heads // tp, self.kv_heads_per_rank(tp)
         attention = h * (q_heads + 2 * kv_heads) * d + q_heads * d * h
@@ -155,7 +155,7 @@ class ModelSpec(BaseModel):
                          + q_heads * m.v_head_dim * h)
         if kind == "moe":
             assert self.moe is not None, "a moe layer needs the model's experts"
-            experts = self.moe.top_k if active else self.moe.num_experts // ep
+            experts = self.moe.top_k if active else (self.moe.num_experts + redundant) // ep
             split = moe_tp or tp // ep
             mlp = (h * self.moe.num_experts + experts * 3 * h * (self.moe.intermediate_size // split)
                    + self.moe.shared_experts * 3 * h * self.moe.intermediate_size // tp)

@@ -82,7 +82,8 @@ class Plan:
         # The experts span the replicas (attention data-parallel, lockstep) when EP is wider than one TP group.
         self.attention_dp = self.dp > 1 and self.ep > 1 and self.tp % self.ep != 0
         self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8, cluster.gpu.has_fp4),
-                                 self.ep, self.dp if self.attention_dp else 1)
+                                 self.ep, self.dp if self.attention_dp else 1, scenario.moe.imbalance,
+                                 scenario.moe.redundant_experts)
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
@@ -109,7 +110,8 @@ class Plan:
         model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep, moe_tp=self.sharding.moe_tp)
+            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep, moe_tp=self.sharding.moe_tp,
+                                                     redundant=self.sharding.redundant_experts)
                          for kind in model.layer_kinds[first:first + count])
             if index == 0:
                 params += model.vocab_params_per_rank(self.tp)
@@ -213,12 +215,27 @@ class Plan:
                         f"parallel.dp = {self.dp}: the experts' tp × dp = {tp * self.dp} GPUs would sit "
                         f"{' and '.join(map(str, per_node))} to a node; an all-to-all needs as many on each "
                         f"(valid: tp × dp a divisor of {g} or a multiple of it)")
+        self._check_moe()
         g = cluster.gpus_per_node
         if g % tp and tp % g:
             raise ScenarioError(
                 f"parallel.tp = {tp}: a TP group must fill whole nodes or fit evenly in one "
                 f"({cluster.name} has {g} GPUs per node; valid: {_divisors(g)} or multiples of {g})"
             )
+
+    def _check_moe(self) -> None:
+        """The scenario's `moe` section against the model and layout."""
+        moe, settings, ep = self.model.moe, self.scenario.moe, self.ep
+        extra = settings.redundant_experts
+        if extra and (moe is None or ep == 1 or (moe.num_experts + extra) % ep):
+            experts = f"{moe.num_experts} experts" if moe is not None else "experts (the model has none)"
+            raise ScenarioError(f"moe.redundant_experts = {extra}: EPLB spreads the {experts} and their copies "
+                                f"evenly over parallel.ep = {ep} ranks (valid: 0, or with ep > 1 a count making "
+                                "experts + copies a multiple of ep)")
+        if settings.imbalance is not None and moe is not None and settings.imbalance > moe.num_experts / moe.top_k:
+            raise ScenarioError(f"moe.imbalance = {settings.imbalance:g}: an expert gets at most every token, "
+                                f"{moe.num_experts}/{moe.top_k} = {moe.num_experts / moe.top_k:g} times the mean "
+                                f"(valid: 1 to {moe.num_experts / moe.top_k:g})")
 
     def check_memory(self) -> None:
         usable = self.usable_bytes_per_gpu

@@ -56,14 +56,17 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
     if wl.kind == "trace" or given_rows:
         workload |= {"overlong": wl.overlong} | stream.overlong
     model, cluster, sched = plan.model, plan.cluster, plan.scheduler
-    return {
+    precision = {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
+                 "compute": plan.sharding.compute}
+    if plan.sharding.weights != model.default_weight_dtype:  # precision.weights overrides what the checkpoint holds
+        precision["checkpoint_weights"] = model.default_weight_dtype
+    described = {
         "name": scenario.name,
         "model": {"name": model.name, "architecture": model.architecture, "layers": model.num_layers,
                   "hidden_size": model.hidden_size, "max_position_embeddings": model.max_position_embeddings},
         "cluster": cluster.name, "gpu": cluster.gpu.name,
         "layout": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep, "order": plan.order},
-        "precision": {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
-                      "compute": plan.sharding.compute},
+        "precision": precision,
         "workload": workload,
         "scheduler": {"policy": sched.policy, "max_num_seqs": sched.max_num_seqs,
                       "max_batched_tokens": sched.max_batched_tokens},
@@ -76,6 +79,12 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
         "granularity": plan.granularity, "seed": scenario.sim.seed,
         "hardware_profile": Path(scenario.hardware_profile).name if scenario.hardware_profile else None,
     }
+    if model.moe is not None:
+        described["moe"] = {"experts": model.moe.num_experts, "top_k": model.moe.top_k,
+                            "shared_experts": model.moe.shared_experts, "imbalance": scenario.moe.imbalance,
+                            "redundant_experts": scenario.moe.redundant_experts,
+                            "attention_data_parallel": plan.attention_dp}
+    return described
 
 
 def _sha256(path: str) -> str:

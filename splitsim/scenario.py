@@ -114,6 +114,19 @@ class Precision(_Strict):
     kv_cache: KvDtype | None = Field(None, description="default: 16-bit, as the weights' compute")
 
 
+class Moe(_Strict):
+    """How a mixture of experts' tokens spread over its experts (ignored by dense models)."""
+
+    imbalance: float | None = Field(
+        None, ge=1.0, allow_inf_nan=False,
+        description="the hottest expert's tokens over the mean expert's, a property of the model and traffic "
+                    "(default: none beyond random top-k routing, whose expected spread is always counted)")
+    redundant_experts: StrictInt = Field(
+        0, ge=0, description="extra expert copies that vLLM's EPLB places to even the EP ranks' load "
+                             "(--num-redundant-experts with --enable-eplb): more weights per GPU, and only random "
+                             "routing's spread left")
+
+
 class Scheduler(_Strict):
     """Unset knobs are the serving engine's to decide (`sim.defaults`); summary.json shows them resolved."""
 
@@ -179,6 +192,7 @@ class Scenario(_Strict):
     parallel: Parallel = Parallel()
     workload: Workload
     precision: Precision = Precision()
+    moe: Moe = Moe()
     scheduler: Scheduler = Scheduler()
     memory: Memory = Memory()
     sim: SimOptions = SimOptions()

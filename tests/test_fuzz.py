@@ -31,7 +31,8 @@ from splitsim.cli import main
 from splitsim.validate import measurements
 
 BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4},
-                              parallel={"ep": 1}, sim={"contention": False})  # every key a scenario may hold
+                              parallel={"ep": 1}, sim={"contention": False},
+                              moe={"imbalance": None, "redundant_experts": 0})  # every key a scenario may hold
 
 # Values no field should take silently, and a few that are valid somewhere.
 ABSURD = st.one_of(
@@ -145,7 +146,8 @@ def test_any_field_of_an_attention_dp_scenario_is_accepted_or_refused_in_one_lin
     folder = _fresh(tmp_path)
     model = folder / "config.json"
     model.write_text(json.dumps(FILES["moe model"][1]()))
-    base = {**BASE_SCENARIO, "model": str(model), "parallel": {"tp": 1, "pp": 1, "dp": 4, "ep": 4, "order": "tp-pp-dp"}}
+    base = {**BASE_SCENARIO, "model": str(model), "parallel": {"tp": 1, "pp": 1, "dp": 4, "ep": 4, "order": "tp-pp-dp"},
+            "moe": {"imbalance": 1.5, "redundant_experts": 4}}
     tree, path = _mutated(base, data)
     scenario = folder / "s.yaml"
     scenario.write_text(yaml.safe_dump(tree))

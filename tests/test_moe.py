@@ -1,7 +1,10 @@
 """Mixture-of-experts models (issue 11): shapes from their config.json, parameter counts against the published
-figures, the experts a batch reaches, and their runs (experts split by TP; expert parallelism comes next)."""
+figures, the experts a batch reaches, their runs split by TP or spread by EP, and the moe section's settings
+(attention data-parallel: tests/test_attention_dp.py)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from splitsim.models import ops
 from splitsim.models.ops import Sharding
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import scenario_from_dict
+from splitsim.sim.plan import build_plan
 
 
 def _mixtral_params(c: dict) -> tuple[float, float]:
@@ -326,3 +330,61 @@ def test_deepseek_config_defaults_and_refusals_name_the_field():
         ModelSpec.from_hf_config(config | {"torch_dtype": "float7"}, "d")
     with pytest.raises(ValueError, match="n_shared_experts = -1: need a whole number"):
         ModelSpec.from_hf_config(config | {"n_shared_experts": -1}, "d")
+
+
+def test_a_hot_expert_loads_its_rank_and_eplb_copies_even_it_out():
+    """moe.imbalance I: the hottest expert's rank carries it and E/ep − 1 mean experts, (I + E/ep − 1)/(E/ep) of
+    the mean rank's tokens; EPLB's redundant copies leave only random routing's spread, and cost weights."""
+    model = load_model("qwen3-30b-a3b")  # 128 experts, top 8
+    tokens, ep = 512, 8
+    base = Sharding(8, "bf16", "bf16", "bf16", ep=ep)
+    hot = Sharding(8, "bf16", "bf16", "bf16", ep=ep, expert_imbalance=4.0)
+    copies = Sharding(8, "bf16", "bf16", "bf16", ep=ep, expert_imbalance=4.0, redundant_experts=16)
+
+    def routed(sharding):
+        graph = {op.name: op for op in ops.layer_graph(model, "moe", tokens, sharding)}
+        return graph["experts_act"].nbytes / (3 * model.moe.intermediate_size * 2)  # rows through SiLU-and-mul
+
+    mean = tokens * 8 / ep
+    assert routed(hot) == math.ceil(mean * (4.0 + 15) / 16)
+    assert routed(base) == routed(copies) == math.ceil(mean * ops.expert_load(128, 8, ep, tokens))
+    assert routed(hot) > routed(base)
+    plain = scenario_dict(model="qwen3-30b-a3b", parallel={"tp": 8, "ep": 8})
+    with_copies = scenario_dict(model="qwen3-30b-a3b", parallel={"tp": 8, "ep": 8}, moe={"redundant_experts": 16})
+    extra = (build_plan(scenario_from_dict(with_copies)).weights_bytes_per_gpu
+             - build_plan(scenario_from_dict(plain)).weights_bytes_per_gpu)
+    assert extra == 48 * 2 * 3 * model.hidden_size * model.moe.intermediate_size * 2  # 48 layers, 2 copies a GPU
+
+
+@pytest.mark.parametrize(("changes", "words"), [
+    ({"model": "qwen3-30b-a3b", "parallel": {"tp": 8}, "moe": {"redundant_experts": 8}},
+     "moe.redundant_experts = 8: EPLB spreads the 128 experts and their copies evenly over parallel.ep = 1 ranks"),
+    ({"model": "qwen3-30b-a3b", "parallel": {"tp": 8, "ep": 8}, "moe": {"redundant_experts": 4}},
+     "(valid: 0, or with ep > 1 a count making experts + copies a multiple of ep)"),
+    ({"model": "qwen3-30b-a3b", "parallel": {"tp": 8, "ep": 8}, "moe": {"imbalance": 17}},
+     "moe.imbalance = 17: an expert gets at most every token, 128/8 = 16 times the mean (valid: 1 to 16)"),
+    ({"model": "qwen3-30b-a3b", "moe": {"imbalance": 0.5}}, "moe.imbalance"),
+])
+def test_moe_settings_that_cannot_hold_are_refused_in_one_line(tmp_path, capsys, changes, words):
+    import yaml
+
+    from helpers import error_line
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(scenario_dict(**changes)))
+    err = error_line(capsys, ["run", str(path), "--out", str(tmp_path / "out"), "-q"])
+    assert err.startswith("splitsim: error: moe.") and words in err, err
+
+
+def test_the_summary_names_the_experts_and_an_overridden_checkpoint_precision():
+    from splitsim import simulate
+
+    summary = simulate(scenario_from_dict(scenario_dict(
+        model="qwen3-30b-a3b", parallel={"tp": 1, "dp": 8, "ep": 8}, precision={"weights": "fp8"},
+        moe={"redundant_experts": 8}))).summary
+    described = summary["scenario"]
+    assert described["precision"]["weights"] == "fp8" and described["precision"]["checkpoint_weights"] == "bf16"
+    assert described["moe"] == {"experts": 128, "top_k": 8, "shared_experts": 0, "imbalance": None,
+                                "redundant_experts": 8, "attention_data_parallel": True}
+    dense = simulate(scenario_from_dict(scenario_dict())).summary["scenario"]
+    assert "moe" not in dense and "checkpoint_weights" not in dense["precision"]
