@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, ComputeDtype, KvDtype, WeightDtype
-from splitsim.models.spec import LayerKind, ModelSpec, MoeSpec
+from splitsim.models.spec import AttentionKind, LayerKind, ModelSpec, MoeSpec
 
 OpKind = Literal["gemm", "attention", "memory", "allreduce", "allgather", "alltoall"]
 
@@ -50,12 +50,14 @@ class BatchShape:
     """What one iteration computes: prefill chunks and decodes.
 
     `prefill` holds (new_tokens, cached_prefix) per prefilling sequence; `decode_context` is the sum over
-    decoding sequences of the positions each attends to (its context, the new token included).
+    decoding sequences of the positions each attends to (its context, the new token included), and
+    `decode_context_local` what a sliding or chunked layer lets each see (`local_positions`).
     """
 
     prefill: tuple[tuple[int, int], ...] = ()
     num_decode: int = 0
     decode_context: int = 0
+    decode_context_local: int = 0  # the same sum for the model's sliding or chunked layers (0 without them)
 
     @property
     def num_tokens(self) -> int:
@@ -132,29 +134,60 @@ def expected_experts(num_experts: int, top_k: int, tokens: int) -> float:
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** tokens)
 
 
-def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding) -> tuple[Op, Op]:
+def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding,
+              kind: AttentionKind = "full") -> tuple[Op, Op]:
     """Prefill and decode attention (separate kernels, as vLLM runs them) on one TP rank.
 
     Prefill chunk of s tokens after c cached: token i attends to c+i+1 positions, so
     FLOPs = 2·h_q·(d_qk + d_v)·(s·c + s(s+1)/2); it reads Q and the K/V of c+s positions, writes O and the new K/V.
     Decode: FLOPs = 2·h_q·(d_qk + d_v)·ctx; it reads the K/V of ctx positions (memory-bound). Under MLA
     (`_attention_dims`) prefill runs on keys and values decompressed per head, decode on the cached latent.
+    A sliding or chunked layer (`kind`) counts only the positions its window or chunk lets a token see
+    (`_prefill_pairs`, the batch's `decode_context_local`), and reads only their K/V.
     """
     q_heads = model.num_heads // sharding.tp
     prefill_dims, decode_dims = _attention_dims(model, sharding)
     qk, v, kv_row = prefill_dims
     pf_flops = pf_bytes = 0.0
     for new, cached in batch.prefill:
-        pf_flops += 2.0 * q_heads * (qk + v) * (new * cached + new * (new + 1) / 2)
-        pf_bytes += new * q_heads * (qk + v) * ACTIVATION_BYTES + (cached + 2 * new) * kv_row
+        if kind == "full":
+            pf_flops += 2.0 * q_heads * (qk + v) * (new * cached + new * (new + 1) / 2)
+            pf_bytes += new * q_heads * (qk + v) * ACTIVATION_BYTES + (cached + 2 * new) * kv_row
+            continue
+        span = model.local_span
+        assert span is not None, "a local attention layer needs the model's window or chunk"
+        seen = min(cached, span) if kind == "sliding" else cached % span  # cached positions still in view
+        pf_flops += 2.0 * q_heads * (qk + v) * _prefill_pairs(new, cached, kind, span)
+        pf_bytes += new * q_heads * (qk + v) * ACTIVATION_BYTES + (seen + 2 * new) * kv_row
     qk, v, kv_row = decode_dims
-    n, ctx = batch.num_decode, batch.decode_context
+    n, ctx = batch.num_decode, batch.decode_context if kind == "full" else batch.decode_context_local
     dec_flops = 2.0 * q_heads * (qk + v) * ctx
     dec_bytes = n * q_heads * (qk + v) * ACTIVATION_BYTES + (ctx + n) * kv_row
     return (
         Op("attention", "attention", pf_flops, pf_bytes),
         Op("attention", "attention", dec_flops, dec_bytes),
     )
+
+
+def _prefill_pairs(new: int, cached: int, kind: AttentionKind, span: int) -> int:
+    """(query, key) pairs of a prefill chunk of `new` tokens after `cached` under local attention. Sliding window
+    w: the token at position p (from 0) sees min(p + 1, w) positions; the first j = clamp(w − c, 0, s) see c + i,
+    the rest w. Chunks of C: it sees p mod C + 1, and Σ_{p<n} (p mod C + 1) = ⌊n/C⌋·C(C+1)/2 + r(r+1)/2
+    (r = n mod C)."""
+    if kind == "sliding":
+        j = max(0, min(new, span - cached))
+        return j * cached + j * (j + 1) // 2 + (new - j) * span
+
+    def upto(n: int) -> int:
+        whole, rest = divmod(n, span)
+        return whole * span * (span + 1) // 2 + rest * (rest + 1) // 2
+
+    return upto(cached + new) - upto(cached)
+
+
+def local_positions(context: int, kind: AttentionKind, span: int) -> int:
+    """Positions a decoding token with `context` positions (itself included) sees in a sliding or chunked layer."""
+    return min(context, span) if kind == "sliding" else (context - 1) % span + 1
 
 
 def _attention_dims(model: ModelSpec, sharding: Sharding) -> tuple[tuple[int, int, float], tuple[int, int, float]]:
@@ -342,15 +375,28 @@ LAYERS: dict[LayerKind, Callable[[ModelSpec, int, Sharding], tuple[Op, ...]]] = 
                                                                                   "moe": moe_layer}
 
 
-def layer_graph(model: ModelSpec, kind: LayerKind, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
-    """The ops of one layer of `kind` for `tokens` tokens, in execution order, `ATTENTION` in its place: the one
-    description of a layer's work that stage mode sums and layer mode walks (sim/costs.py)."""
-    return LAYERS[kind](model, tokens, sharding)
+def layer_graph(model: ModelSpec, kind: str, tokens: int, sharding: Sharding) -> tuple[Op, ...]:
+    """The ops of one layer of `kind` (a `ModelSpec.layer_types` entry: its MLP kind, and its attention when
+    local, which shapes only the `ATTENTION` kernels) for `tokens` tokens, in execution order, `ATTENTION` in its
+    place: the one description of a layer's work that stage mode sums and layer mode walks (sim/costs.py)."""
+    return LAYERS[layer_kind(kind)](model, tokens, sharding)
 
 
-def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding, kind: LayerKind = "dense") -> list[Op]:
+def layer_kind(layer_type: str) -> LayerKind:
+    """The MLP kind of a layer type (`moe/sliding` → `moe`)."""
+    kind = layer_type.split("/", 1)[0]
+    assert kind in LAYERS, f"unknown layer kind {kind!r}"
+    return kind  # type: ignore[return-value]
+
+
+def layer_attention(layer_type: str) -> AttentionKind:
+    """The attention of a layer type (`moe/sliding` → `sliding`; no suffix: full)."""
+    return layer_type.split("/", 1)[1] if "/" in layer_type else "full"  # type: ignore[return-value]
+
+
+def layer_ops(model: ModelSpec, batch: BatchShape, sharding: Sharding, kind: str = "dense") -> list[Op]:
     """One layer's ops on `batch`, in execution order, with its prefill and decode attention in place."""
-    prefill_attn, decode_attn = attention(model, batch, sharding)
+    prefill_attn, decode_attn = attention(model, batch, sharding, layer_attention(kind))
     ops: list[Op] = []
     for op in layer_graph(model, kind, batch.num_tokens, sharding):
         if op is ATTENTION:

@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from splitsim.files import cut, read_json_file, shown
 from splitsim.models.precision import BYTES_PER_ELEMENT, HF_DTYPES, KvDtype, WeightDtype
 
-LayerKind = Literal["dense", "moe"]  # what a decoder layer is made of (models/ops.py LAYERS)
+LayerKind = Literal["dense", "moe"]  # what a decoder layer's MLP is made of (models/ops.py LAYERS)
+AttentionKind = Literal["full", "sliding", "chunked"]  # what its attention sees: everything, a window, its chunk
 _CATALOG = "catalog"
 _SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                            "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM")
+                            "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM", "Phi3ForCausalLM",
+                            "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
 
 class MoeSpec(BaseModel):
@@ -87,6 +89,19 @@ class ModelSpec(BaseModel):
     default_weight_dtype: WeightDtype = "bf16"
     moe: MoeSpec | None = None
     mla: MlaSpec | None = None
+    sliding_window: int | None = Field(None, gt=0, description="positions a sliding layer's token attends to, "
+                                                                "itself included")
+    attention_chunk: int | None = Field(None, gt=0, description="a chunked layer's token attends to its own chunk "
+                                                                 "of this many positions, up to itself (Llama 4)")
+    local_layers: tuple[int, ...] = Field((), description="the layers with sliding or chunked attention")
+
+    @model_validator(mode="after")
+    def _local_attention(self) -> ModelSpec:
+        if self.local_layers and (self.sliding_window is None) == (self.attention_chunk is None):
+            raise ValueError("local attention layers need exactly one of sliding_window and attention_chunk")
+        if any(not 0 <= i < self.num_layers for i in self.local_layers):
+            raise ValueError(f"local attention layers must be among the {self.num_layers} layers")
+        return self
 
     @model_validator(mode="after")
     def _heads_group(self) -> ModelSpec:
@@ -104,6 +119,34 @@ class ModelSpec(BaseModel):
         """Each layer's kind, in order (the layers of one model may differ)."""
         moe = self.moe
         return tuple("dense" if moe is None or i in moe.dense_layers else "moe" for i in range(self.num_layers))
+
+    @property
+    def layer_attention(self) -> tuple[AttentionKind, ...]:
+        """Each layer's attention, in order."""
+        local: AttentionKind = "sliding" if self.sliding_window is not None else "chunked"
+        return tuple(local if i in self.local_layers else "full" for i in range(self.num_layers))
+
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """Each layer's kind and attention, the unit costs are priced by: `dense`, `moe`, or with local attention
+        `dense/sliding`, `moe/chunked`…"""
+        return tuple(kind if attention == "full" else f"{kind}/{attention}"
+                     for kind, attention in zip(self.layer_kinds, self.layer_attention))
+
+    @property
+    def local_span(self) -> int | None:
+        """The positions a local layer's KV cache needs at most: its window, or its chunk."""
+        return self.sliding_window or self.attention_chunk
+
+    @property
+    def local_attention(self) -> tuple[AttentionKind, int] | None:
+        """(sliding or chunked, its span) when some layer attends locally; None otherwise."""
+        if not self.local_layers:
+            return None
+        if self.sliding_window is not None:
+            return "sliding", self.sliding_window
+        assert self.attention_chunk is not None
+        return "chunked", self.attention_chunk
 
     @property
     def head_dim(self) -> int:
@@ -245,6 +288,8 @@ class ModelSpec(BaseModel):
                 default_weight_dtype=weight_dtype,
                 moe=_hf_moe(config, sizes["num_hidden_layers"], where),
                 mla=_hf_mla(config, where),
+                **_hf_local_attention(config, architectures[0] if architectures else "", sizes["num_hidden_layers"],
+                                      where),
             )
         except ValidationError as err:  # the cross-field checks, whose messages use the HF names
             raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
@@ -309,6 +354,47 @@ def _hf_deepseek_moe(config: dict[str, Any], num_layers: int, where: str) -> Moe
                        groups_per_token=counts["topk_group"])
     except ValidationError as err:
         raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+_LOCAL_TYPES = {"full_attention": None, "sliding_attention": "sliding", "chunked_attention": "chunked"}
+
+
+def _hf_local_attention(config: dict[str, Any], architecture: str, num_layers: int, where: str) -> dict[str, Any]:
+    """Which layers attend within a sliding window, as transformers decides: a config's `layer_types`
+    (transformers ≥ 4.53 writes it), else the architecture's rule — Mistral and Phi-3 every layer when
+    `sliding_window` is set, Qwen2/3 the layers from `max_window_layers` on when `use_sliding_window`, Gemma 2
+    every other layer from the first, Gemma 3 all but every `sliding_window_pattern`-th."""
+    window = config.get("sliding_window")
+    types = config.get("layer_types")
+    if types is not None:
+        if not (isinstance(types, list) and len(types) == num_layers and all(t in _LOCAL_TYPES for t in types)):
+            raise ValueError(f"{where}: layer_types = {cut(repr(types))}: need one of {', '.join(_LOCAL_TYPES)} "
+                             f"for each of the {num_layers} layers")
+        local = tuple(i for i, t in enumerate(types) if _LOCAL_TYPES[t] == "sliding")
+        if any(_LOCAL_TYPES[t] == "chunked" for t in types):
+            raise ValueError(f"{where}: layer_types: chunked_attention outside Llama 4 is not supported")
+    elif window is None:
+        return {}
+    elif architecture in ("MistralForCausalLM", "Phi3ForCausalLM"):
+        local = tuple(range(num_layers))
+    elif architecture.startswith("Qwen"):
+        if not config.get("use_sliding_window", False):
+            return {}
+        start = config.get("max_window_layers", num_layers)
+        start = num_layers if start is None else _hf_count(start, "max_window_layers", where)
+        local = tuple(range(min(start, num_layers), num_layers))
+    elif architecture == "Gemma2ForCausalLM":
+        local = tuple(range(0, num_layers, 2))
+    elif architecture == "Gemma3ForCausalLM":
+        pattern = _hf_count(config.get("sliding_window_pattern", 6), "sliding_window_pattern", where)
+        local = tuple(i for i in range(num_layers) if (i + 1) % pattern)
+    else:
+        return {}
+    if not local:
+        return {}
+    if window is None:
+        raise ValueError(f"{where}: config.json lacks sliding_window (its layer_types has sliding layers)")
+    return {"sliding_window": _hf_count(window, "sliding_window", where), "local_layers": local}
 
 
 def _hf_mla(config: dict[str, Any], where: str) -> MlaSpec | None:

@@ -55,7 +55,7 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
     costs = [StageCosts(plan, 0, s) for s in range(plan.pp)]
     context = prompt_tokens + 1
     sched = plan.scheduler
-    kv_seqs = plan.kv_blocks_per_slot * plan.block_size // context
+    kv_seqs = plan.kv_blocks_per_slot * plan.block_size // plan.kv_tokens_needed(context)
     largest = max(1, min(sched.max_num_seqs, sched.max_batched_tokens, kv_seqs))
     sizes = np.arange(1, largest + 1)
     stage_s = np.array([[_decode_step_s(cost, b, context) for cost in costs]  # [size, stage]

@@ -22,6 +22,7 @@ from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
 from splitsim.models.ops import BatchShape, Op
 from splitsim.models.precision import ACTIVATION_BYTES
+from splitsim.models.spec import AttentionKind
 from splitsim.sim.plan import Plan
 
 
@@ -74,7 +75,7 @@ class StageCosts:
         self.group = plan.tp_group(replica, stage)
         self.moe_group = plan.moe_group(replica, stage)
         first, self.num_layers = plan.stages[stage].first_layer, plan.stages[stage].num_layers
-        kinds = plan.model.layer_kinds[first:first + self.num_layers]
+        kinds = plan.model.layer_types[first:first + self.num_layers]
         self.layer_runs = _layer_runs(kinds)  # layer mode walks these, in order
         self.layer_counts: tuple[tuple[str, int], ...] = tuple(  # stage mode sums these
             (kind, kinds.count(kind)) for kind in dict.fromkeys(kinds))
@@ -92,6 +93,7 @@ class StageCosts:
         self._lm_head: dict[int, float] = _shared(("lm_head", layer))
         self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
         self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
+        self._local_prefill: dict[tuple[str, tuple[tuple[int, int], ...]], float] = _shared(("local_prefill", layer))
         self._allreduce: dict[int, float] = _shared(("allreduce", comm))
         self._per_token: dict[int, tuple[float, float]] = _shared(("edges", layer, comm))
         self._handoff: dict[int, tuple[float, float]] = _shared(
@@ -173,8 +175,12 @@ class StageCosts:
             cached = self._allreduce[tokens] = self._op_time(op)  # 0 at TP1
         return cached
 
-    def attention_times(self, batch: BatchShape) -> tuple[float, float]:
-        """(prefill, decode) attention seconds; prefill cached by its chunks, decode from coefficients."""
+    def attention_times(self, batch: BatchShape, kind: str = "dense") -> tuple[float, float]:
+        """(prefill, decode) attention seconds of a layer of type `kind` (its attention: full, sliding, chunked);
+        prefill cached by its chunks, decode from coefficients (a local layer's on the batch's local context)."""
+        attention = model_ops.layer_attention(kind)
+        if attention != "full":
+            return self._local_attention_times(batch, attention)
         prefill = 0.0
         if batch.prefill:
             prefill = self._prefill_attention.get(batch.prefill, -1.0)
@@ -184,6 +190,24 @@ class StageCosts:
         decode = 0.0
         if batch.num_decode:
             ctx = batch.decode_context
+            decode = self.gpu.attention_time_s(
+                self._decode_flops_per_ctx * ctx,
+                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode, "decode")
+        return prefill, decode
+
+    def _local_attention_times(self, batch: BatchShape, attention: AttentionKind) -> tuple[float, float]:
+        """`attention_times` of a sliding or chunked layer: the same kernels over the positions in view."""
+        prefill = 0.0
+        if batch.prefill:
+            key = (attention, batch.prefill)
+            prefill = self._local_prefill.get(key, -1.0)
+            if prefill < 0:
+                op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding,
+                                         attention)[0]
+                prefill = self._local_prefill[key] = self._op_time(op)
+        decode = 0.0
+        if batch.num_decode:
+            ctx = batch.decode_context_local
             decode = self.gpu.attention_time_s(
                 self._decode_flops_per_ctx * ctx,
                 self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode, "decode")
@@ -236,7 +260,11 @@ class StageCosts:
         compute, comm = self.edge_times(tokens)
         for kind, count in self.layer_counts:
             terms = self.layer_terms(kind, tokens)
-            layer_compute = terms.before + attn_prefill + attn_decode
+            if "/" in kind:  # a sliding or chunked layer's attention
+                local_prefill, local_decode = self.attention_times(batch, kind)
+                layer_compute = terms.before + local_prefill + local_decode
+            else:
+                layer_compute = terms.before + attn_prefill + attn_decode
             for seconds in terms.after:
                 layer_compute += seconds
             compute += count * layer_compute
@@ -268,8 +296,9 @@ class StageCosts:
         """One layer's ops in execution order, timed, its attention kernels in place: what layer mode makes
         events of (`kind`: the stage's first layer kind unless given; `tokens`: the count the token-priced ops
         run, the batch's own unless given)."""
-        terms = self.layer_terms(kind or self.layer_counts[0][0], batch.num_tokens if tokens is None else tokens)
-        attn_prefill, attn_decode = self.attention_times(batch)
+        kind = kind or self.layer_counts[0][0]
+        terms = self.layer_terms(kind, batch.num_tokens if tokens is None else tokens)
+        attn_prefill, attn_decode = self.attention_times(batch, kind)
         timed: list[TimedOp] = []
         for op in terms.timed:
             if op.category != "attention":
@@ -314,13 +343,13 @@ class StageCosts:
         replica's wait counts as `ep_comm` (it sits in the all-to-all's kernel). Layer mode walks the same ops (the
         engine's `_lockstep_layers`), equal to float rounding."""
         local, shared = self.lockstep_tokens(shapes)
-        attention = [sum(self.attention_times(shape)) for shape in shapes]
         edges = [self.edge_times(tokens) for tokens in local]
         compute = [c for c, _ in edges]
         comm = [t for _, t in edges]
         clock = [c + t for c, t in edges]
         busiest = max(local)  # an all-to-all lasts until its busiest sender is done
         for kind, count in self.layer_runs:
+            attention = [sum(self.attention_times(shape, kind)) for shape in shapes]
             _, _, shared_compute, shared_comm, _ = self.lockstep_parts(kind, shared)
             ep = self.lockstep_parts(kind, busiest)[4]
             alone = []

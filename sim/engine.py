@@ -38,7 +38,7 @@ from splitsim.sim.metrics import HistogramBuffer, LogHistogram
 from splitsim.sim.plan import Plan
 from splitsim.sim.recorder import Recorder
 from splitsim.sim.records import Moment, RequestLog, RequestSink, RunRecords
-from splitsim.sim.scheduler import Batch, KvPool, Occupancy, Request, Scheduler
+from splitsim.sim.scheduler import Batch, Occupancy, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
@@ -62,8 +62,8 @@ class _Replica:
     def __init__(self, env: simpy.Environment, plan: Plan, index: int, itl: HistogramBuffer) -> None:
         self.index = index
         self.occupancy = Occupancy()
-        self.slots = [_Slot(plan.scheduler, KvPool(plan.kv_blocks_per_slot, plan.block_size), self.occupancy, itl)
-                      for _ in range(plan.pp)]
+        local = plan.model.local_attention
+        self.slots = [_Slot(plan.scheduler, plan.kv_pool(), self.occupancy, itl, local) for _ in range(plan.pp)]
         self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]  # layer mode's
         self.stage_free_s = [0.0] * plan.pp  # stage mode: when each stage's last batch lets go of it
         self.costs = [StageCosts(plan, index, stage) for stage in range(plan.pp)]
@@ -325,6 +325,8 @@ class Engine:
 
     def _span(self, replica: _Replica, slot: _Slot, batch: Batch) -> Span | str:
         """A fast-forward span from `batch`, or why it steps (counted)."""
+        if self.plan.model.local_attention is not None:  # Σ min(context, window) is not linear in the step
+            return "local_attention"
         stream = self.stream
         if stream.arrival_s is not None:  # open loop: the next arrival may go to any slot
             next_arrival = float(stream.arrival_s[self.routed]) if self.routed < stream.num_requests else math.inf

@@ -23,6 +23,7 @@ from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compu
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import Scenario, describe_validation_error
 from splitsim.sim.defaults import ENGINES, resolve_memory, resolve_scheduler
+from splitsim.sim.scheduler import KvPool, LocalKvPool, kv_tokens
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
@@ -159,6 +160,28 @@ class Plan:
         return max(0, tokens // block * block)
 
     @property
+    def kv_layers(self) -> tuple[int, int, int] | None:
+        """(full layers, sliding or chunked layers, positions a local layer keeps) when some layer attends
+        locally: its window or chunk plus the partly filled block it starts in."""
+        span = self.model.local_span
+        if span is None or not self.model.local_layers:
+            return None
+        local = len(self.model.local_layers)
+        return self.model.num_layers - local, local, span + self.block_size - 1
+
+    def kv_tokens_needed(self, tokens: int) -> int:
+        """KV cache a request of `tokens` tokens holds, in tokens of every layer (fewer with local layers)."""
+        layers = self.kv_layers
+        return tokens if layers is None else kv_tokens(tokens, *layers)
+
+    def kv_pool(self) -> KvPool:
+        """One PP slot's KV cache, as the engine's scheduler holds it."""
+        layers = self.kv_layers
+        if layers is None:
+            return KvPool(self.kv_blocks_per_slot, self.block_size)
+        return LocalKvPool(self.kv_blocks_per_slot, self.block_size, *layers)
+
+    @property
     def kv_blocks_per_slot(self) -> int:
         """KV blocks of one PP slot: vLLM V0 gives each of its PP virtual engines its own scheduler and
         `num_gpu_blocks // pipeline_parallel_size` blocks (`core/scheduler.py`); with PP = 1, the whole cache."""
@@ -167,7 +190,7 @@ class Plan:
     def max_concurrency(self, tokens_per_request: int) -> float:
         """Requests of `tokens_per_request` tokens one replica's KV cache holds at once, as vLLM logs it at
         start-up (`kv_cache_utils.py`: blocks / ceil(tokens / block_size)), over all PP slots."""
-        return self.pp * self.kv_blocks_per_slot / -(-tokens_per_request // self.block_size)
+        return self.pp * self.kv_blocks_per_slot / -(-self.kv_tokens_needed(tokens_per_request) // self.block_size)
 
     # -- checks ----------------------------------------------------------------------------------
     def check_layout(self) -> None:
@@ -278,16 +301,18 @@ class Plan:
                 f"{stream.output_tokens[i]}), beyond {self.model.name}'s max_position_embeddings = "
                 f"{self.model.max_position_embeddings} (workload.overlong: refuse | truncate | skip)")
         slot_tokens = self.kv_blocks_per_slot * self.block_size
-        if slot_tokens < longest and self.block_size > longest:
+        needed = self.kv_tokens_needed(longest)  # fewer than `longest` where layers keep a window only
+        if slot_tokens < needed and self.block_size > longest:
             raise ScenarioError(
                 f"memory.block_size = {self.block_size}: a block is larger than the longest request ({longest} "
                 f"tokens) and leaves {slot_tokens} tokens of KV cache per slot (vLLM on CUDA uses 16)")
-        if slot_tokens < longest:
+        if slot_tokens < needed:
             split = f" ({slot_tokens} per pipeline slot: vLLM splits it between its {self.pp} PP virtual engines)" \
                 if self.pp > 1 else ""
+            windowed = ", its local layers keeping a window" if needed < longest else ""
             raise ScenarioError(
                 f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights{split}, "
-                f"but one request needs up to {longest} (prompt + output); raise tp×pp or shorten requests"
+                f"but one request needs up to {needed} (prompt + output{windowed}); raise tp×pp or shorten requests"
             )
         sched = self.scheduler
         if sched.policy == "prefill_first":

@@ -33,7 +33,8 @@ from typing import Literal
 
 import numpy as np
 
-from splitsim.models.ops import BatchShape
+from splitsim.models.ops import BatchShape, local_positions
+from splitsim.models.spec import AttentionKind
 from splitsim.sim.metrics import HistogramBuffer
 
 GAP_LOG_LIMIT = 1 << 20  # lockstep gaps kept per slot before the ones no request needs are dropped
@@ -104,6 +105,42 @@ class KvPool:
         request.room = 0
 
 
+class LocalKvPool(KvPool):
+    """A KV cache whose sliding or chunked layers keep only the positions in view (vLLM's hybrid KV cache
+    manager frees their blocks beyond it): a request of t tokens holds t on the F full layers and at most `span`
+    on the S local ones (`kv_tokens`), in blocks of tokens on every layer."""
+
+    __slots__ = ("full", "local", "span")
+
+    def __init__(self, blocks: int, block: int, full: int, local: int, span: int) -> None:
+        super().__init__(blocks, block)
+        self.full, self.local, self.span = full, local, span
+
+    def hold(self, request: Request, tokens: int) -> bool:
+        need = -(-kv_tokens(tokens, self.full, self.local, self.span) // self.block) - request.kv_blocks
+        if need > self.free:
+            return False
+        if need > 0:
+            self.free -= need
+            request.kv_blocks += need
+            request.room = self._tokens_in(request.kv_blocks) - request.prompt
+        return True
+
+    def _tokens_in(self, blocks: int) -> int:
+        """The most tokens a request holding `blocks` blocks can have: `kv_tokens` inverted."""
+        layers = self.full + self.local
+        capacity = blocks * self.block * layers  # token-layers
+        if capacity <= layers * self.span:
+            return capacity // layers
+        return (capacity - self.local * self.span) // self.full if self.full else 2**62
+
+
+def kv_tokens(tokens: int, full: int, local: int, span: int) -> int:
+    """KV a request of `tokens` tokens holds, in tokens of every layer (rounded up): full layers keep all of them,
+    local ones the `span` in view (the window plus the block it starts in)."""
+    return -(-(full * tokens + local * min(tokens, span)) // (full + local))
+
+
 class Occupancy:
     """Requests admitted and unfinished in one replica (all its slots), and the most there ever were."""
 
@@ -139,10 +176,12 @@ class Scheduler:
 
     __slots__ = ("config", "kv", "occupancy", "waiting", "running", "on_demand", "preempted", "kv_blocked",
                  "needs_block", "context", "itl", "in_step", "last_end", "tick", "gaps", "gap_offset", "due",
-                 "admissions")
+                 "admissions", "local")
 
-    def __init__(self, config: SchedulerConfig, kv: KvPool, occupancy: Occupancy, itl: HistogramBuffer) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KvPool, occupancy: Occupancy, itl: HistogramBuffer,
+                 local: tuple[AttentionKind, int] | None = None) -> None:
         self.config = config
+        self.local = local  # the model's sliding or chunked attention (kind, span): decodes see less in those layers
         self.kv = kv
         self.occupancy = occupancy
         self.itl = itl  # receives every gap between two output tokens of a request
@@ -402,7 +441,7 @@ class Scheduler:
             budget -= tokens
         if not decode and not prefill:
             return None
-        return _batch(decode, context, prefill, every_decode)
+        return _batch(decode, context, prefill, every_decode, self._local_context(decode))
 
     def _prefill_first(self, now: float) -> Batch | None:
         prefill: list[tuple[Request, int]] = []
@@ -418,20 +457,31 @@ class Scheduler:
             return _batch([], 0, prefill, self.context == 0)  # the decodes wait
         if self.needs_block:
             self._grow_decodes()
-        return _batch(list(self.running), self.context, [], True) if self.running else None
+        decode = list(self.running)
+        return _batch(decode, self.context, [], True, self._local_context(decode)) if decode else None
+
+    def _local_context(self, decode: list[Request]) -> int:
+        """Σ over `decode` of the positions a sliding or chunked layer lets each new token see (0 without such
+        layers): one pass over the decodes, only for models that have them."""
+        if self.local is None:
+            return 0
+        kind, span = self.local
+        return sum(local_positions(request.prompt + self.generated(request), kind, span) for request in decode)
 
 
-def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int]], every_decode: bool) -> Batch:
-    """`context`: Σ (prompt + generated) over `decode`, the positions their new tokens attend to;
-    `every_decode`: no decoding request of the slot is left out."""
+def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int]], every_decode: bool,
+           local: int = 0) -> Batch:
+    """`context`: Σ (prompt + generated) over `decode`, the positions their new tokens attend to (`local`: in a
+    sliding or chunked layer); `every_decode`: no decoding request of the slot is left out."""
     if not prefill:
-        return Batch(prefill, decode, BatchShape((), len(decode), context), len(decode), every_decode)
+        return Batch(prefill, decode, BatchShape((), len(decode), context, local), len(decode), every_decode)
     sampling = 0
     for request, tokens in prefill:
         if request.computed + tokens == request.prompt + request.generated:
             sampling += 1
     chunks = tuple([(tokens, request.computed) for request, tokens in prefill])
-    return Batch(prefill, decode, BatchShape(chunks, len(decode), context), len(decode) + sampling, every_decode)
+    return Batch(prefill, decode, BatchShape(chunks, len(decode), context, local), len(decode) + sampling,
+                 every_decode)
 
 
 def _by_seq(request: Request) -> int:

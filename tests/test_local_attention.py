@@ -1,0 +1,149 @@
+"""Sliding-window and chunked attention (issue 11): a window bounds both the attention work and the KV cache.
+Closed forms against loops over positions, config rules as transformers writes them, the batch's local context
+against the requests', the KV pool's blocks against a search, and runs where the window shows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import scenario_dict
+from splitsim import simulate
+from splitsim.models import ops
+from splitsim.models.ops import BatchShape, Sharding
+from splitsim.models.spec import ModelSpec, load_model
+from splitsim.scenario import scenario_from_dict
+from splitsim.sim.costs import StageCosts
+from splitsim.sim.plan import build_plan
+from splitsim.sim.scheduler import LocalKvPool, Request, kv_tokens
+
+BASE = {"architectures": ["MistralForCausalLM"], "hidden_size": 1024, "intermediate_size": 2048,
+        "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000,
+        "max_position_embeddings": 32768, "torch_dtype": "bfloat16"}
+
+
+def _seen(position: int, kind: str, span: int) -> int:
+    """Positions the token at `position` (from 0) attends to, counted one by one."""
+    if kind == "sliding":
+        return sum(1 for p in range(position + 1) if position - p < span)
+    return sum(1 for p in range(position + 1) if p // span == position // span)
+
+
+@pytest.mark.parametrize("kind", ["sliding", "chunked"])
+@pytest.mark.parametrize(("new", "cached", "span"), [(1, 0, 8), (5, 0, 8), (20, 0, 8), (3, 6, 8), (7, 30, 8),
+                                                      (64, 100, 16), (1, 8, 8), (9, 7, 8)])
+def test_prefill_pairs_and_decode_positions_count_what_each_token_sees(kind, new, cached, span):
+    by_hand = sum(_seen(p, kind, span) for p in range(cached, cached + new))
+    assert ops._prefill_pairs(new, cached, kind, span) == by_hand
+    context = cached + new  # a decoding token at position context − 1
+    assert ops.local_positions(context, kind, span) == _seen(context - 1, kind, span)
+
+
+def test_config_rules_decide_which_layers_slide():
+    mistral = ModelSpec.from_hf_config(BASE | {"sliding_window": 4096}, "m")
+    assert mistral.layer_attention == ("sliding",) * 4 and mistral.sliding_window == 4096
+    assert ModelSpec.from_hf_config(BASE | {"sliding_window": None}, "m").local_attention is None
+    gemma2 = ModelSpec.from_hf_config(BASE | {"architectures": ["Gemma2ForCausalLM"], "sliding_window": 4096}, "g")
+    assert gemma2.layer_attention == ("sliding", "full", "sliding", "full")  # transformers: not layer_idx % 2
+    gemma3 = ModelSpec.from_hf_config(BASE | {"architectures": ["Gemma3ForCausalLM"], "sliding_window": 512,
+                                              "sliding_window_pattern": 2}, "g")
+    assert gemma3.layer_attention == ("sliding", "full", "sliding", "full")  # every 2nd layer global
+    qwen = BASE | {"architectures": ["Qwen2ForCausalLM"], "sliding_window": 4096, "max_window_layers": 2}
+    assert ModelSpec.from_hf_config(qwen, "q").local_attention is None  # use_sliding_window false by default
+    assert ModelSpec.from_hf_config(qwen | {"use_sliding_window": True}, "q").layer_attention == (
+        "full", "full", "sliding", "sliding")
+    typed = BASE | {"sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 2}
+    assert ModelSpec.from_hf_config(typed, "t").layer_types == ("dense/sliding", "dense") * 2
+    with pytest.raises(ValueError, match="layer_types = .*for each of the 4 layers"):
+        ModelSpec.from_hf_config(typed | {"layer_types": ["sliding_attention"]}, "t")
+    with pytest.raises(ValueError, match="lacks sliding_window"):
+        ModelSpec.from_hf_config(typed | {"sliding_window": None}, "t")
+
+
+@pytest.fixture(scope="module")
+def windowed(tmp_path_factory):
+    """A Mistral-like model with a 256-position window on every other layer."""
+    path = tmp_path_factory.mktemp("m") / "config.json"
+    path.write_text(json.dumps(BASE | {"sliding_window": 256,
+                                       "layer_types": ["sliding_attention", "full_attention"] * 2}))
+    return str(path)
+
+
+def test_a_window_bounds_decode_attention(windowed):
+    """A sliding layer's decode costs the same for contexts of 300 and 3,000 (both beyond 256 positions); a full
+    layer's grows with the context."""
+    plan = build_plan(scenario_from_dict(scenario_dict(model=windowed)))
+    cost = StageCosts(plan, 0, 0)
+    short = BatchShape(num_decode=4, decode_context=4 * 300, decode_context_local=4 * 256)
+    long = BatchShape(num_decode=4, decode_context=4 * 3000, decode_context_local=4 * 256)
+    assert cost.attention_times(short, "dense/sliding") == cost.attention_times(long, "dense/sliding")
+    assert cost.attention_times(long, "dense")[1] > cost.attention_times(short, "dense")[1]
+    model = load_model(windowed)
+    decode = ops.attention(model, long, Sharding(1, "bf16", "bf16", "bf16"), "sliding")[1]
+    assert decode.flops == 2 * 8 * (128 + 128) * 4 * 256  # 8 heads of 128, 256 positions each
+
+
+def test_each_batch_carries_what_its_decodes_see(windowed):
+    """Six equal requests prefilled together then decoding in step: each batch of n decodes at context c each
+    (the scheduler's own Σ context, n·c) sees n·min(c, 256) positions in a sliding layer."""
+    from splitsim.sim import scheduler as sched
+
+    seen: list[tuple[int, int, int]] = []
+    original = sched._batch
+
+    def spy(decode, context, prefill, every_decode, local=0):
+        batch = original(decode, context, prefill, every_decode, local)
+        if decode:
+            seen.append((batch.shape.decode_context_local, context, len(decode)))
+        return batch
+
+    scenario = scenario_from_dict(scenario_dict(model=windowed, workload={
+        "num_requests": 6, "rate": 0, "prompt_tokens": 200, "output_tokens": 120},
+        scheduler={"policy": "prefill_first"}, sim={"fast_forward": False}))
+    sched._batch = spy
+    try:
+        simulate(scenario)
+    finally:
+        sched._batch = original
+    assert len(seen) == 119 and all(n == 6 and context % 6 == 0 for _, context, n in seen)
+    assert [local for local, _, _ in seen] == [6 * min(context // 6, 256) for _, context, _ in seen]
+    assert seen[0][1] == 6 * 201 and seen[-1][1] == 6 * 319  # the window binds for the last 63 steps
+
+
+def test_the_kv_pool_holds_the_window_only_on_local_layers():
+    """2 full and 2 local layers, a window of 100 positions: t tokens hold (2t + 2·min(t, 100))/4 tokens of
+    every layer; the room a request's blocks leave is the most tokens they hold (searched here)."""
+    pool = LocalKvPool(blocks=1000, block=16, full=2, local=2, span=100)
+    for tokens in (1, 50, 100, 101, 150, 1000, 5000):
+        assert kv_tokens(tokens, 2, 2, 100) == -(-(2 * tokens + 2 * min(tokens, 100)) // 4)
+    for blocks in range(1, 60):
+        most = max(t for t in range(0, 20000) if kv_tokens(t, 2, 2, 100) <= blocks * 16)
+        assert pool._tokens_in(blocks) == most
+    request = Request(0, 0.0, 400, 100)
+    assert pool.hold(request, 400) and request.kv_blocks == -(-kv_tokens(400, 2, 2, 100) // 16)
+    assert request.room == pool._tokens_in(request.kv_blocks) - 400
+    everything_local = LocalKvPool(blocks=10, block=16, full=0, local=4, span=100)
+    fresh = Request(1, 0.0, 400, 100)
+    assert everything_local.hold(fresh, 10**6) and fresh.kv_blocks == 7  # 100 positions, whatever the length
+
+
+def test_a_windowed_model_holds_more_long_requests(windowed, tmp_path):
+    full = tmp_path / "config.json"
+    full.write_text(json.dumps(BASE))
+    plans = [build_plan(scenario_from_dict(scenario_dict(model=m))) for m in (windowed, str(full))]
+    assert plans[0].kv_cache_tokens == plans[1].kv_cache_tokens  # the same bytes per token on every layer
+    assert plans[0].max_concurrency(8000) > 1.9 * plans[1].max_concurrency(8000)  # half the layers keep 271
+
+
+def test_stage_and_layer_agree_and_the_fast_forward_says_why_it_steps(windowed):
+    def run(granularity):
+        return simulate(scenario_from_dict(scenario_dict(
+            model=windowed, engine="vllm", workload={"num_requests": 12, "rate": 20.0, "prompt_tokens": 600,
+                                                     "output_tokens": 40},
+            scheduler={"policy": "chunked", "max_batched_tokens": 512}, sim={"granularity": granularity})))
+
+    stage, layer = run("stage"), run("layer")
+    np.testing.assert_allclose(stage.requests["finish_s"], layer.requests["finish_s"], rtol=1e-9)
+    assert set(stage.meta["fast_forward"]["fallbacks"]) == {"local_attention"}
