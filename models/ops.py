@@ -78,6 +78,8 @@ class Sharding:
     dp_attention: int = 1  # replicas sharing the experts; 1: a replica holds all of them
     expert_imbalance: float | None = None  # the hottest expert's tokens over the mean (scenario moe.imbalance)
     redundant_experts: int = 0  # EPLB's extra copies: they even out the ranks' systematic load
+    expert_weights: WeightDtype | None = None  # the routed experts' own format (gpt-oss's MXFP4); None: `weights`
+    expert_compute: ComputeDtype | None = None  # and the tensor-core format their GEMMs run in
 
     @property
     def moe_tp(self) -> int:
@@ -319,9 +321,11 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
         sent = dispatch_copies(moe, sharding) * -(-tokens // tp) * load
         value = DISPATCH_BYTES["fp8"] if sharding.compute in ("fp8", "fp4") else DISPATCH_BYTES["bf16"]
         ops.append(Op("moe_dispatch", "alltoall", nbytes=sent * h * value))
-    ops += [gemm("experts_gate_up", per_expert, 2 * ffn, h, sharding, groups=reached),
+    experts = sharding if sharding.expert_weights is None else Sharding(
+        sharding.tp, sharding.expert_weights, sharding.kv_cache, sharding.expert_compute or sharding.compute)
+    ops += [gemm("experts_gate_up", per_expert, 2 * ffn, h, experts, groups=reached),
             Op("experts_act", "memory", nbytes=3 * routed * ffn * b),
-            gemm("experts_down", per_expert, h, ffn, sharding, groups=reached)]
+            gemm("experts_down", per_expert, h, ffn, experts, groups=reached)]
     if replicas > 1:
         ops.append(Op("moe_combine", "alltoall", nbytes=sent * h * b))
         if tp > 1:

@@ -23,7 +23,7 @@ AttentionKind = Literal["full", "sliding", "chunked"]  # what its attention sees
 _CATALOG = "catalog"
 _SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                             "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM", "Phi3ForCausalLM",
-                            "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GptOssForCausalLM")
 
 
 class MoeSpec(BaseModel):
@@ -88,6 +88,8 @@ class ModelSpec(BaseModel):
     max_position_embeddings: int = Field(gt=0)
     default_weight_dtype: WeightDtype = "bf16"
     moe: MoeSpec | None = None
+    expert_weight_dtype: WeightDtype | None = Field(
+        None, description="the experts' own weight format when the checkpoint quantises them alone (gpt-oss: MXFP4)")
     mla: MlaSpec | None = None
     sliding_window: int | None = Field(None, gt=0, description="positions a sliding layer's token attends to, "
                                                                 "itself included")
@@ -206,6 +208,13 @@ class ModelSpec(BaseModel):
             mlp = 3 * h * (self.intermediate_size // tp)
         return attention + mlp + 2 * h
 
+    def expert_params_per_rank(self, tp: int, ep: int = 1, moe_tp: int | None = None, redundant: int = 0) -> int:
+        """The routed experts' share of `layer_params_per_rank` for a moe layer (what `expert_weight_dtype`
+        stores)."""
+        assert self.moe is not None, "experts need the model's experts"
+        split = moe_tp or tp // ep
+        return (self.moe.num_experts + redundant) // ep * 3 * self.hidden_size * (self.moe.intermediate_size // split)
+
     def vocab_params_per_rank(self, tp: int) -> int:
         """The embedding's (or the LM head's) rows on one rank: the vocabulary padded to a multiple of TP."""
         return -(-self.vocab_size // tp) * self.hidden_size
@@ -287,6 +296,7 @@ class ModelSpec(BaseModel):
                 max_position_embeddings=given["max_position_embeddings"] or 4096,
                 default_weight_dtype=weight_dtype,
                 moe=_hf_moe(config, sizes["num_hidden_layers"], where),
+                expert_weight_dtype=_hf_expert_dtype(config),
                 mla=_hf_mla(config, where),
                 **_hf_local_attention(config, architectures[0] if architectures else "", sizes["num_hidden_layers"],
                                       where),
@@ -302,7 +312,8 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
     if "n_routed_experts" in config:
         return _hf_deepseek_moe(config, num_layers, where)
     architectures = config.get("architectures") or []
-    for architecture, key in (("MixtralForCausalLM", "num_local_experts"), ("Qwen3MoeForCausalLM", "num_experts")):
+    for architecture, key in (("MixtralForCausalLM", "num_local_experts"), ("Qwen3MoeForCausalLM", "num_experts"),
+                              ("GptOssForCausalLM", "num_local_experts")):
         if architecture in architectures and key not in config:
             raise ValueError(f"{where}: config.json lacks {key} ({architecture} has experts)")
     if "num_local_experts" not in config and "num_experts" not in config:
@@ -310,9 +321,11 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
     mixtral = "num_local_experts" in config
     experts = _hf_count(config["num_local_experts" if mixtral else "num_experts"],
                         "num_local_experts" if mixtral else "num_experts", where)
-    if "num_experts_per_tok" not in config:
+    top_key = "num_experts_per_tok" if "num_experts_per_tok" in config or "experts_per_token" not in config \
+        else "experts_per_token"  # gpt-oss names it both ways
+    if top_key not in config:
         raise ValueError(f"{where}: config.json lacks num_experts_per_tok")
-    top_k = _hf_count(config["num_experts_per_tok"], "num_experts_per_tok", where)
+    top_k = _hf_count(config[top_key], top_key, where)
     size_key = "intermediate_size" if mixtral else "moe_intermediate_size"
     if size_key not in config:
         raise ValueError(f"{where}: config.json lacks {size_key}")
@@ -409,6 +422,16 @@ def _hf_mla(config: dict[str, Any], where: str) -> MlaSpec | None:
     sizes = {key: _hf_count(config[key], key, where) for key in keys}
     q_lora = config.get("q_lora_rank")
     return MlaSpec(q_lora_rank=None if q_lora is None else _hf_count(q_lora, "q_lora_rank", where), **sizes)
+
+
+def _hf_expert_dtype(config: dict[str, Any]) -> WeightDtype | None:
+    """The experts' own format when the checkpoint quantises them and not the rest: gpt-oss's `mxfp4`
+    quantization_config (its modules_to_not_convert: attention, router, embedding, head), read as fp4 (the
+    E8M0 scale per 32 values, 1/64 more, left out)."""
+    quantization = config.get("quantization_config")
+    if isinstance(quantization, dict) and quantization.get("quant_method") == "mxfp4":
+        return "fp4"
+    return None
 
 
 def _hf_weight_dtype(config: dict[str, Any], where: str) -> WeightDtype:

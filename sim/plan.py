@@ -82,9 +82,13 @@ class Plan:
         kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
         # The experts span the replicas (attention data-parallel, lockstep) when EP is wider than one TP group.
         self.attention_dp = self.dp > 1 and self.ep > 1 and self.tp % self.ep != 0
-        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, cluster.gpu.has_fp8, cluster.gpu.has_fp4),
+        # an explicit precision.weights overrides the checkpoint's, experts' own format included
+        experts = model.expert_weight_dtype if scenario.precision.weights is None else None
+        gpu = cluster.gpu
+        self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, gpu.has_fp8, gpu.has_fp4),
                                  self.ep, self.dp if self.attention_dp else 1, scenario.moe.imbalance,
-                                 scenario.moe.redundant_experts)
+                                 scenario.moe.redundant_experts, experts,
+                                 compute_dtype(experts, gpu.has_fp8, gpu.has_fp4) if experts else None)
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
@@ -108,12 +112,19 @@ class Plan:
     # -- stages and memory -----------------------------------------------------------------------
     @cached_property
     def stages(self) -> list[Stage]:
-        model, w = self.model, BYTES_PER_ELEMENT[self.sharding.weights]
+        model, sharding, w = self.model, self.sharding, BYTES_PER_ELEMENT[self.sharding.weights]
+        # the routed experts in their own format, where the checkpoint quantises them alone: counted as that many
+        # parameters of the other weights' size
+        expert_scale = (BYTES_PER_ELEMENT[sharding.expert_weights] / w - 1.0) if sharding.expert_weights else 0.0
         stages, first = [], 0
         for index, count in enumerate(pp_layer_counts(model.num_layers, self.pp)):
-            params = sum(model.layer_params_per_rank(self.tp, kind, ep=self.ep, moe_tp=self.sharding.moe_tp,
-                                                     redundant=self.sharding.redundant_experts)
-                         for kind in model.layer_kinds[first:first + count])
+            params: float = 0.0
+            for kind in model.layer_kinds[first:first + count]:
+                params += model.layer_params_per_rank(self.tp, kind, ep=self.ep, moe_tp=sharding.moe_tp,
+                                                      redundant=sharding.redundant_experts)
+                if kind == "moe" and expert_scale:
+                    params += expert_scale * model.expert_params_per_rank(self.tp, self.ep, sharding.moe_tp,
+                                                                          sharding.redundant_experts)
             if index == 0:
                 params += model.vocab_params_per_rank(self.tp)
             if index == self.pp - 1:

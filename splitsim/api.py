@@ -58,8 +58,12 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
     model, cluster, sched = plan.model, plan.cluster, plan.scheduler
     precision = {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
                  "compute": plan.sharding.compute}
+    if plan.sharding.expert_weights is not None:  # the checkpoint quantises its experts alone (gpt-oss: MXFP4)
+        precision["experts"] = plan.sharding.expert_weights
     if plan.sharding.weights != model.default_weight_dtype:  # precision.weights overrides what the checkpoint holds
         precision["checkpoint_weights"] = model.default_weight_dtype
+    if model.expert_weight_dtype is not None and plan.sharding.expert_weights is None:  # ... its experts' format too
+        precision["checkpoint_experts"] = model.expert_weight_dtype
     described = {
         "name": scenario.name,
         "model": {"name": model.name, "architecture": model.architecture, "layers": model.num_layers,

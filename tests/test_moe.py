@@ -105,8 +105,8 @@ def test_config_fields_decide_which_layers_are_sparse_and_other_experts_are_refu
         ModelSpec.from_hf_config(deepseek, "d")
     with pytest.raises(ValueError, match="num_experts_per_tok=8 is more than the experts of topk_group=1 groups"):
         ModelSpec.from_hf_config(deepseek | {"n_group": 64, "num_experts_per_tok": 8}, "d")
-    with pytest.raises(ValueError, match="GptOssForCausalLM is not supported"):
-        ModelSpec.from_hf_config(base | {"architectures": ["GptOssForCausalLM"]}, "g")
+    with pytest.raises(ValueError, match="Llama4ForConditionalGeneration is not supported"):
+        ModelSpec.from_hf_config(base | {"architectures": ["Llama4ForConditionalGeneration"]}, "g")
     without = {k: v for k, v in base.items() if k != "num_experts"}
     with pytest.raises(ValueError, match="lacks num_experts"):  # not read as a dense model
         ModelSpec.from_hf_config(without, "q")
@@ -388,3 +388,54 @@ def test_the_summary_names_the_experts_and_an_overridden_checkpoint_precision():
                                 "redundant_experts": 8, "attention_data_parallel": True}
     dense = simulate(scenario_from_dict(scenario_dict())).summary["scenario"]
     assert "moe" not in dense and "checkpoint_weights" not in dense["precision"]
+
+
+def _gpt_oss_params(c: dict) -> tuple[float, float]:
+    """(total, active) parameters of a gpt-oss config as OpenAI counts them (model card: 116.83B / 5.13B for
+    120b): per layer Q, K, V, O with biases, a sink logit per head, two norms, a router of h × E with its bias,
+    E experts of gate/up (h × 2·ffn, bias 2·ffn) and down (ffn × h, bias h), k of them active; embedding, head and
+    final norm in the total; the active count leaves out the input embedding (a token reads one row of it)."""
+    h, heads, kv, d = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    ffn, experts = c["intermediate_size"], c["num_local_experts"]
+    attention = h * heads * d + heads * d + 2 * (h * kv * d + kv * d) + heads * d * h + h + heads + 2 * h
+    router = h * experts + experts
+    expert = h * 2 * ffn + 2 * ffn + ffn * h + h
+    layers = c["num_hidden_layers"]
+    embedding = c["vocab_size"] * h
+    total = layers * (attention + router + experts * expert) + 2 * embedding + h
+    active = layers * (attention + router + c["experts_per_token"] * expert) + embedding + h
+    return total, active
+
+
+def test_gpt_oss_parameters_layers_and_mxfp4_experts():
+    import json
+    from importlib import resources
+
+    config = json.loads((resources.files("splitsim.models") / "catalog" / "gpt-oss-120b" / "config.json").read_text())
+    total, active = _gpt_oss_params(config)
+    assert total == pytest.approx(116.8e9, rel=0.01) and active == pytest.approx(5.1e9, rel=0.01)
+    model = load_model("gpt-oss-120b")
+    # splitsim leaves out the biases and sinks (0.03 %) and counts the input embedding among the active (+0.58B)
+    assert model.num_params == pytest.approx(total, rel=5e-4)
+    assert model.num_active_params - model.embedding_params == pytest.approx(active, rel=5e-3)
+    assert model.layer_types == ("moe/sliding", "moe") * 18 and model.sliding_window == 128
+    assert model.expert_weight_dtype == "fp4" and model.default_weight_dtype == "bf16"
+    # one H100 holds it (as vLLM serves it): experts at half a byte a weight, the rest in bf16
+    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-120b")))
+    h, ffn = model.hidden_size, model.moe.intermediate_size
+    experts = 36 * 128 * 3 * h * ffn
+    assert plan.weights_bytes_per_gpu == pytest.approx(experts * 0.5 + (model.num_params - experts) * 2, rel=1e-12)
+    assert plan.weights_bytes_per_gpu / 2**30 == pytest.approx(57.4, abs=0.1)
+    overridden = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b", precision={"weights": "fp8"})))
+    assert overridden.sharding.expert_weights is None  # an explicit precision.weights covers the experts too
+
+
+def test_the_summary_says_the_experts_format_and_when_precision_weights_replaced_it():
+    from splitsim import simulate
+
+    quantised = simulate(scenario_from_dict(scenario_dict(model="gpt-oss-20b"))).summary["scenario"]["precision"]
+    assert quantised["weights"] == "bf16" and quantised["experts"] == "fp4" and "checkpoint_experts" not in quantised
+    replaced = simulate(scenario_from_dict(scenario_dict(model="gpt-oss-20b", precision={"weights": "fp8"}))
+                        ).summary["scenario"]["precision"]
+    assert "experts" not in replaced and replaced["checkpoint_experts"] == "fp4"
+    assert replaced["checkpoint_weights"] == "bf16"
