@@ -23,7 +23,8 @@ AttentionKind = Literal["full", "sliding", "chunked"]  # what its attention sees
 _CATALOG = "catalog"
 _SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
                             "MixtralForCausalLM", "Qwen3MoeForCausalLM", "DeepseekV3ForCausalLM", "Phi3ForCausalLM",
-                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GptOssForCausalLM")
+                            "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GptOssForCausalLM", "Llama4ForCausalLM",
+                            "Llama4ForConditionalGeneration")
 
 
 class MoeSpec(BaseModel):
@@ -268,6 +269,15 @@ class ModelSpec(BaseModel):
         if architectures and not set(architectures) & set(_SUPPORTED_ARCHITECTURES):
             raise ValueError(f"{where}: architecture {cut(architectures[0])} is not supported "
                              f"(valid: {', '.join(_SUPPORTED_ARCHITECTURES)})")
+        if "Llama4ForConditionalGeneration" in architectures:  # the language model's fields sit under text_config
+            text = config.get("text_config")
+            if not isinstance(text, dict):
+                raise ValueError(f"{where}: text_config = {cut(repr(text))}: need the language model's fields")
+            config = {key: value for key, value in config.items() if key != "text_config"} | text | {
+                "architectures": architectures}
+            if "intermediate_size_mlp" in text:  # a dense layer's MLP; intermediate_size is an expert's
+                config["intermediate_size"] = text["intermediate_size_mlp"]
+                config["expert_intermediate_size"] = text.get("intermediate_size")
         missing = [key for key in _HF_REQUIRED if key not in config]
         if missing:
             raise ValueError(f"{where}: config.json lacks {', '.join(missing)}")
@@ -312,6 +322,8 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
     if "n_routed_experts" in config:
         return _hf_deepseek_moe(config, num_layers, where)
     architectures = config.get("architectures") or []
+    if any(a.startswith("Llama4") for a in config.get("architectures") or []):
+        return _hf_llama4_moe(config, num_layers, where)
     for architecture, key in (("MixtralForCausalLM", "num_local_experts"), ("Qwen3MoeForCausalLM", "num_experts"),
                               ("GptOssForCausalLM", "num_local_experts")):
         if architecture in architectures and key not in config:
@@ -339,6 +351,22 @@ def _hf_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec | No
         dense = tuple(i for i in range(num_layers) if i in only or (i + 1) % step)
     try:
         return MoeSpec(num_experts=experts, top_k=top_k, intermediate_size=size, dense_layers=dense)
+    except ValidationError as err:
+        raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+
+
+def _hf_llama4_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSpec:
+    """Llama 4's experts: `num_local_experts` of the text config's `intermediate_size`, top `num_experts_per_tok`,
+    and one shared expert of that size, on the layers transformers makes sparse (every
+    `interleave_moe_layer_step`-th, from step − 1); the others a dense MLP of `intermediate_size_mlp`."""
+    counts = {key: _hf_count(config.get(key), key, where) for key in ("num_local_experts", "num_experts_per_tok")}
+    size = config.get("expert_intermediate_size", config.get("intermediate_size"))
+    step = _hf_count(config.get("interleave_moe_layer_step", 1), "interleave_moe_layer_step", where)
+    sparse = set(range(step - 1, num_layers, step))
+    try:
+        return MoeSpec(num_experts=counts["num_local_experts"], top_k=counts["num_experts_per_tok"],
+                       intermediate_size=_hf_count(size, "intermediate_size", where), shared_experts=1,
+                       dense_layers=tuple(i for i in range(num_layers) if i not in sparse))
     except ValidationError as err:
         raise ValueError(f"{where}: {err.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
@@ -377,6 +405,16 @@ def _hf_local_attention(config: dict[str, Any], architecture: str, num_layers: i
     (transformers ≥ 4.53 writes it), else the architecture's rule — Mistral and Phi-3 every layer when
     `sliding_window` is set, Qwen2/3 the layers from `max_window_layers` on when `use_sliding_window`, Gemma 2
     every other layer from the first, Gemma 3 all but every `sliding_window_pattern`-th."""
+    if architecture.startswith("Llama4") and config.get("attention_chunk_size") is not None:
+        # chunked local attention on the RoPE layers (no_rope_layers[i] = 1; by default all but every 4th, which
+        # attend globally without RoPE, as transformers' Llama4TextConfig decides)
+        rope = config.get("no_rope_layers") or [int((i + 1) % 4 != 0) for i in range(num_layers)]
+        if not (isinstance(rope, list) and len(rope) == num_layers and all(r in (0, 1) for r in rope)):
+            raise ValueError(f"{where}: no_rope_layers = {cut(repr(rope))}: need 0 or 1 for each of the "
+                             f"{num_layers} layers")
+        local = tuple(i for i, r in enumerate(rope) if r)
+        chunk = _hf_count(config["attention_chunk_size"], "attention_chunk_size", where)
+        return {"attention_chunk": chunk, "local_layers": local} if local else {}
     window = config.get("sliding_window")
     types = config.get("layer_types")
     if types is not None:

@@ -38,8 +38,8 @@ def test_config_json_from_a_path_or_folder(tmp_path):
 
 def test_unmodelled_experts_and_unknown_models_are_refused(tmp_path):
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"architectures": ["Llama4ForConditionalGeneration"], "num_local_experts": 128}))
-    with pytest.raises(ValueError, match="Llama4ForConditionalGeneration is not supported"):
+    path.write_text(json.dumps({"architectures": ["Glm4MoeForCausalLM"], "num_local_experts": 128}))
+    with pytest.raises(ValueError, match="Glm4MoeForCausalLM is not supported"):
         load_model(str(path))
     with pytest.raises(ValueError, match="llama-3-70b"):
         load_model("llama-9")

@@ -105,8 +105,8 @@ def test_config_fields_decide_which_layers_are_sparse_and_other_experts_are_refu
         ModelSpec.from_hf_config(deepseek, "d")
     with pytest.raises(ValueError, match="num_experts_per_tok=8 is more than the experts of topk_group=1 groups"):
         ModelSpec.from_hf_config(deepseek | {"n_group": 64, "num_experts_per_tok": 8}, "d")
-    with pytest.raises(ValueError, match="Llama4ForConditionalGeneration is not supported"):
-        ModelSpec.from_hf_config(base | {"architectures": ["Llama4ForConditionalGeneration"]}, "g")
+    with pytest.raises(ValueError, match="Glm4MoeForCausalLM is not supported"):
+        ModelSpec.from_hf_config(base | {"architectures": ["Glm4MoeForCausalLM"]}, "g")
     without = {k: v for k, v in base.items() if k != "num_experts"}
     with pytest.raises(ValueError, match="lacks num_experts"):  # not read as a dense model
         ModelSpec.from_hf_config(without, "q")
@@ -439,3 +439,45 @@ def test_the_summary_says_the_experts_format_and_when_precision_weights_replaced
                         ).summary["scenario"]["precision"]
     assert "experts" not in replaced and replaced["checkpoint_experts"] == "fp4"
     assert replaced["checkpoint_weights"] == "bf16"
+
+
+def _llama4_params(c: dict) -> tuple[float, float]:
+    """(total, active) parameters of a Llama 4 language model from its text_config: per layer Q, K, V, O, two
+    norms; on its MoE layers (every interleave_moe_layer_step-th, from step − 1) a router of h × E, E experts and
+    one shared expert of intermediate_size (k routed active), on the others a dense MLP of intermediate_size_mlp;
+    embedding, head and final norm. Q/K norms are weightless (L2) in Llama 4."""
+    t = c["text_config"]
+    h, heads, kv, d = t["hidden_size"], t["num_attention_heads"], t["num_key_value_heads"], t["head_dim"]
+    attention = h * heads * d * 2 + h * kv * d * 2 + 2 * h
+    expert = 3 * h * t["intermediate_size"]
+    layers, step = t["num_hidden_layers"], t["interleave_moe_layer_step"]
+    sparse = len(range(step - 1, layers, step))
+    dense_mlp = 3 * h * t["intermediate_size_mlp"]
+    outside = 2 * t["vocab_size"] * h + h
+    common = layers * attention + (layers - sparse) * dense_mlp + sparse * h * t["num_local_experts"] + outside
+    return (common + sparse * (t["num_local_experts"] + 1) * expert,
+            common + sparse * (t["num_experts_per_tok"] + 1) * expert)
+
+
+@pytest.mark.parametrize(("name", "total", "active"), [
+    ("llama-4-scout", None, 17e9),  # Meta's 109B total counts the vision encoder; the language model is 107.8B
+    ("llama-4-maverick", 400e9, 17e9),
+])
+def test_llama4_from_its_text_config_with_chunked_attention(name, total, active):
+    import json
+    from importlib import resources
+
+    config = json.loads((resources.files("splitsim.models") / "catalog" / name / "config.json").read_text())
+    total_by_hand, active_by_hand = _llama4_params(config)
+    if total is not None:
+        assert total_by_hand == pytest.approx(total, rel=0.01)
+    assert active_by_hand == pytest.approx(active, rel=0.015)
+    model = load_model(name)
+    assert model.num_params == pytest.approx(total_by_hand, rel=1e-9)
+    assert model.num_active_params == pytest.approx(active_by_hand, rel=1e-9)
+    # three of four layers attend within their chunk of 8192 positions; every fourth globally (without RoPE)
+    assert model.attention_chunk == 8192
+    assert model.layer_attention == ("chunked", "chunked", "chunked", "full") * 12
+    step = config["text_config"]["interleave_moe_layer_step"]
+    assert model.layer_kinds == tuple("moe" if (i + 1) % step == 0 else "dense" for i in range(48))
+    assert model.moe.shared_experts == 1 and model.intermediate_size == config["text_config"]["intermediate_size_mlp"]
