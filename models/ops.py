@@ -319,7 +319,8 @@ def moe_layer(model: ModelSpec, tokens: int, sharding: Sharding) -> tuple[Op, ..
                 gemm("shared_down", tokens, h, shared, sharding)]
     if replicas > 1:
         sent = dispatch_copies(moe, sharding) * -(-tokens // tp) * load
-        value = DISPATCH_BYTES["fp8"] if sharding.compute in ("fp8", "fp4") else DISPATCH_BYTES["bf16"]
+        fp8 = (sharding.expert_compute or sharding.compute) in ("fp8", "fp4")  # the format the experts take
+        value = DISPATCH_BYTES["fp8"] if fp8 else DISPATCH_BYTES["bf16"]
         ops.append(Op("moe_dispatch", "alltoall", nbytes=sent * h * value))
     experts = sharding if sharding.expert_weights is None else Sharding(
         sharding.tp, sharding.expert_weights, sharding.kv_cache, sharding.expert_compute or sharding.compute)

@@ -275,9 +275,10 @@ class ModelSpec(BaseModel):
                 raise ValueError(f"{where}: text_config = {cut(repr(text))}: need the language model's fields")
             config = {key: value for key, value in config.items() if key != "text_config"} | text | {
                 "architectures": architectures}
-            if "intermediate_size_mlp" in text:  # a dense layer's MLP; intermediate_size is an expert's
-                config["intermediate_size"] = text["intermediate_size_mlp"]
-                config["expert_intermediate_size"] = text.get("intermediate_size")
+        if any(a.startswith("Llama4") for a in architectures) and "intermediate_size_mlp" in config:
+            # a dense layer's MLP; Llama 4's intermediate_size is an expert's
+            config = config | {"intermediate_size": config["intermediate_size_mlp"],
+                               "expert_intermediate_size": config.get("intermediate_size")}
         missing = [key for key in _HF_REQUIRED if key not in config]
         if missing:
             raise ValueError(f"{where}: config.json lacks {', '.join(missing)}")

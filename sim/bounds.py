@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from splitsim.models.ops import BatchShape, local_positions
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.plan import Plan
 
@@ -70,5 +71,11 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
 
 
 def _decode_step_s(cost: StageCosts, num_decode: int, context: int) -> float:
+    local = cost.plan.model.local_attention
+    if local is not None:  # sliding or chunked layers see fewer positions: price each layer as the engine does
+        shape = BatchShape(num_decode=num_decode, decode_context=num_decode * context,
+                           decode_context_local=num_decode * local_positions(context, *local))
+        compute_s, comm_s = cost.stage_time(shape, num_decode)
+        return compute_s + comm_s
     compute, comm = cost.decode_stage_times(num_decode, np.array([num_decode * context]))
     return float(compute[0]) + comm

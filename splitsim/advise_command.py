@@ -39,7 +39,9 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
     load.add_argument("--rate", type=positive_float, help="requests/s (Poisson) for the whole deployment")
     load.add_argument("--concurrency", type=positive_int, help="clients in a closed loop")
     advise.add_argument("--num-requests", type=positive_int, help="requests at a given load (default 1,000)")
-    advise.add_argument("--precision", default="bf16", help="weight precisions to try, e.g. bf16,fp8")
+    advise.add_argument("--precision", default="bf16",
+                        help="weight precisions to try, e.g. bf16,fp8; checkpoint: as the model's config.json stores "
+                             "them (DeepSeek-V3's fp8, gpt-oss's MXFP4 experts)")
     advise.add_argument("--kv-cache", default="bf16", help="KV-cache precisions to try, e.g. bf16,fp8")
     advise.add_argument("--slo", help="ttft=2,tpot=0.05 (per-request thresholds: goodput) or ttft_p99=2,tpot_p99=0.03 "
                                       "(percentile limits: the most load that meets them)")
@@ -112,7 +114,8 @@ def question_from_args(args: argparse.Namespace) -> Any:
             "memory": given.get("memory", {}), "workload": {"num_requests": 1, "rate": 0, **lengths}}
     load = {"rate": args.rate} if args.rate is not None else \
         {"concurrency": args.concurrency} if args.concurrency is not None else None
-    return Question(base=base, gpus=gpus, weights=_choices("--precision", args.precision, get_args(WeightDtype)),
+    weights = _choices("--precision", args.precision, (*get_args(WeightDtype), "checkpoint"))
+    return Question(base=base, gpus=gpus, weights=weights,
                     kv_caches=_choices("--kv-cache", args.kv_cache, get_args(KvDtype)), objective=objective,
                     load=load, num_requests=args.num_requests, slo=slo)
 

@@ -504,7 +504,7 @@ def advice_json(advice: Advice) -> dict[str, Any]:
                                           "failed": len(advice.failed)}}
     if best is not None:
         c = best.candidate
-        out["best"] = {"tp": c.tp, "pp": c.pp, "dp": c.dp, "order": c.order,
+        out["best"] = {"tp": c.tp, "pp": c.pp, "dp": c.dp, "ep": c.ep, "order": c.order,
                        "precision": {"weights": c.weights, "kv_cache": c.kv_cache},
                        "max_num_seqs": best.metrics["max_num_seqs"],
                        "max_batched_tokens": best.metrics["max_batched_tokens"], "load": best.load,

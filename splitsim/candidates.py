@@ -50,7 +50,9 @@ class Candidate:
             if getattr(self, name):
                 scheduler[name] = getattr(self, name)
         return {**base, "parallel": {"tp": self.tp, "pp": self.pp, "dp": self.dp, "ep": self.ep, "order": self.order},
-                "precision": {"weights": self.weights, "kv_cache": self.kv_cache}, "scheduler": scheduler}
+                "precision": {"weights": None if self.weights == CHECKPOINT else self.weights,
+                              "kv_cache": self.kv_cache},
+                "scheduler": scheduler}
 
     def as_row(self) -> dict[str, Any]:
         row = asdict(self)
@@ -62,6 +64,9 @@ class Candidate:
 class Considered:
     candidate: Candidate
     pruned: str | None  # the reason it is not simulated, or None
+
+
+CHECKPOINT = "checkpoint"  # a candidate's weights as the model's config.json stores them
 
 
 def divisors(n: int) -> list[int]:

@@ -395,3 +395,12 @@ def test_a_trace_longer_than_the_context_is_refused_or_handled_as_asked(tmp_path
 
     assert main([*argv, "--overlong", "skip"]) == 0
     assert "--isl" in error_line(capsys, [*argv, "--isl", "64"])
+
+
+def test_checkpoint_precision_keeps_what_the_config_stores():
+    """--precision checkpoint: gpt-oss-120b keeps its MXFP4 experts and fits one H100; bf16 would not."""
+    base = _base(model="gpt-oss-120b", cluster="h100-nvlink-node")
+    by_weights = {c.candidate.weights: c.pruned for c in consider(base, 1, ["checkpoint", "bf16"], ["bf16"])}
+    assert by_weights["checkpoint"] is None and by_weights["bf16"].startswith("memory:")
+    candidate = Candidate(1, 1, 1, "tp-pp-dp", "checkpoint", "bf16")
+    assert candidate.scenario(base)["precision"]["weights"] is None

@@ -147,3 +147,17 @@ def test_stage_and_layer_agree_and_the_fast_forward_says_why_it_steps(windowed):
     stage, layer = run("stage"), run("layer")
     np.testing.assert_allclose(stage.requests["finish_s"], layer.requests["finish_s"], rtol=1e-9)
     assert set(stage.meta["fast_forward"]["fallbacks"]) == {"local_attention"}
+
+
+def test_the_advisors_bound_prices_local_layers_as_the_engine_does():
+    """The bound must not be slower than the engine (else it prunes layouts that could win): at a context of
+    8,001 a sliding layer of gpt-oss sees 128 positions, and the bound's decode step counts just that."""
+    from splitsim.sim.bounds import _decode_step_s
+
+    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b")))
+    cost = StageCosts(plan, 0, 0)
+    engine = sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * 8001,
+                                            decode_context_local=64 * 128), 64))
+    everything_full = sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * 8001,
+                                                     decode_context_local=64 * 8001), 64))
+    assert _decode_step_s(cost, 64, 8001) == pytest.approx(engine, rel=1e-12) and engine < 0.9 * everything_full

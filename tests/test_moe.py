@@ -481,3 +481,26 @@ def test_llama4_from_its_text_config_with_chunked_attention(name, total, active)
     step = config["text_config"]["interleave_moe_layer_step"]
     assert model.layer_kinds == tuple("moe" if (i + 1) % step == 0 else "dense" for i in range(48))
     assert model.moe.shared_experts == 1 and model.intermediate_size == config["text_config"]["intermediate_size_mlp"]
+
+
+def test_a_flat_llama4_text_config_reads_as_the_nested_one():
+    import json
+    from importlib import resources
+
+    nested = json.loads((resources.files("splitsim.models") / "catalog" / "llama-4-maverick" / "config.json")
+                        .read_text())
+    flat = nested["text_config"] | {"architectures": ["Llama4ForCausalLM"]}
+    assert ModelSpec.from_hf_config(flat, "m").num_params == load_model("llama-4-maverick").num_params
+
+
+def test_the_dispatch_goes_in_fp8_when_the_experts_compute_in_a_low_format():
+    """gpt-oss on a GPU with fp4 tensor cores: its attention computes in bf16, its experts in fp4, and the
+    dispatch carries what the experts take (1 byte a value and a scale per 128)."""
+    model = load_model("gpt-oss-20b")
+    plain = Sharding(1, "bf16", "bf16", "bf16", ep=8, dp_attention=8)
+    low = Sharding(1, "bf16", "bf16", "bf16", ep=8, dp_attention=8, expert_weights="fp4", expert_compute="fp4")
+
+    def dispatch(sharding):
+        return next(op for op in ops.layer_graph(model, "moe", 64, sharding) if op.name == "moe_dispatch").nbytes
+
+    assert dispatch(low) / dispatch(plain) == pytest.approx((1 + 4 / 128) / 2)
