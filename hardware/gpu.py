@@ -16,6 +16,12 @@ and skinny GEMMs, for two reasons the fitted form keeps apart:
 
 All parameters are fitted to kernel timings (`source` names which); `t_launch` is the fixed cost the fit
 finds inside every kernel, not host launch overhead.
+
+A mixture of experts' grouped GEMM (`groups` > 1: one launch, each expert a GEMM of its own few rows) is the
+engine's fused-MoE kernel, not the dense library's: where a dtype has `grouped_gemm` figures it takes its own
+η_peak, m½, η_m and fixed cost, without the wave term (the experts' tiles fill the waves together):
+
+    t = max(G · 2mnk / (F · η_g · m/(m + m½_g)), G · bytes / (M · η_m,g)) + t_launch,g
 """
 
 from __future__ import annotations
@@ -41,6 +47,22 @@ class GemmShape(BaseModel):
     tile_n: int = Field(128, gt=0, le=1024, strict=True)
     wave_exponent: Exponent = 1.0
     m_half: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False)
+
+
+class GroupedGemm(BaseModel):
+    """One compute dtype's grouped GEMM, as the engine's fused mixture-of-experts kernel runs it (vLLM: Triton's or
+    FlashInfer's, not cuBLAS): G experts' GEMMs of m rows each in one launch. Fitted to that kernel's timings
+    (`splitsim calibrate --aiconfigurator`, the tables' balanced MoE rows); no wave term, since the experts' tiles
+    share the waves (a fitted γ and tile moved the held-out errors by about a point, either way)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    compute: Fraction = Field(description="η_peak of the grouped kernel")
+    m_half: float = Field(0.0, ge=0, le=1e6, allow_inf_nan=False,
+                          description="rows per expert at which it reaches half of η_peak")
+    memory: Fraction = Field(description="η_m: achieved fraction of memory bandwidth reading the experts' weights")
+    launch_s: FixedCost = Field(description="fixed cost per grouped GEMM (the fused kernel's routing, alignment and "
+                                            "reduction launches included, which the simulator does not price apart)")
 
 
 class AttentionKernel(BaseModel):
@@ -74,6 +96,9 @@ class Efficiency(BaseModel):
     gemm_by_dtype: dict[ComputeDtype, GemmShape] = Field(
         default_factory=dict, description="a compute dtype's own GEMM figures (profile schema 2); others use "
                                           "compute, tile_*, wave_exponent, m_half")
+    grouped_gemm: dict[ComputeDtype, GroupedGemm] = Field(
+        default_factory=dict, description="a compute dtype's grouped (mixture-of-experts) GEMM figures; absent: "
+                                          "priced as dense GEMMs of the dtype")
     attention_prefill: AttentionKernel | None = Field(None, description="default: η_c attention, η_m memory")
     attention_decode: AttentionKernel | None = Field(None, description="default: η_c attention, η_m memory")
     source: str
@@ -149,14 +174,21 @@ class GpuSpec(BaseModel):
 
     def gemm_time_s(
         self, m: int, n: int, k: int, *, weight_bytes: float, act_bytes: float = 2.0,
-        dtype: ComputeDtype = "bf16", groups: float = 1.0,
+        dtype: ComputeDtype = "bf16", groups: float = 1.0, grouped: bool | None = None,
     ) -> float:
         """Seconds for `[m×k]·[k×n]` where the `k×n` operand is the weight matrix.
 
         Bytes moved: activations in (m·k) and out (m·n) at `act_bytes`, weights (k·n) at `weight_bytes`.
         `groups` such GEMMs (a mixture of experts' grouped kernel, `groups` experts of m tokens each): one
-        launch, their tiles sharing the waves, each paying the small-m efficiency of its own m.
+        launch, their tiles sharing the waves, each paying the small-m efficiency of its own m. A grouped kernel
+        (`grouped`; default: `groups` ≠ 1) takes the dtype's `grouped_gemm` figures where it has them
+        (`grouped_gemm_time_s`), else the dense ones as here.
         """
+        if grouped is None:
+            grouped = groups != 1.0
+        if grouped and dtype in self.efficiency.grouped_gemm:
+            return self.grouped_gemm_time_s(m, n, k, weight_bytes=weight_bytes, act_bytes=act_bytes, dtype=dtype,
+                                            groups=groups)
         flops = 2.0 * m * n * k
         nbytes = (m * k + m * n) * act_bytes + k * n * weight_bytes
         if groups != 1.0:
@@ -167,6 +199,19 @@ class GpuSpec(BaseModel):
         compute = flops / (self.peak_flops_per_s(dtype) * eta)
         memory = nbytes / (self.memory_bw_bytes_per_s * eff.memory)
         return max(compute, memory) + eff.launch_s
+
+    def grouped_gemm_time_s(
+        self, m: int, n: int, k: int, *, weight_bytes: float, act_bytes: float = 2.0,
+        dtype: ComputeDtype = "bf16", groups: float = 1.0,
+    ) -> float:
+        """`groups` GEMMs `[m×k]·[k×n]` in one fused-MoE launch, priced with the dtype's `grouped_gemm` figures:
+        max(G·2mnk / (F·η_g·m/(m + m½_g)), G·bytes / (M·η_m,g)) + t_launch,g."""
+        own = self.efficiency.grouped_gemm[dtype]
+        flops = 2.0 * m * n * k * groups
+        nbytes = ((m * k + m * n) * act_bytes + k * n * weight_bytes) * groups
+        compute = flops / (self.peak_flops_per_s(dtype) * own.compute * m / (m + own.m_half))
+        memory = nbytes / (self.memory_bw_bytes_per_s * own.memory)
+        return max(compute, memory) + own.launch_s
 
     def elementwise_time_s(self, nbytes: float) -> float:
         """A memory-bound element-wise kernel: bytes / (M · η_e) + its fixed cost."""

@@ -21,11 +21,11 @@ from splitsim.hardware.gpu import Efficiency
 from splitsim.hardware.units import MAX_ERROR, FixedCost, LinkBandwidth
 from splitsim.writing import write_text_atomic
 
-PROFILE_SCHEMA = "splitsim.hardware-profile/2"  # 2: per-dtype GEMM figures, per-phase attention
+PROFILE_SCHEMA = "splitsim.hardware-profile/2"  # 2: per-dtype GEMM figures, per-phase attention; grouped GEMMs
 READ_SCHEMAS = ("splitsim.hardware-profile/1", PROFILE_SCHEMA)  # a schema-1 file is a schema-2 one without them
 
 
-GPU_KINDS = ("gemm", "attention", "elementwise")  # the first word of a profile's error kinds, by what they fit
+GPU_KINDS = ("gemm", "attention", "elementwise", "moe")  # the first word of a profile's error kinds, by what they fit
 COMM_KINDS = ("allreduce", "allgather", "sendrecv", "alltoall")
 INTER = "_inter_node"
 

@@ -11,6 +11,9 @@ The package (PyPI, Apache-2.0; `pip install 'splitsim[aiconfigurator]'`) holds p
   (heads, KV heads, head_dim) shape held out.
 - collectives: `comm/nccl/<version>/nccl_perf.parquet`, fp16 all_reduce and all_gather over 2-8 GPUs of
   one node; every other message size held out.
+- mixture-of-experts layers: `moe/<framework>/<version>/moe_perf.parquet`, the engine's fused-MoE kernel on
+  `balanced` routing (`moe_rows`): its two grouped GEMMs on one rank's experts, beside the element-wise work
+  the kernel does; every other model shape (hidden, intermediate, top-k, experts) held out.
 
 Versions: a version folder may be a forward-filled copy of an older collection (its rows carry another
 version, sometimes twice). The default is the newest folder whose rows are its own, preferring those whose
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +75,14 @@ TABLE_DTYPES = {"bfloat16": "bf16", "fp8": "fp8", "nvfp4": "fp4"}
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "fp4": 0.5}  # as models/precision.py counts them
 NCCL_OPS = {"all_reduce": "allreduce", "all_gather": "allgather", "alltoall": "alltoall"}
 MS = 1e-3
+# A MoE table's dtype -> the compute dtype it fits, in order of preference: fp8 from block-scaled rows (DeepSeek-V3
+# and Qwen3-FP8 checkpoints: 128x128 weight blocks, per-group activations), per-tensor fp8 rows only where a table has
+# no block rows (on H100 vLLM runs per-tensor fp8 experts in another kernel, several times slower).
+MOE_DTYPES: dict[str, tuple[str, ...]] = {"bf16": ("bfloat16",), "fp8": ("fp8_block", "fp8"), "fp4": ("nvfp4",)}
+# Kernels of the older collector (vLLM's `fused_experts` called directly, default dtype float32); the newer one
+# builds vLLM's FusedMoE module (kernel_source `vllm_<method>_<backend>_<experts>`) under a bfloat16 default dtype,
+# in which `balanced_logits` then computes (`balanced_routing`).
+LEGACY_MOE_KERNELS = ("vllm_fused_moe", "vllm_mxfp4_moe", "vllm_flashinfer_trtllm_moe_fp4", "vllm_marlin_int4_moe")
 
 
 @dataclass(frozen=True)
@@ -119,10 +131,12 @@ def _version_key(version: str) -> tuple[tuple[int, str], ...]:
 
 def _own_rows(path: Path, version: str) -> bool:
     """Whether a version folder's rows are its own collection: its tables' `version` column, where they have
-    one, names the folder's version, and its rows are not there twice (a stray repeated measurement is)."""
+    one, names the folder's version on most rows (b200's MoE table has 972 rows of a preview build appended
+    beside its 66,831: `moe_rows` reads its own), and its rows are not there twice (a stray repeated measurement
+    is)."""
     for table in path.glob("*.parquet"):
         frame = pd.read_parquet(table)
-        if "version" in frame.columns and set(frame["version"].astype(str)) != {version}:
+        if "version" in frame.columns and (frame["version"].astype(str) == version).mean() <= 0.5:
             return False
         if len(frame) and frame.duplicated().mean() >= 0.5:
             return False
@@ -266,6 +280,114 @@ def collective_rows(table: Table) -> pd.DataFrame:
     train[a2a] = fit.every_other(nbytes.to_numpy()[a2a])
     rows["train"] = train
     return rows.reset_index(drop=True)
+
+
+def _bf16(values: np.ndarray) -> np.ndarray:
+    """Rounded to bfloat16 (nearest, ties to even), kept as float32."""
+    bits = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    return (((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+
+
+@functools.cache
+def balanced_routing(tokens: int, experts: int, topk: int, bf16: bool = True) -> np.ndarray:
+    """Tokens per expert under the tables' `balanced` routing, as aiconfigurator's collector draws it
+    (collector/helper.py `balanced_logits`): token t takes experts (t + j·s) mod E, j < k, s = ⌈E/k⌉; with fewer
+    tokens than s, ⌊t·s/T + j·s⌋ mod E, in bfloat16 arithmetic when `bf16` (the newer collector's default dtype;
+    it moves a few experts of small batches over 256 experts)."""
+    stride = math.ceil(experts / topk)
+    t = np.arange(tokens)[:, None]
+    j = np.arange(topk)[None, :]
+    if tokens >= stride:
+        chosen = (t + j * stride) % experts
+    elif bf16:
+        share = _bf16(_bf16(t * stride) / np.float32(tokens))
+        value = _bf16(share + _bf16(j * stride))
+        chosen = np.trunc(_bf16(value - np.floor(value / experts) * experts)).astype(np.int64)
+    else:
+        chosen = np.floor((t * stride / tokens + j * stride) % experts).astype(np.int64)
+    return np.bincount(chosen.ravel(), minlength=experts)
+
+
+def _expert_map_kernel(kernel: str) -> bool:
+    """Whether the kernel runs every routed row of the batch through its element-wise steps under EP (vLLM's Triton
+    fused MoE with an expert map: other ranks' rows are zero-filled, activated and summed) rather than only the
+    rank's own rows (FlashInfer's CUTLASS MoE permutes the rank's rows first)."""
+    return "triton" in kernel or kernel == "vllm_fused_moe"
+
+
+MOE_LAUNCH_ROWS = (4, 16e6)  # at most this many tokens and bytes of experts' weights: a fused MoE that is its fixed
+# cost (the weights well inside every system's L2)
+MOE_COLUMNS = ["dtype", "weight_bytes", "m", "groups", "gate_up_n", "gate_up_k", "down_n", "down_k", "act_bytes",
+               "reduce_bytes", "seconds", "tokens", "hidden", "inter", "topk", "experts", "moe_tp", "moe_ep", "kernel"]
+
+
+def moe_work(frame: pd.DataFrame) -> pd.DataFrame:
+    """MoE table rows (its columns, and `dtype`: the compute dtype) as one rank's work (`moe_rows` says what),
+    columns `MOE_COLUMNS`."""
+    records = []
+    columns = ("dtype", "kernel_source", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts",
+               "moe_tp_size", "moe_ep_size", "latency")
+    for dtype, kernel, tokens, hidden, inter, topk, experts, moe_tp, moe_ep, latency in zip(
+            *(frame[c].to_numpy() for c in columns), strict=True):
+        tokens, hidden, topk, experts, moe_tp, moe_ep = (int(v) for v in (tokens, hidden, topk, experts, moe_tp,
+                                                                          moe_ep))
+        counts = balanced_routing(tokens, experts, topk, kernel not in LEGACY_MOE_KERNELS)[:experts // moe_ep]
+        routed, reached = int(counts.sum()), int(np.count_nonzero(counts))
+        ffn = int(inter) // moe_tp
+        rows_run = tokens * topk if _expert_map_kernel(str(kernel)) else routed
+        act = rows_run * 3 * ffn * 2.0 + (rows_run - routed) * (2 * ffn + hidden) * 2.0
+        reduce = (rows_run + tokens) * hidden * 2.0
+        records.append((dtype, WEIGHT_BYTES[dtype], -(-routed // max(1, reached)), float(reached), 2 * ffn, hidden,
+                        hidden, ffn, act, reduce, float(latency) * MS, tokens, hidden, int(inter), topk, experts,
+                        moe_tp, moe_ep, str(kernel)))
+    return pd.DataFrame(records, columns=MOE_COLUMNS)
+
+
+def moe_rows(table: Table, has_fp8: bool = True, has_fp4: bool = False,
+             l2_bytes: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fused-MoE kernel's `balanced` rows, one per timing, as the work of one rank (EP rank 0, or a TP rank of
+    experts split `moe_tp_size` ways): `groups` experts its routed tokens reach (`balanced_routing`), `m` rows each
+    (the routed rows over the experts, rounded up, as models/ops.py `moe_layer` does), gate/up `[m×h]·[h×2f]` and
+    down `[m×f]·[f×h]` with f = inter/moe_tp; and the element-wise work the kernel does besides (16-bit):
+    SiLU-and-mul over its rows (3·f values each), the top-k reduction (its rows and the T outputs, h values each)
+    and, under an expert map, the zero-filled GEMM outputs of other ranks' rows. Its rows: the rank's routed ones,
+    or all T·k under an expert map (`_expert_map_kernel`).
+
+    Per dtype (`MOE_DTYPES`) one kernel: the one the engine runs for TP-split experts (EP 1). vLLM runs another
+    for block-fp8 under EP on Hopper (FlashInfer's CUTLASS MoE), whose time at large batches follows the rank's
+    experts times all the batch's tokens, not the routed rows: its rows are left out. So are rows whose experts'
+    weights (groups · 3·f·h) are under L2_FACTOR × `l2_bytes`: the table times one layer over and over, so they
+    come from the L2 cache after the first call (as `gemm_rows` leaves such GEMMs out); of those, the smallest
+    (`MOE_LAUNCH_ROWS`) are returned apart: their time is the kernel's fixed cost. Columns (`MOE_COLUMNS`): dtype,
+    weight_bytes, m, groups, gate_up_n, gate_up_k, down_n, down_k, act_bytes, reduce_bytes, seconds, the row's
+    tokens, hidden, inter, topk, experts, moe_tp, moe_ep, kernel; and `train` (every other model shape)."""
+    frame = _read(table.path / "moe_perf.parquet",
+                  ("kernel_source", "moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts",
+                   "moe_tp_size", "moe_ep_size", "distribution", "latency"), {"version": table.version})
+    frame = frame[(frame["distribution"] == "balanced") & (frame["version"].astype(str) == table.version)]
+    computes = {"bf16": True, "fp8": has_fp8, "fp4": has_fp4}
+    parts = []
+    for dtype, names in MOE_DTYPES.items():
+        name = next((n for n in names if (frame["moe_dtype"] == n).any()), None)
+        if name is None or not computes[dtype]:
+            continue
+        rows = frame[frame["moe_dtype"] == name]
+        tp_split = rows[rows["moe_ep_size"] == 1]
+        kernel = (tp_split if len(tp_split) else rows)["kernel_source"].value_counts().index[0]
+        parts.append(rows[rows["kernel_source"] == kernel].assign(dtype=dtype))
+    rows = moe_work(pd.concat(parts) if parts else frame.iloc[:0].assign(dtype=""))
+    rows = rows[rows["groups"] > 0]
+    weights = rows["groups"] * 3 * rows["down_k"] * rows["hidden"] * rows["weight_bytes"]
+    cached = (weights < L2_FACTOR * l2_bytes).to_numpy()
+    smallest = rows[(rows["tokens"] <= MOE_LAUNCH_ROWS[0]) & (weights <= MOE_LAUNCH_ROWS[1])].reset_index(drop=True)
+    rows = rows[~cached].reset_index(drop=True)
+    shapes = ((rows["hidden"].astype(np.int64) * 1_000_003 + rows["inter"]) * 1009 + rows["experts"]) * 31 \
+        + rows["topk"]  # one key per model shape
+    train = np.zeros(len(rows), dtype=bool)
+    for index in rows.groupby("dtype").indices.values():
+        train[index] = fit.every_other(shapes.to_numpy()[index])
+    rows["train"] = train
+    return rows, smallest
 
 
 def custom_allreduce_rows(table: Table) -> pd.DataFrame:

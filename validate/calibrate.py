@@ -73,6 +73,9 @@ class Dataset:
     custom_rules: CustomAllReduce | None = None  # its size limits (vLLM's, from the cluster's fabric preset)
     nvlink: bool = True  # every pair of GPUs on NVLink (else PCIe: the engine's own all-reduce for 2 GPUs only)
     by_group: bool = False  # a ring bandwidth per group size (PCIe: a ring runs at the widest level it spans)
+    moe: pd.DataFrame | None = None  # fused-MoE timings as grouped GEMMs + element-wise work (aiconfigurator.moe_rows)
+    moe_smallest: pd.DataFrame | None = None  # the smallest of them: their time is the fused kernel's fixed cost
+    moe_note: str = ""  # which MoE table and kernels, for the notes
 
 
 @dataclass
@@ -153,6 +156,9 @@ def calibrate(data: Dataset, name: str) -> Calibration:
         gpu = gpu.model_copy(update={"efficiency": efficiency})
         errors["elementwise"] = _evaluate(data.elementwise, lambda rows: np.array(
             [gpu.elementwise_time_s(b) for b in rows["nbytes"].to_numpy(float)]))
+    if data.moe is not None and len(data.moe):
+        efficiency = _fit_grouped(data, gpu, errors, notes)
+        gpu = gpu.model_copy(update={"efficiency": efficiency})
     attention_note = f"attention efficiency {efficiency.attention:g} kept from {data.gpu.name} (no attention rows)"
     attention_rows = data.attention
     if attention_rows is not None and len(attention_rows):
@@ -226,6 +232,48 @@ def _fit_gemms(rows: pd.DataFrame, gpu: GpuSpec, notes: list[str], launch_s: flo
     if own:
         gpu = gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"gemm_by_dtype": own})})
     return gpu
+
+
+def _fit_grouped(data: Dataset, gpu: GpuSpec, errors: dict[str, ErrorStats], notes: list[str]) -> Efficiency:
+    """Each dtype's grouped GEMM figures (`Efficiency.grouped_gemm`) from the fused-MoE rows, the element-wise work
+    held at the GPU's fitted figures and the fixed cost at the smallest rows' (`fit.grouped_launch_s`). A dtype keeps
+    them only if they price its training rows better (median error) than its dense GEMM figures do; else it is
+    priced as today. Held-out errors as `moe <dtype>`, of the pricing kept."""
+    assert data.moe is not None
+    grouped = {}
+    smallest = data.moe_smallest if data.moe_smallest is not None else data.moe.iloc[:0]
+    dense = gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(update={"grouped_gemm": {}})})
+    for dtype, part in data.moe.groupby("dtype"):
+        train = part[part["train"]]
+        if len(train) < 5:
+            notes.append(f"MoE {dtype}: {len(train)} training rows, too few for a grouped GEMM fit: dense figures kept")
+            continue
+        small = smallest[smallest["dtype"] == dtype]
+        launch_s = fit.grouped_launch_s(small, gpu) if len(small) else None
+        try:
+            own = fit.fit_grouped_gemm(train, gpu, launch_s)
+        except ValueError as err:
+            raise _fail(data.description, err) from None
+        with_own = gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(
+            update={"grouped_gemm": {str(dtype): own}})})
+        measured = train["seconds"].to_numpy(float)
+        fitted_error = fit.residuals(fit.moe_times_s(with_own, train), measured).median
+        dense_error = fit.residuals(fit.moe_times_s(dense, train), measured).median
+        if fitted_error >= dense_error:
+            notes.append(f"MoE {dtype}: grouped figures price the training rows no better than the dense GEMM figures "
+                         f"({fitted_error:.1%} against {dense_error:.1%} median): dense figures kept")
+            continue
+        grouped[str(dtype)] = own
+        if launch_s is not None:
+            notes.append(f"grouped {dtype} GEMM fixed cost {launch_s * 1e6:.3g} µs: from the median of the "
+                         f"{len(small)} smallest MoE rows, held")
+    efficiency = gpu.efficiency.model_copy(update={"grouped_gemm": grouped})
+    fitted = gpu.model_copy(update={"efficiency": efficiency})
+    for dtype, part in data.moe.groupby("dtype"):
+        errors[f"moe {dtype}"] = _evaluate(part, partial(fit.moe_times_s, fitted))
+    notes.append(f"MoE rows: {data.moe_note}; the kernels' element-wise work priced at the element-wise figures"
+                 + (f"; grouped GEMM figures fitted for {', '.join(grouped)}" if grouped else ""))
+    return efficiency
 
 
 def _fit_attention_phases(rows: pd.DataFrame, gpu: GpuSpec, efficiency: Efficiency, errors: dict[str, ErrorStats],
@@ -482,7 +530,8 @@ def runner_dataset(folders: list[Path]) -> Dataset:
 
 def aiconfigurator_dataset(system: str, framework: str, version: str | None, tables: Path | None) -> Dataset:
     """One system's measured kernel tables (validate/aiconfigurator.py): the engine's GEMMs per dtype, its
-    prefill and decode attention kernels and NCCL inside a node."""
+    prefill and decode attention kernels, NCCL inside a node, and its fused-MoE kernel where the system has a MoE
+    table with balanced rows (`_moe_dataset`)."""
     root = aiconfigurator.data_root(tables)
     if system not in aiconfigurator.SYSTEMS:
         raise ScenarioError(f"--aiconfigurator {system}: not a system with a splitsim GPU preset "
@@ -500,12 +549,33 @@ def aiconfigurator_dataset(system: str, framework: str, version: str | None, tab
         chosen.append(aiconfigurator.pick_table(root, system, "comm", framework))
         custom = aiconfigurator.custom_allreduce_rows(chosen[-1])
         rules = _custom_rules(cluster)
+    gpu = load_gpu(gpu_name)
+    moe, smallest, moe_note = _moe_dataset(root, system, framework, version, gpu, chosen,
+                                           aiconfigurator.L2_BYTES[system])
     return Dataset(custom_allreduce=custom, custom_rules=rules, nvlink=aiconfigurator.NVLINK[system],
+        moe=moe, moe_smallest=smallest, moe_note=moe_note,
         by_group=not aiconfigurator.NVLINK[system],
         nvls=system in aiconfigurator.NVLS_SYSTEMS, gemm_launch_s=None if launch_s != launch_s else launch_s,
-        gpu=load_gpu(gpu_name), cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
+        gpu=gpu, cluster=cluster, gemm=gemm, attention=aiconfigurator.attention_rows(chosen[1]),
         collectives=collectives, fitted_on=[f"{package} {system}/{t.op}/{t.framework}/{t.version}" for t in chosen],
         description=f"{package} tables for {system} ({'; '.join(t.describe() for t in chosen)})")
+
+
+def _moe_dataset(root: Path, system: str, framework: str, version: str | None, gpu: GpuSpec,
+                 chosen: list[aiconfigurator.Table],
+                 l2_bytes: float) -> tuple[pd.DataFrame | None, pd.DataFrame | None, str]:
+    """The fused-MoE rows of the system's MoE table and its smallest rows (`aiconfigurator.moe_rows`), if it has
+    one (of `version`, if given) with `balanced` rows the GPU computes; the table joins `chosen`."""
+    folder = root / system / "moe" / framework
+    if not folder.is_dir() or (version is not None and not (folder / version).is_dir()):
+        return None, None, ""
+    table = aiconfigurator.pick_table(root, system, "moe", framework, version)
+    rows, smallest = aiconfigurator.moe_rows(table, gpu.has_fp8, gpu.has_fp4, l2_bytes)
+    if not len(rows):
+        return None, None, ""
+    chosen.append(table)
+    kernels = "; ".join(f"{dtype}: {', '.join(sorted(set(part['kernel'])))}" for dtype, part in rows.groupby("dtype"))
+    return rows, smallest, f"{system}/moe/{framework}/{table.version} balanced rows ({kernels})"
 
 
 def _custom_rules(cluster: str | None) -> CustomAllReduce:
@@ -555,6 +625,9 @@ def format_report(cal: Calibration, out: Path) -> str:
              f"  GEMM        η_peak {e.compute:.4f}  γ {e.wave_exponent:.4f}  m½ {e.m_half:.4g}  "
              f"tile {e.tile_m}×{e.tile_n}  η_m {e.memory:.4f}  t_launch {_us(e.launch_s)}",
              f"  attention   η {e.attention:.4g}"]
+    for dtype, g in e.grouped_gemm.items():
+        lines.append(f"  grouped {dtype:4} η_peak {g.compute:.4f}  m½ {g.m_half:.4g}  η_m {g.memory:.4f}  "
+                     f"t_launch {_us(g.launch_s)}")
     if e.elementwise is not None and e.elementwise_launch_s is not None:
         lines.append(f"  elementwise η_m {e.elementwise:.4g}  t_launch {_us(e.elementwise_launch_s)}")
     for label, link in (("intra-node", p.intra_node), ("inter-node", p.inter_node)):

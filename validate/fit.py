@@ -17,6 +17,9 @@ with the residuals of the rows it saw. The forward models are the simulator's ow
 - send/recv: t = α + S/B.
 - the engine's own all-reduce (`hardware.collectives.custom_allreduce_regime`): each regime's α and B
   (one-shot, two-shot, symmetric memory) on the rows vLLM's rules send to it; the switch points are vLLM's.
+- a mixture-of-experts layer's grouped GEMMs (`GpuSpec.grouped_gemm_time_s`): a fused-MoE timing is its gate/up
+  and down grouped GEMMs plus its element-wise work, priced with the GPU's element-wise figures (held); each dtype's
+  η_peak, m½, η_m and fixed cost of the grouped kernel are fitted (`fit_grouped_gemm`).
 
 Rows are DataFrames: GEMMs `m, n, k, weight_bytes, seconds` (optional `dtype`, default bf16); attention
 `flops, nbytes, seconds`; collectives `op` (allreduce | allgather | alltoall), `group_size, nbytes, seconds`;
@@ -40,7 +43,7 @@ from splitsim.hardware.collectives import (
     ring_allreduce_s,
 )
 from splitsim.hardware.fabric import CustomAllReduce
-from splitsim.hardware.gpu import AttentionKernel, Efficiency, GemmShape, GpuSpec
+from splitsim.hardware.gpu import AttentionKernel, Efficiency, GemmShape, GpuSpec, GroupedGemm
 
 US = 1e-6
 TILES: tuple[tuple[int, int], ...] = tuple((a, b) for a in (64, 128, 256) for b in (64, 128, 256))
@@ -205,6 +208,84 @@ def gemm_shape(fitted: GemmFit) -> GemmShape:
     e = fitted.efficiency
     return GemmShape(compute=e.compute, tile_m=e.tile_m, tile_n=e.tile_n, wave_exponent=e.wave_exponent,
                      m_half=e.m_half)
+
+
+# ------------------------------------------------------------------------------ mixture-of-experts layers
+
+def moe_times_s(gpu: GpuSpec, rows: pd.DataFrame) -> np.ndarray:
+    """The simulator's seconds for each fused-MoE row (`aiconfigurator.moe_rows`): its gate/up and down grouped GEMMs
+    (`GpuSpec.gemm_time_s`, grouped) and its two element-wise kernels (activation, top-k reduction)."""
+    times = []
+    columns = ("m", "groups", "gate_up_n", "gate_up_k", "down_n", "down_k", "weight_bytes", "dtype", "act_bytes",
+               "reduce_bytes")
+    for m, groups, n1, k1, n2, k2, w, dtype, act, reduce in zip(*(rows[c] for c in columns)):
+        gemms = sum(gpu.gemm_time_s(int(m), int(n), int(k), weight_bytes=float(w), dtype=dtype, groups=float(groups),
+                                    grouped=True) for n, k in ((n1, k1), (n2, k2)))
+        times.append(gemms + gpu.elementwise_time_s(float(act)) + gpu.elementwise_time_s(float(reduce)))
+    return np.array(times)
+
+
+def grouped_launch_s(smallest: pd.DataFrame, gpu: GpuSpec) -> float:
+    """The fixed cost of one grouped GEMM from the smallest fused-MoE rows (a few tokens on experts whose weights
+    the L2 holds: their time is the kernel's fixed cost): the median of what is left of their time after the
+    element-wise kernels (`gpu`'s figures), over the two GEMMs; at least 0."""
+    left = smallest["seconds"].to_numpy(float) - np.array(
+        [gpu.elementwise_time_s(float(a)) + gpu.elementwise_time_s(float(r))
+         for a, r in zip(smallest["act_bytes"], smallest["reduce_bytes"])])
+    return max(0.0, float(np.median(left)) / 2)
+
+
+_GROUPED_LOWER = [1e-4, 0.0, 1e-4, 0.0]
+_GROUPED_UPPER = [1.0, 1e5, 1.0, 1e5]
+
+
+def fit_grouped_gemm(rows: pd.DataFrame, gpu: GpuSpec, launch_s: float | None = None) -> GroupedGemm:
+    """η_peak, m½, η_m and fixed cost of one dtype's grouped GEMMs from fused-MoE timings (`moe_times_s`), the
+    element-wise work held at `gpu`'s figures; `launch_s` holds the fixed cost (rows whose weights dwarf it cannot
+    tell it from η_m). Checks, before it returns, that its vectorised formula and `moe_times_s` agree on every
+    row."""
+    if len(rows) < 5:
+        raise ValueError(f"a grouped GEMM fit needs at least 5 rows, got {len(rows)}")
+    dtypes = set(rows["dtype"])
+    if len(dtypes) != 1:
+        raise ValueError(f"a grouped GEMM fit takes one dtype's rows, got {', '.join(sorted(map(str, dtypes)))}")
+    dtype = dtypes.pop()
+    m, groups = rows["m"].to_numpy(float), rows["groups"].to_numpy(float)
+    weight = rows["weight_bytes"].to_numpy(float)
+    gemms = []
+    for n_col, k_col in (("gate_up_n", "gate_up_k"), ("down_n", "down_k")):
+        n, k = rows[n_col].to_numpy(float), rows[k_col].to_numpy(float)
+        gemms.append((2.0 * m * n * k * groups, ((m * k + m * n) * 2.0 + k * n * weight) * groups))
+    held = np.array([gpu.elementwise_time_s(float(a)) + gpu.elementwise_time_s(float(r))
+                     for a, r in zip(rows["act_bytes"], rows["reduce_bytes"])])
+    peak = gpu.peak_flops_per_s(dtype)
+    log_seconds = np.log(rows["seconds"].to_numpy(float))
+
+    fixed = [] if launch_s is None else [launch_s / US]
+
+    def seconds(free: np.ndarray) -> np.ndarray:  # x = (η_peak, m½, η_m, t_launch in µs)
+        x = np.concatenate([free, fixed])
+        eta = x[0] * m / (m + x[1])
+        return held + sum(np.maximum(flops / (peak * eta), nbytes / (gpu.memory_bw_bytes_per_s * x[2]))
+                          for flops, nbytes in gemms) + 2 * x[3] * US
+
+    measured = np.exp(log_seconds)
+    start_eta = float(np.clip(np.max(sum(f for f, _ in gemms) / (measured * peak)), 0.05, 0.95))
+    start_mem = float(np.clip(np.max(sum(b for _, b in gemms) / (measured * gpu.memory_bw_bytes_per_s)), 0.05, 0.95))
+    launch_us = 0.25 * float(measured.min()) / US
+    starts = [[start_eta, m_half, start_mem, launch_us] for m_half in (16.0, 128.0)] + [[0.5, 64.0, 0.8, 10.0]]
+    free = 4 - len(fixed)
+    x = _least_squares(lambda x: np.log(seconds(x)) - log_seconds, [start[:free] for start in starts],
+                       _GROUPED_LOWER[:free], _GROUPED_UPPER[:free])
+    values = np.concatenate([x, fixed])
+    fitted = GroupedGemm(compute=float(values[0]), m_half=float(values[1]), memory=float(values[2]),
+                         launch_s=float(values[3]) * US)
+    gpu = gpu.model_copy(update={"efficiency": gpu.efficiency.model_copy(
+        update={"grouped_gemm": gpu.efficiency.grouped_gemm | {dtype: fitted}})})
+    worst = float(np.max(np.abs(seconds(x) / moe_times_s(gpu, rows) - 1.0)))
+    if worst > _AGREEMENT:
+        raise AssertionError(f"the fit's grouped GEMM formula differs from GpuSpec.gemm_time_s by {worst:.2e}")
+    return fitted
 
 
 # ------------------------------------------------------------------------------------------ attention

@@ -20,7 +20,7 @@ PRESETS = {"h100_sxm-vllm.yaml": "h100-sxm.yaml", "h200_sxm-vllm.yaml": "h200.ya
            "a100_sxm-vllm.yaml": "a100-sxm.yaml", "l40s-vllm.yaml": "l40s.yaml", "b200_sxm-vllm.yaml": "b200.yaml",
            "rtx_pro_6000_server-vllm.yaml": "rtx-pro-6000.yaml"}
 MARK = "efficiency:"
-GPU_KINDS = ("gemm", "attention", "elementwise")
+GPU_KINDS = ("gemm", "attention", "elementwise", "moe")
 
 
 def block(profile: dict) -> str:
@@ -35,6 +35,11 @@ def block(profile: dict) -> str:
         for dtype, g in e["gemm_by_dtype"].items():
             lines += [f"    {dtype}: {{compute: {g['compute']:.4g}, tile_m: {g['tile_m']}, tile_n: {g['tile_n']}, "
                       f"wave_exponent: {g['wave_exponent']:.4g}, m_half: {g['m_half']:.4g}}}"]
+    if e.get("grouped_gemm"):
+        lines.append("  grouped_gemm:")
+        for dtype, g in e["grouped_gemm"].items():
+            lines += [f"    {dtype}: {{compute: {g['compute']:.4g}, m_half: {g['m_half']:.4g}, "
+                      f"memory: {g['memory']:.4g}, launch_s: {us(g['launch_s'])}}}"]
     for phase in ("attention_prefill", "attention_decode"):
         if e.get(phase):
             a = e[phase]

@@ -1,7 +1,7 @@
 """How excerpt/ was cut from aiconfigurator-core 0.12.0 (PyPI; Apache-2.0, see NOTICE), so the calibration
 tests run without the package: a few hundred rows of the H100 tables vLLM's kernels use, and one forward-filled
 copy of the NCCL folder (its rows carry another version, twice), as the package has, to test version choice;
-vLLM's own all-reduce under CUDA graphs.
+vLLM's own all-reduce under CUDA graphs; the fused-MoE kernel's balanced rows of a few model shapes (`moe`).
 
     pip download --no-deps aiconfigurator-core==0.12.0
     unzip aiconfigurator_core-*.whl 'aiconfigurator_core/systems/*'
@@ -20,6 +20,13 @@ HERE = Path(__file__).resolve().parent / "excerpt"
 SHAPES = [(4096, 4096), (6144, 4096), (8192, 8192), (10240, 8192), (16384, 8192), (16384, 4096), (12288, 16384),
           (16384, 16384), (51200, 8192), (3072, 8192), (2048, 2048), (256, 256), (128, 128)]  # the last two: launch
 TOKENS = [1, 4, 16, 64, 128, 256, 1024, 4096, 8192]
+# (hidden, intermediate, top-k, experts): Qwen3-30B-A3B, Qwen3-235B-A22B, Mixtral-8x7B, DeepSeek-V3 (fp8 only), and a
+# 256-expert shape (bf16 only); bf16 and block-fp8 rows, a few per-tensor fp8 rows (another kernel, not fitted)
+MOE_SHAPES = {"bfloat16": [(2048, 768, 8, 128), (4096, 1536, 8, 128), (4096, 14336, 2, 8), (6144, 2048, 8, 256)],
+              "fp8_block": [(2048, 768, 8, 128), (4096, 1536, 8, 128), (4096, 14336, 2, 8), (7168, 2048, 8, 256)],
+              "fp8": [(4096, 1536, 8, 128)]}
+MOE_TOKENS = [1, 2, 4, 16, 64, 256, 1024, 4096, 16384]
+MOE_LAYOUTS = [(1, 1), (2, 1), (4, 1), (8, 1), (1, 2), (1, 8), (1, 32)]  # (moe_tp, moe_ep)
 
 
 def main(root: Path) -> None:
@@ -43,6 +50,20 @@ def main(root: Path) -> None:
     _write(pd.concat([nccl, nccl]), system, "comm/nccl/2.30.0", "nccl_perf", provenance="legacy")  # a copy
     custom = pd.read_parquet(system / "comm/vllm/0.24.0/custom_allreduce_perf.parquet")
     _write(custom[custom["backend"] == "vllm_graph"], system, "comm/vllm/0.24.0", "custom_allreduce_perf")
+    moe(system)
+
+
+def moe(system: Path) -> None:
+    """The balanced MoE rows of `MOE_SHAPES` at `MOE_TOKENS` and `MOE_LAYOUTS` (block-fp8 under EP: FlashInfer's
+    kernel, which the fit leaves out)."""
+    table = pd.read_parquet(system / "moe/vllm/0.24.0/moe_perf.parquet")
+    shape = pd.Series(list(zip(table["hidden_size"], table["inter_size"], table["topk"], table["num_experts"])))
+    layout = pd.Series(list(zip(table["moe_tp_size"], table["moe_ep_size"])))
+    keep = (table["distribution"] == "balanced") & table["num_tokens"].isin(MOE_TOKENS) \
+        & layout.isin(MOE_LAYOUTS).to_numpy()
+    keep &= pd.concat([(table["moe_dtype"] == dtype) & shape.isin(shapes).to_numpy()
+                       for dtype, shapes in MOE_SHAPES.items()], axis=1).any(axis=1)
+    _write(table[keep], system, "moe/vllm/0.24.0", "moe_perf")
 
 
 def _write(frame: pd.DataFrame, system: Path, folder: str, name: str, provenance: str | None = None) -> None:
