@@ -43,6 +43,7 @@ class Op:
     weight_bytes: float = 0.0  # bytes per weight element (GEMMs)
     dtype: ComputeDtype = "bf16"
     groups: float = 1.0  # GEMMs: this many of that shape in one grouped kernel (the experts a batch reaches)
+    grouped: bool = False  # a mixture of experts' fused kernel (even when it reaches one expert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +89,13 @@ class Sharding:
         return self.tp * self.dp_attention // self.ep
 
 
-def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float = 1.0) -> Op:
+def gemm(name: str, m: int, n: int, k: int, sharding: Sharding, groups: float | None = None) -> Op:
+    """A GEMM; with `groups`, that many in one grouped (mixture-of-experts) kernel."""
     w = BYTES_PER_ELEMENT[sharding.weights]
     nbytes = (m * k + m * n) * ACTIVATION_BYTES + k * n * w
-    if groups == 1.0:
+    if groups is None:
         return Op(name, "gemm", 2.0 * m * n * k, nbytes, m, n, k, w, sharding.compute)
-    return Op(name, "gemm", 2.0 * m * n * k * groups, nbytes * groups, m, n, k, w, sharding.compute, groups)
+    return Op(name, "gemm", 2.0 * m * n * k * groups, nbytes * groups, m, n, k, w, sharding.compute, groups, True)
 
 
 def expert_load(num_experts: int, top_k: int, ranks: int, tokens: int) -> float:

@@ -110,7 +110,7 @@ class StageCosts:
         match op.kind:
             case "gemm":
                 return self.gpu.gemm_time_s(op.m, op.n, op.k, weight_bytes=op.weight_bytes, dtype=op.dtype,
-                                            groups=op.groups)
+                                            groups=op.groups, grouped=op.grouped)
             case "attention":
                 return self.gpu.attention_time_s(op.flops, op.nbytes, "prefill")  # decode: attention_times
             case "memory":

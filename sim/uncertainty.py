@@ -36,7 +36,7 @@ HALF_NORMAL_MEDIAN = 0.6744897501960817
 ASSUMED_ERROR = 0.31
 ERROR_CAP = 10.0  # per kind: a fit more than 10× off (a noisy CPU run) bounds nothing finer, and keeps e^(zσ) finite
 _OP_KIND = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
-            "router": "gemm", "experts_gate_up": "gemm", "experts_down": "gemm", "experts_act": "elementwise",
+            "router": "gemm", "experts_gate_up": "moe", "experts_down": "moe", "experts_act": "elementwise",
             "shared_gate_up": "gemm", "shared_down": "gemm", "shared_act": "elementwise",
             "q_proj": "gemm", "q_a_proj": "gemm", "q_b_proj": "gemm", "kv_a_proj": "gemm", "kv_b_proj": "gemm",
             "q_a_norm": "elementwise", "kv_a_norm": "elementwise",
@@ -128,7 +128,8 @@ def residuals(plan: Plan) -> tuple[dict[str, float], set[str]]:
     errors = gpu.efficiency.held_out_errors | intra.held_out_errors
     if isinstance(inter, NetworkFabric):
         errors |= {f"{kind}_inter_node": error for kind, error in inter.held_out_errors.items()}
-    assumed = {"gemm", "attention prefill", "attention decode", "elementwise"} if gpu.efficiency.assumed else set()
+    assumed = {"gemm", "moe", "attention prefill", "attention decode", "elementwise"} if gpu.efficiency.assumed \
+        else set()
     if intra.assumed:
         assumed |= {"allreduce", "allreduce custom", "allgather", "sendrecv", "alltoall"}
     if isinstance(inter, NetworkFabric) and inter.assumed:
@@ -141,6 +142,9 @@ def _error_of(kind: str, plan: Plan, errors: dict[str, float], assumed: set[str]
     assumed figure; None when it has no residuals and is not assumed."""
     if kind == "gemm":
         candidates = [f"gemm {plan.sharding.compute}", "gemm"]
+    elif kind == "moe":  # the fused MoE kernel's own fit, else the GEMMs' (the experts priced as dense GEMMs)
+        experts = plan.sharding.expert_compute or plan.sharding.compute
+        candidates = [f"moe {experts}", f"gemm {experts}", "gemm"]
     elif kind.startswith("attention "):
         candidates = [kind, "attention"]
     else:

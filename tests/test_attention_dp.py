@@ -184,8 +184,9 @@ def test_an_eager_step_runs_each_replica_at_its_own_token_count(model_path):
     mixed = cost.lockstep_times([big] + [small] * 7, [1] + [4] * 7)
     everyone_big = cost.lockstep_times([big] * 8, [1] * 8)
     assert mixed.step < everyone_big.step
-    # the small replicas compute less than half what the big one does, and wait for it in the all-to-alls
-    assert mixed.compute[1] < mixed.compute[0] / 2 and mixed.ep_comm[1] > mixed.ep_comm[0]
+    # the small replicas compute less than the big one (the experts' and shared expert's work is common), and
+    # wait for it in the all-to-alls
+    assert mixed.compute[1] < mixed.compute[0] and mixed.ep_comm[1] > mixed.ep_comm[0]
     # the big replica never waits: its all-to-alls are its own, priced as if every replica sent its 2,000 tokens
     # (the busiest sender decides)
     exchange = ops.dispatch_copies(load_model(model_path).moe, plan.sharding) * 2000 * 1024 * 2 * ops.expert_load(

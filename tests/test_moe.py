@@ -136,13 +136,15 @@ def test_stage_and_layer_mode_agree_on_a_mixture_of_experts():
 
 
 def test_the_experts_run_as_one_grouped_kernel():
-    """A grouped GEMM of g experts with m tokens each: one launch, the experts' tiles filling the waves
-    together, each paying its own m's small-m efficiency (hardware/gpu.py's GEMM model, written out here)."""
+    """A grouped GEMM of g experts with m tokens each, on a GPU without grouped-GEMM figures: one launch, the
+    experts' tiles filling the waves together, each paying its own m's small-m efficiency (hardware/gpu.py's
+    dense GEMM model, written out here; tests/test_aiconfigurator.py holds the fitted grouped figures)."""
     import math
 
     from splitsim.hardware.catalog import load_gpu
 
-    gpu = load_gpu("h100-sxm")
+    fitted = load_gpu("h100-sxm")
+    gpu = fitted.model_copy(update={"efficiency": fitted.efficiency.model_copy(update={"grouped_gemm": {}})})
     eff = gpu.efficiency
     eta_peak, tile_m, tile_n, gamma, m_half = eff.gemm_shape("bf16")
     m, n, k, groups = 6, 384, 4096, 127.5

@@ -75,9 +75,10 @@ def measured_model(folder: Path, config: dict[str, Any]) -> ModelSpec:
                                 "(written by `splitsim validate run`)")
     layers = config.get("layers")
     try:
-        model = ModelSpec.model_validate(spec, strict=True)  # as the runner wrote it: no true for a size
+        # as the runner wrote it, JSON read strictly: no true for a size, and arrays for tuples (local_layers)
+        model = ModelSpec.model_validate_json(json.dumps(spec), strict=True)
         if layers is not None:
-            model = ModelSpec.model_validate({**spec, "num_layers": layers}, strict=True)
+            model = ModelSpec.model_validate_json(json.dumps({**spec, "num_layers": layers}), strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         where = "layers" if first["loc"] == ("num_layers",) and layers is not None else \
