@@ -102,8 +102,9 @@ class ModelSpec(BaseModel):
     def _local_attention(self) -> ModelSpec:
         if self.local_layers and (self.sliding_window is None) == (self.attention_chunk is None):
             raise ValueError("local attention layers need exactly one of sliding_window and attention_chunk")
-        if any(not 0 <= i < self.num_layers for i in self.local_layers):
-            raise ValueError(f"local attention layers must be among the {self.num_layers} layers")
+        if any(not 0 <= i < self.num_layers for i in self.local_layers) or len(set(self.local_layers)) < len(
+                self.local_layers):
+            raise ValueError(f"local attention layers must be distinct layers among the {self.num_layers}")
         return self
 
     @model_validator(mode="after")
@@ -275,9 +276,10 @@ class ModelSpec(BaseModel):
                 raise ValueError(f"{where}: text_config = {cut(repr(text))}: need the language model's fields")
             config = {key: value for key, value in config.items() if key != "text_config"} | text | {
                 "architectures": architectures}
-        if any(a.startswith("Llama4") for a in architectures) and "intermediate_size_mlp" in config:
-            # a dense layer's MLP; Llama 4's intermediate_size is an expert's
-            config = config | {"intermediate_size": config["intermediate_size_mlp"],
+        if any(a.startswith("Llama4") for a in architectures):
+            # a dense layer's MLP (transformers' default 16384); Llama 4's intermediate_size is an expert's
+            dense = config.get("intermediate_size_mlp")
+            config = config | {"intermediate_size": 16384 if dense is None else dense,
                                "expert_intermediate_size": config.get("intermediate_size")}
         missing = [key for key in _HF_REQUIRED if key not in config]
         if missing:
@@ -360,8 +362,11 @@ def _hf_llama4_moe(config: dict[str, Any], num_layers: int, where: str) -> MoeSp
     """Llama 4's experts: `num_local_experts` of the text config's `intermediate_size`, top `num_experts_per_tok`,
     and one shared expert of that size, on the layers transformers makes sparse (every
     `interleave_moe_layer_step`-th, from step − 1); the others a dense MLP of `intermediate_size_mlp`."""
-    counts = {key: _hf_count(config.get(key), key, where) for key in ("num_local_experts", "num_experts_per_tok")}
-    size = config.get("expert_intermediate_size", config.get("intermediate_size"))
+    missing = [key for key in ("num_local_experts", "num_experts_per_tok") if config.get(key) is None]
+    if missing or config.get("expert_intermediate_size") is None:
+        raise ValueError(f"{where}: config.json lacks {', '.join(missing) or 'intermediate_size'} (Llama 4's experts)")
+    counts = {key: _hf_count(config[key], key, where) for key in ("num_local_experts", "num_experts_per_tok")}
+    size = config["expert_intermediate_size"]
     step = _hf_count(config.get("interleave_moe_layer_step", 1), "interleave_moe_layer_step", where)
     sparse = set(range(step - 1, num_layers, step))
     try:
@@ -419,7 +424,8 @@ def _hf_local_attention(config: dict[str, Any], architecture: str, num_layers: i
     window = config.get("sliding_window")
     types = config.get("layer_types")
     if types is not None:
-        if not (isinstance(types, list) and len(types) == num_layers and all(t in _LOCAL_TYPES for t in types)):
+        if not (isinstance(types, list) and len(types) == num_layers
+                and all(isinstance(t, str) and t in _LOCAL_TYPES for t in types)):
             raise ValueError(f"{where}: layer_types = {cut(repr(types))}: need one of {', '.join(_LOCAL_TYPES)} "
                              f"for each of the {num_layers} layers")
         local = tuple(i for i, t in enumerate(types) if _LOCAL_TYPES[t] == "sliding")

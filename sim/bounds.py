@@ -59,7 +59,8 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
     kv_seqs = plan.kv_blocks_per_slot * plan.block_size // plan.kv_tokens_needed(context)
     largest = max(1, min(sched.max_num_seqs, sched.max_batched_tokens, kv_seqs))
     sizes = np.arange(1, largest + 1)
-    stage_s = np.array([[_decode_step_s(cost, b, context) for cost in costs]  # [size, stage]
+    seen = _fewest_seen(plan, prompt_tokens, output_tokens)
+    stage_s = np.array([[_decode_step_s(cost, b, context, seen) for cost in costs]  # [size, stage]
                         for b in range(1, largest + 1)])
     round_s, slowest_s = stage_s.sum(axis=1), stage_s.max(axis=1)
     meets = round_s <= step_limit_s
@@ -70,11 +71,24 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
     return Bound(per_gpu, float(round_s.min()), output_tokens - 1)
 
 
-def _decode_step_s(cost: StageCosts, num_decode: int, context: int) -> float:
-    local = cost.plan.model.local_attention
-    if local is not None:  # sliding or chunked layers see fewer positions: price each layer as the engine does
+def _fewest_seen(plan: Plan, prompt_tokens: int, output_tokens: int) -> int:
+    """The fewest positions a sliding or chunked layer shows a decoding token of such a request (0 without such
+    layers): a window's view only grows with the context, a chunk's falls back to 1 where a chunk begins."""
+    local = plan.model.local_attention
+    if local is None:
+        return 0
+    kind, span = local
+    first, last = prompt_tokens + 1, prompt_tokens + max(1, output_tokens)
+    if kind == "chunked" and (first - 1) // span != (last - 1) // span:  # a chunk begins within the decode
+        return 1
+    return local_positions(first, kind, span)
+
+
+def _decode_step_s(cost: StageCosts, num_decode: int, context: int, seen: int = 0) -> float:
+    """A decode step of `num_decode` sequences at `context` positions each (`seen` in a local layer)."""
+    if cost.plan.model.local_attention is not None:  # local layers see fewer positions: priced as the engine does
         shape = BatchShape(num_decode=num_decode, decode_context=num_decode * context,
-                           decode_context_local=num_decode * local_positions(context, *local))
+                           decode_context_local=num_decode * seen)
         compute_s, comm_s = cost.stage_time(shape, num_decode)
         return compute_s + comm_s
     compute, comm = cost.decode_stage_times(num_decode, np.array([num_decode * context]))

@@ -42,7 +42,8 @@ from splitsim.sim.scheduler import Batch, Occupancy, Request, Scheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
-DUMMY_BATCH = BatchShape(num_decode=1, decode_context=1)  # an idle DP rank's step (vLLM's `execute_dummy_batch`)
+# an idle DP rank's step (vLLM's `execute_dummy_batch`): one token seeing itself
+DUMMY_BATCH = BatchShape(num_decode=1, decode_context=1, decode_context_local=1)
 TICK_BATCHES = 4096  # a long request shows progress too, at a cost of one countdown a batch
 
 

@@ -23,7 +23,7 @@ from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compu
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import Scenario, describe_validation_error
 from splitsim.sim.defaults import ENGINES, resolve_memory, resolve_scheduler
-from splitsim.sim.scheduler import KvPool, LocalKvPool, kv_tokens
+from splitsim.sim.scheduler import KvPool, LocalKvPool, stage_kv_tokens
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
@@ -171,19 +171,21 @@ class Plan:
         return max(0, tokens // block * block)
 
     @property
-    def kv_layers(self) -> tuple[int, int, int] | None:
-        """(full layers, sliding or chunked layers, positions a local layer keeps) when some layer attends
+    def kv_layers(self) -> tuple[tuple[tuple[int, int], ...], int] | None:
+        """((full, sliding or chunked) layers of each stage, positions a local layer keeps) when some layer attends
         locally: its window or chunk plus the partly filled block it starts in."""
         span = self.model.local_span
         if span is None or not self.model.local_layers:
             return None
-        local = len(self.model.local_layers)
-        return self.model.num_layers - local, local, span + self.block_size - 1
+        local = set(self.model.local_layers)
+        stages = tuple((sum(1 for i in stage.layers if i not in local), sum(1 for i in stage.layers if i in local))
+                       for stage in self.stages)
+        return stages, span + self.block_size - 1
 
     def kv_tokens_needed(self, tokens: int) -> int:
         """KV cache a request of `tokens` tokens holds, in tokens of every layer (fewer with local layers)."""
         layers = self.kv_layers
-        return tokens if layers is None else kv_tokens(tokens, *layers)
+        return tokens if layers is None else stage_kv_tokens(tokens, *layers)
 
     def kv_pool(self) -> KvPool:
         """One PP slot's KV cache, as the engine's scheduler holds it."""

@@ -107,17 +107,19 @@ class KvPool:
 
 class LocalKvPool(KvPool):
     """A KV cache whose sliding or chunked layers keep only the positions in view (vLLM's hybrid KV cache
-    manager frees their blocks beyond it): a request of t tokens holds t on the F full layers and at most `span`
-    on the S local ones (`kv_tokens`), in blocks of tokens on every layer."""
+    manager frees their blocks beyond it). Each pipeline stage holds its own layers: on a stage of F full and S
+    local layers a request of t tokens holds t on the full ones and at most `span` on the local ones (`kv_tokens`),
+    in tokens of all that stage's layers; a block is that many tokens on every stage, so the stage needing the
+    most decides."""
 
-    __slots__ = ("full", "local", "span")
+    __slots__ = ("stages", "span")
 
-    def __init__(self, blocks: int, block: int, full: int, local: int, span: int) -> None:
+    def __init__(self, blocks: int, block: int, stages: tuple[tuple[int, int], ...], span: int) -> None:
         super().__init__(blocks, block)
-        self.full, self.local, self.span = full, local, span
+        self.stages, self.span = stages, span  # (full, local) layers of each stage
 
     def hold(self, request: Request, tokens: int) -> bool:
-        need = -(-kv_tokens(tokens, self.full, self.local, self.span) // self.block) - request.kv_blocks
+        need = -(-stage_kv_tokens(tokens, self.stages, self.span) // self.block) - request.kv_blocks
         if need > self.free:
             return False
         if need > 0:
@@ -127,18 +129,29 @@ class LocalKvPool(KvPool):
         return True
 
     def _tokens_in(self, blocks: int) -> int:
-        """The most tokens a request holding `blocks` blocks can have: `kv_tokens` inverted."""
-        layers = self.full + self.local
-        capacity = blocks * self.block * layers  # token-layers
-        if capacity <= layers * self.span:
-            return capacity // layers
-        return (capacity - self.local * self.span) // self.full if self.full else 2**62
+        """The most tokens a request holding `blocks` blocks can have: `stage_kv_tokens` inverted (the stage
+        that runs out first)."""
+        most = 2**62
+        for full, local in self.stages:
+            layers = full + local
+            capacity = blocks * self.block * layers  # token-layers on this stage
+            if capacity < layers * self.span:
+                most = min(most, capacity // layers)
+            elif full:
+                most = min(most, (capacity - local * self.span) // full)
+        return most
 
 
 def kv_tokens(tokens: int, full: int, local: int, span: int) -> int:
-    """KV a request of `tokens` tokens holds, in tokens of every layer (rounded up): full layers keep all of them,
-    local ones the `span` in view (the window plus the block it starts in)."""
+    """KV a request of `tokens` tokens holds on a stage of `full` and `local` layers, in tokens of all its layers
+    (rounded up): full layers keep all of them, local ones the `span` in view (the window plus the block it starts
+    in)."""
     return -(-(full * tokens + local * min(tokens, span)) // (full + local))
+
+
+def stage_kv_tokens(tokens: int, stages: tuple[tuple[int, int], ...], span: int) -> int:
+    """`kv_tokens` on the stage that needs the most."""
+    return max(kv_tokens(tokens, full, local, span) for full, local in stages)
 
 
 class Occupancy:

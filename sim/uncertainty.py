@@ -23,7 +23,7 @@ import numpy as np
 
 from splitsim.hardware import collectives
 from splitsim.hardware.fabric import NetworkFabric
-from splitsim.models.ops import BatchShape
+from splitsim.models.ops import BatchShape, local_positions
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.plan import Plan
 from splitsim.sim.workload import RequestStream
@@ -108,7 +108,10 @@ def _typical_work(plan: Plan, stream: RequestStream, summary: dict[str, Any]) ->
     running = summary["throughput_tokens_per_s"] * tpot / plan.dp  # Little's law: sequences decoding per replica
     batch = int(min(max(1, round(running)), plan.scheduler.max_num_seqs))
     context = prompt + output // 2
-    decode = _through_stages(plan, BatchShape(num_decode=batch, decode_context=batch * context), batch)
+    local = plan.model.local_attention
+    seen = local_positions(context, *local) if local is not None else 0
+    decode = _through_stages(plan, BatchShape(num_decode=batch, decode_context=batch * context,
+                                              decode_context_local=batch * seen), batch)
     # In a fixed order (prefill's kinds, then decode's): the sums below must not depend on string hashing, which
     # differs between processes (a pool's, a Ray worker's), or the same run gives different last digits.
     per_request = {kind: prefill.get(kind, 0.0) + (output - 1) * decode.get(kind, 0.0) / batch

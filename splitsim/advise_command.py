@@ -39,9 +39,10 @@ def add_parser(sub: argparse._SubParsersAction, positive_int: Any, positive_floa
     load.add_argument("--rate", type=positive_float, help="requests/s (Poisson) for the whole deployment")
     load.add_argument("--concurrency", type=positive_int, help="clients in a closed loop")
     advise.add_argument("--num-requests", type=positive_int, help="requests at a given load (default 1,000)")
-    advise.add_argument("--precision", default="bf16",
+    advise.add_argument("--precision", default=None,
                         help="weight precisions to try, e.g. bf16,fp8; checkpoint: as the model's config.json stores "
-                             "them (DeepSeek-V3's fp8, gpt-oss's MXFP4 experts)")
+                             "them (DeepSeek-V3's fp8, gpt-oss's MXFP4 experts); default: bf16, or checkpoint for a "
+                             "checkpoint stored in another format")
     advise.add_argument("--kv-cache", default="bf16", help="KV-cache precisions to try, e.g. bf16,fp8")
     advise.add_argument("--slo", help="ttft=2,tpot=0.05 (per-request thresholds: goodput) or ttft_p99=2,tpot_p99=0.03 "
                                       "(percentile limits: the most load that meets them)")
@@ -111,10 +112,15 @@ def question_from_args(args: argparse.Namespace) -> Any:
     base = {"name": "advice", "model": args.model, "cluster": args.cluster,
             "sim": {"seed": given.get("seed", 0) if args.seed is None else args.seed},
             "scheduler": {"policy": "chunked", **given.get("scheduler", {}), **scheduler},
-            "memory": given.get("memory", {}), "workload": {"num_requests": 1, "rate": 0, **lengths}}
+            "memory": given.get("memory", {}), "moe": given.get("moe", {}),
+            "workload": {"num_requests": 1, "rate": 0, **lengths}}
     load = {"rate": args.rate} if args.rate is not None else \
         {"concurrency": args.concurrency} if args.concurrency is not None else None
-    weights = _choices("--precision", args.precision, (*get_args(WeightDtype), "checkpoint"))
+    stored = model.expert_weight_dtype is not None or model.default_weight_dtype != "bf16"
+    weights = _choices("--precision", args.precision or ("checkpoint" if stored else "bf16"),
+                       (*get_args(WeightDtype), "checkpoint"))
+    if not stored:  # the checkpoint's own format: the same runs as its name
+        weights = tuple(dict.fromkeys(model.default_weight_dtype if w == "checkpoint" else w for w in weights))
     return Question(base=base, gpus=gpus, weights=weights,
                     kv_caches=_choices("--kv-cache", args.kv_cache, get_args(KvDtype)), objective=objective,
                     load=load, num_requests=args.num_requests, slo=slo)
@@ -189,7 +195,8 @@ def _from_scenario(path: Path, overlong: str) -> dict[str, Any]:
     scheduler = {k: v for k, v in scenario.scheduler.model_dump(exclude_none=True).items()
                  if k in ("policy", "max_num_seqs", "max_batched_tokens")}
     return {"model": scenario.model, "cluster": scenario.cluster, "slo": scenario.slo, "seed": scenario.sim.seed,
-            **lengths, "scheduler": scheduler, "memory": scenario.memory.model_dump(exclude_none=True)}
+            **lengths, "scheduler": scheduler, "memory": scenario.memory.model_dump(exclude_none=True),
+            "moe": scenario.moe.model_dump()}
 
 
 def _trace_lengths(path: Path, context: int, overlong: str) -> dict[str, Any]:

@@ -404,3 +404,18 @@ def test_checkpoint_precision_keeps_what_the_config_stores():
     assert by_weights["checkpoint"] is None and by_weights["bf16"].startswith("memory:")
     candidate = Candidate(1, 1, 1, "tp-pp-dp", "checkpoint", "bf16")
     assert candidate.scenario(base)["precision"]["weights"] is None
+
+
+def test_the_default_precision_is_the_checkpoints_where_it_stores_another_format():
+    """No --precision: bf16 for a bf16 checkpoint (as before), the checkpoint's own for gpt-oss (MXFP4 experts), so
+    the deploy line deploys what was simulated; 'checkpoint' on a bf16 model is bf16, not a second run."""
+    from splitsim.advise_command import question_from_args
+    from splitsim.cli import build_parser
+
+    def weights(*flags):
+        args = build_parser().parse_args(["advise", "--cluster", "h100-nvlink-node", *flags])
+        return question_from_args(args).weights
+
+    assert weights("--model", "llama-3-8b") == ("bf16",)
+    assert weights("--model", "gpt-oss-20b") == ("checkpoint",)
+    assert weights("--model", "llama-3-8b", "--precision", "checkpoint,bf16") == ("bf16",)

@@ -5,6 +5,7 @@ against the requests', the KV pool's blocks against a search, and runs where the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,14 @@ def test_config_rules_decide_which_layers_slide():
         ModelSpec.from_hf_config(typed | {"layer_types": ["sliding_attention"]}, "t")
     with pytest.raises(ValueError, match="lacks sliding_window"):
         ModelSpec.from_hf_config(typed | {"sliding_window": None}, "t")
+    with pytest.raises(ValueError, match="layer_types = "):  # not a name at all
+        ModelSpec.from_hf_config(typed | {"layer_types": [["x"]] * 4}, "t")
+    with pytest.raises(ValueError, match="distinct layers"):  # a spec given inline must not repeat a layer
+        ModelSpec.model_validate(mistral.model_dump() | {"local_layers": (0, 0, 1)})
+    scout = json.loads((Path(__file__).parents[1] / "models" / "catalog" / "llama-4-scout" / "config.json").read_text())
+    text = {k: v for k, v in scout["text_config"].items() if k != "num_local_experts"}
+    with pytest.raises(ValueError, match="lacks num_local_experts"):
+        ModelSpec.from_hf_config(scout | {"text_config": text}, "l")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +124,7 @@ def test_each_batch_carries_what_its_decodes_see(windowed):
 def test_the_kv_pool_holds_the_window_only_on_local_layers():
     """2 full and 2 local layers, a window of 100 positions: t tokens hold (2t + 2·min(t, 100))/4 tokens of
     every layer; the room a request's blocks leave is the most tokens they hold (searched here)."""
-    pool = LocalKvPool(blocks=1000, block=16, full=2, local=2, span=100)
+    pool = LocalKvPool(1000, 16, ((2, 2),), 100)
     for tokens in (1, 50, 100, 101, 150, 1000, 5000):
         assert kv_tokens(tokens, 2, 2, 100) == -(-(2 * tokens + 2 * min(tokens, 100)) // 4)
     for blocks in range(1, 60):
@@ -124,9 +133,21 @@ def test_the_kv_pool_holds_the_window_only_on_local_layers():
     request = Request(0, 0.0, 400, 100)
     assert pool.hold(request, 400) and request.kv_blocks == -(-kv_tokens(400, 2, 2, 100) // 16)
     assert request.room == pool._tokens_in(request.kv_blocks) - 400
-    everything_local = LocalKvPool(blocks=10, block=16, full=0, local=4, span=100)
+    everything_local = LocalKvPool(10, 16, ((0, 4),), 100)
     fresh = Request(1, 0.0, 400, 100)
     assert everything_local.hold(fresh, 10**6) and fresh.kv_blocks == 7  # 100 positions, whatever the length
+    assert fresh.room > 10**9  # it never needs another block
+    at_a_block_edge = LocalKvPool(10, 16, ((0, 4),), 32)  # a span of whole blocks: holding it is enough
+    edge = Request(2, 0.0, 500, 10)
+    assert at_a_block_edge.hold(edge, 500) and edge.kv_blocks == 2 and edge.room > 10**9
+
+
+def test_each_pipeline_stage_holds_its_own_layers():
+    """Two stages, one of full layers only, one of local ones: a block is 16 tokens on both, and the full stage
+    needs every token — a long request takes as many blocks as without windows."""
+    pool = LocalKvPool(1000, 16, ((2, 0), (0, 2)), 100)
+    request = Request(0, 0.0, 4000, 10)
+    assert pool.hold(request, 4000) and request.kv_blocks == 250 and request.room == 0
 
 
 def test_a_windowed_model_holds_more_long_requests(windowed, tmp_path):
@@ -152,7 +173,7 @@ def test_stage_and_layer_agree_and_the_fast_forward_says_why_it_steps(windowed):
 def test_the_advisors_bound_prices_local_layers_as_the_engine_does():
     """The bound must not be slower than the engine (else it prunes layouts that could win): at a context of
     8,001 a sliding layer of gpt-oss sees 128 positions, and the bound's decode step counts just that."""
-    from splitsim.sim.bounds import _decode_step_s
+    from splitsim.sim.bounds import _decode_step_s, _fewest_seen
 
     plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b")))
     cost = StageCosts(plan, 0, 0)
@@ -160,4 +181,17 @@ def test_the_advisors_bound_prices_local_layers_as_the_engine_does():
                                             decode_context_local=64 * 128), 64))
     everything_full = sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * 8001,
                                                      decode_context_local=64 * 8001), 64))
-    assert _decode_step_s(cost, 64, 8001) == pytest.approx(engine, rel=1e-12) and engine < 0.9 * everything_full
+    seen = _fewest_seen(plan, 8000, 100)
+    assert seen == 128 and _decode_step_s(cost, 64, 8001, seen) == pytest.approx(engine, rel=1e-12)
+    assert engine < 0.9 * everything_full
+
+
+def test_the_bound_takes_a_chunks_fewest_positions():
+    """A chunked layer's view falls back to one position where a chunk begins: a decode crossing position 8192
+    sees as little as 1, one inside a chunk at least what its first token sees."""
+    from splitsim.sim.bounds import _fewest_seen
+
+    plan = build_plan(scenario_from_dict(scenario_dict(model="llama-4-scout", cluster="h100-nvlink-node",
+                                                       parallel={"tp": 8}, precision={"weights": "fp8"})))
+    assert _fewest_seen(plan, 8000, 500) == 1  # positions 8001…8500 cross 8192
+    assert _fewest_seen(plan, 8200, 500) == 8201 - 8192  # inside the second chunk
