@@ -187,6 +187,11 @@ FILES = {
                                                          "num_experts": 4, "num_experts_per_tok": 2,
                                                          "moe_intermediate_size": 128, "mlp_only_layers": [0],
                                                          "decoder_sparse_step": 1}, "model"),
+    # sliding windows on every other layer, as gpt-oss writes them (layer_types), and MXFP4 experts
+    "windowed moe model": ("config.json", lambda: TINY_CONFIG | {
+        "architectures": ["GptOssForCausalLM"], "head_dim": 64, "num_local_experts": 4, "experts_per_token": 2,
+        "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"],
+        "quantization_config": {"quant_method": "mxfp4"}}, "model"),
     # a PCIe tree (switches, sockets, a ring rate per level, NCCL's all-to-all per group size) and a profile
     # that fits one rate per group size
     "pcie fabric": ("fabric.yaml", lambda: catalog_yaml("fabrics", "pcie-gen4-2socket"), "fabric"),
@@ -209,7 +214,7 @@ def _scenario_naming(folder: Path, kind: str, file: Path) -> Path:
             data["hardware_profile"] = str(file)
         case "pcie profile":
             data["hardware_profile"], data["cluster"] = str(file), "l40s-pcie-p2p-node"
-        case "model":
+        case "model" | "windowed moe model":
             data["model"] = str(file)
         case "moe model":  # its experts over two replicas, attention data-parallel
             data["model"], data["parallel"] = str(file), {"tp": 1, "pp": 1, "dp": 2, "ep": 2}
