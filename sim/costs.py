@@ -187,13 +187,14 @@ class StageCosts:
             if prefill < 0:
                 op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding)[0]
                 prefill = self._prefill_attention[batch.prefill] = self._op_time(op)
-        decode = 0.0
-        if batch.num_decode:
-            ctx = batch.decode_context
-            decode = self.gpu.attention_time_s(
-                self._decode_flops_per_ctx * ctx,
-                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode, "decode")
+        decode = self._decode_attention_s(batch.decode_context, batch.num_decode) if batch.num_decode else 0.0
         return prefill, decode
+
+    def _decode_attention_s(self, context: int, num_decode: int) -> float:
+        """Decode attention over `context` positions in all for `num_decode` sequences, from its coefficients."""
+        return self.gpu.attention_time_s(
+            self._decode_flops_per_ctx * context,
+            self._decode_bytes_per_ctx * context + self._decode_bytes_per_seq * num_decode, "decode")
 
     def _local_attention_times(self, batch: BatchShape, attention: AttentionKind) -> tuple[float, float]:
         """`attention_times` of a sliding or chunked layer: the same kernels over the positions in view."""
@@ -205,12 +206,7 @@ class StageCosts:
                 op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding,
                                          attention)[0]
                 prefill = self._local_prefill[key] = self._op_time(op)
-        decode = 0.0
-        if batch.num_decode:
-            ctx = batch.decode_context_local
-            decode = self.gpu.attention_time_s(
-                self._decode_flops_per_ctx * ctx,
-                self._decode_bytes_per_ctx * ctx + self._decode_bytes_per_seq * batch.num_decode, "decode")
+        decode = self._decode_attention_s(batch.decode_context_local, batch.num_decode) if batch.num_decode else 0.0
         return prefill, decode
 
     def edge_times(self, tokens: int) -> tuple[float, float]:
