@@ -18,6 +18,7 @@ import yaml
 from helpers import error_line, scenario_dict
 from splitsim.cli import main
 from splitsim.hardware.catalog import load_gpu
+from splitsim.hardware.gpu import GroupedGemm
 from splitsim.hardware.profile import load_profile
 from splitsim.models import ops
 from splitsim.models.spec import ModelSpec
@@ -236,8 +237,33 @@ def _a2a_s(p: int, sent: float, t0: float, alpha: float, bw: float) -> float:
     return t0 + (p - 1) * alpha + sent / bw
 
 
-def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFrame:
-    """What `splitsim validate run` would write for a machine with the CPU_PLANT / RING / A2A / P2P figures."""
+# The runner's grouped_gemm rows (validate/micro.py): rows per expert, experts, and a dense model's stand-in expert
+GROUPED_TOKENS, GROUPED_EXPERTS, EXPERT_WIDTH = (1, 4, 16, 64, 256), (2, 8), TINY["intermediate_size"] // 4
+# A grouped kernel unlike the dense one; with cpu-core's peak and bandwidth, m = 1 and 4 are memory-bound and 16 on
+# compute-bound, so the trained m (1, 16, 256) see both sides and two m½ points.
+GROUPED_PLANT = GroupedGemm(compute=0.3, m_half=12.0, memory=0.13, launch_s=25 * US)
+
+
+def _grouped_rows(gpu, grouped: GroupedGemm) -> list[dict]:
+    """The runner's grouped_gemm rows on one of `tp` ranks (gate/up and down shapes of the stand-in expert), each
+    priced as one grouped GEMM with the planted figures."""
+    efficiency = gpu.efficiency.model_copy(update={"grouped_gemm": {"bf16": grouped}})
+    planted = gpu.model_copy(update={"efficiency": efficiency})
+    rows = []
+    for tp in (1, 2):
+        f, h = EXPERT_WIDTH // tp, TINY["hidden_size"]
+        for n, k in ((2 * f, h), (h, f)):
+            for groups in GROUPED_EXPERTS:
+                for m in GROUPED_TOKENS:
+                    rows.append(_row(kind="micro", op="grouped_gemm", stage=0, rank=0, tp=tp, pp=1, m=m, n=n, k=k,
+                                     groups=groups, tokens=m * groups,
+                                     seconds=planted.gemm_time_s(m, n, k, weight_bytes=2.0, groups=groups)))
+    return rows
+
+
+def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray, grouped: GroupedGemm | None = None) -> pd.DataFrame:
+    """What `splitsim validate run` would write for a machine with the CPU_PLANT / RING / A2A / P2P figures (and,
+    given `grouped`, grouped_gemm rows of those figures, last: the other rows' noise is the same with or without)."""
     rng = np.random.default_rng(seed)
     _, gpu = _planted_gpu("cpu-core", **CPU_PLANT)
     rows = []
@@ -286,6 +312,8 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray) -> pd.DataFram
                              seconds=_a2a_s(p, sent, A2A["t0"], A2A["alpha"], A2A["bw"])))
     for s in sizes:
         rows.append(_row(kind="micro", op="sendrecv", nbytes=s, group_size=2, seconds=P2P["alpha"] + s / P2P["bw"]))
+    if grouped is not None:
+        rows += _grouped_rows(gpu, grouped)
     table = pd.DataFrame(rows)
     table["seconds"] = _noisy(table["seconds"], rng)
     table["repeats"] = 5
@@ -376,6 +404,68 @@ def test_runner_alltoall_rows_give_the_profile_an_alltoall_that_prices_the_fabri
         assert got == pytest.approx(_a2a_s(p, sent, a2a.collective_launch_s, a2a.latency_s, a2a.bw_bytes_per_s),
                                     rel=1e-12)
         assert got == pytest.approx(_a2a_s(p, sent, A2A["t0"], A2A["alpha"], A2A["bw"]), rel=0.05)
+
+
+def test_runner_grouped_gemm_rows_fit_the_profiles_grouped_figures(tmp_path, capsys):
+    """The runner's `micro` grouped_gemm rows, planted with GROUPED_PLANT (not the dense GEMM figures), fit the
+    profile's `grouped_gemm` by the fused-MoE fit (fit.fit_grouped_gemm), judged on held-out rows per expert as
+    `moe bf16`; the cluster's GPU then prices a grouped GEMM with them.
+
+    Tolerances: 300 seeds of these rows (4 shapes × 2 expert counts × m in 1…256, m = 1, 16, 256 trained, ±2 %
+    noise) gave relative errors of RMS 0.9 % / 3.9 % / 1.6 % / 1.4 % and worst 3.2 % / 14 % / 5.7 % / 4.2 %
+    for η_peak / m½ / η_m / fixed cost; 4 %, 16 %, 7 % and 6 % are about four RMS and above every seed's."""
+    from splitsim.hardware.catalog import load_cluster
+    from splitsim.hardware.profile import apply_profile
+
+    folder, out = tmp_path / "run", tmp_path / "cpu.yaml"
+    measurements.write(folder, _runner_rows(7, [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256],
+                                            np.geomspace(1e3, 1.6e7, 30), GROUPED_PLANT), CONFIG)
+    assert main(["calibrate", str(folder), "--out", str(out)]) == 0
+    assert "grouped bf16" in capsys.readouterr().out
+    profile = load_profile(out)
+    got = profile.efficiency.grouped_gemm["bf16"]
+    assert set(profile.efficiency.grouped_gemm) == {"bf16"}
+    assert got.compute == pytest.approx(GROUPED_PLANT.compute, rel=0.04)
+    assert got.m_half == pytest.approx(GROUPED_PLANT.m_half, rel=0.16)
+    assert got.memory == pytest.approx(GROUPED_PLANT.memory, rel=0.07)
+    assert got.launch_s == pytest.approx(GROUPED_PLANT.launch_s, rel=0.06)
+    moe = profile.errors["moe bf16"]
+    assert moe.held_out and moe.rows == 16 and moe.median < 3 * NOISE  # m = 4, 64 of 4 shapes × 2 expert counts
+    gpu = apply_profile(load_cluster("cpu-local"), profile).gpu
+    assert gpu.gemm_time_s(32, 1024, 512, weight_bytes=2.0, groups=8) == pytest.approx(
+        max(8 * 2 * 32 * 1024 * 512 / (gpu.peak_flops_per_s("bf16") * got.compute * 32 / (32 + got.m_half)),
+            8 * ((32 * 512 + 32 * 1024) * 2 + 512 * 1024 * 2) / (gpu.memory_bw_bytes_per_s * got.memory))
+        + got.launch_s, rel=1e-12)
+
+
+def test_a_runner_folder_without_grouped_rows_calibrates_as_before(tmp_path):
+    """No grouped_gemm rows: no grouped figures, no `moe` error, no MoE note; the grouped rows, when there, change
+    nothing else in the profile (the same rows and noise otherwise). A table written before the `groups` column
+    reads as one with it empty."""
+    from splitsim.validate import calibrate
+
+    tokens, sizes = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256], np.geomspace(1e3, 1.6e7, 30)
+    folder = tmp_path / "run"  # one folder, rewritten: the profile's source names it
+    measurements.write(folder, _runner_rows(7, tokens, sizes), CONFIG)
+    without = calibrate.calibrate(calibrate.runner_dataset([folder]), "cpu")
+    assert without.profile.efficiency.grouped_gemm == {}
+    assert not any(kind.startswith("moe") for kind in without.profile.errors)
+    assert not any("MoE" in note or "grouped" in note for note in without.notes)
+
+    table = pd.read_csv(folder / measurements.TABLE)
+    table.drop(columns="groups").to_csv(folder / measurements.TABLE, index=False)
+    before = calibrate.calibrate(calibrate.runner_dataset([folder]), "cpu")
+    assert before.profile.model_copy(update={"fitted_on": without.profile.fitted_on}) == without.profile
+    assert before.notes == without.notes
+
+    measurements.write(folder, _runner_rows(7, tokens, sizes, GROUPED_PLANT), CONFIG)
+    with_grouped = calibrate.calibrate(calibrate.runner_dataset([folder]), "cpu")
+    assert set(with_grouped.profile.efficiency.grouped_gemm) == {"bf16"}
+    stripped = with_grouped.profile.model_copy(update={
+        "efficiency": with_grouped.profile.efficiency.model_copy(update={"grouped_gemm": {}}),
+        "errors": {k: v for k, v in with_grouped.profile.errors.items() if k != "moe bf16"},
+        "fitted_on": without.profile.fitted_on})
+    assert stripped == without.profile
 
 
 def test_a_profile_without_alltoall_figures_leaves_the_fabrics_alltoall_alone(tmp_path):

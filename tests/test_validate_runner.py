@@ -140,6 +140,15 @@ def test_microbenchmarks_cover_gemms_attention_collectives_and_sendrecv(sweep):
         sent = sorted(alltoall[alltoall["group_size"] == size]["nbytes"])
         assert sent == [2**10 * 4**i * (size - 1) // size for i in range(8)]
     assert sorted(micro[micro["op"] == "sendrecv"]["nbytes"]) == [2**10 * 4**i for i in range(8)]
+    grouped = micro[micro["op"] == "grouped_gemm"]
+    for tp in (1, 2):  # the dense model's stand-in expert, 96 / 4 wide, split over tp: gate/up and down
+        f = 24 // tp
+        for rank in range(tp):
+            part = grouped[(grouped["tp"] == tp) & (grouped["rank"] == rank)]
+            keys = sorted(zip(part["n"], part["k"], part["groups"], part["m"]))
+            assert keys == sorted((n, k, g, m) for n, k in ((2 * f, 64), (64, f)) for g in (2, 8)
+                                  for m in (1, 4, 16, 64, 256))  # once each: the layout (tp, 1) measures them
+            assert (part["tokens"] == part["m"] * part["groups"]).all()
     assert not micro[micro["op"] == "attention_prefill"].empty
     decode = micro[micro["op"] == "attention_decode"]
     assert PROMPT + DECODE in set(decode["context"])
@@ -163,6 +172,25 @@ def test_the_sweeps_alltoall_rows_calibrate_into_the_profile(sweep_folder, tmp_p
     assert cluster.intra_node.alltoall == a2a
     assert collectives.alltoall_s(cluster, [0, 1, 2, 3], 3e6) == pytest.approx(
         a2a.collective_launch_s + 3 * a2a.latency_s + 3e6 / a2a.bw_bytes_per_s, rel=1e-12)
+
+
+def test_the_sweeps_grouped_gemm_rows_calibrate_into_the_profile(sweep_folder, tmp_path, capsys):
+    """The CPU's G matmuls back to back, whatever they take, go through the fused-MoE fit into the profile's
+    `grouped_gemm` (or, if they price their rows no better than the dense figures, a note says so), judged as
+    `moe bf16` on the held-out rows per expert: m = 4 and 64 of 4 shapes × 2 expert counts. On the sweep's GEMM
+    rows alone: gloo's collectives on time-shared cores are another test's business."""
+    from splitsim.hardware.profile import load_profile
+
+    rows, config = measurements.read(sweep_folder)
+    folder, out = tmp_path / "gemms", tmp_path / "cpu.yaml"
+    measurements.write(folder, rows[rows["op"].isin(["gemm", "grouped_gemm"])],
+                       {k: v for k, v in config.items() if k != "schema"})
+    assert main(["calibrate", str(folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    profile = load_profile(out)
+    assert profile.errors["moe bf16"].held_out and profile.errors["moe bf16"].rows == 16
+    assert "grouped_gemm rows" in printed
+    assert set(profile.efficiency.grouped_gemm) == {"bf16"} or "dense figures kept" in printed
 
 
 def test_config_records_how_it_was_measured(sweep):

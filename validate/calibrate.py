@@ -6,8 +6,10 @@ Two inputs, told apart by what the folder holds:
   rows and from `op` rows of qkv/o_proj/gate_up/down (shapes from the config's model spec and the row's
   TP), attention from `micro` attention rows and `op` attention rows, collectives from `micro`
   allreduce/allgather, the all-to-all (`AllToAll`, fitted apart from the ring) from `micro` alltoall,
-  send/recv from `micro` sendrecv. The GPU is the config's cluster preset's
-  (`cpu-local` on CPU). Held out: every other token count (GEMMs) and size (the rest).
+  send/recv from `micro` sendrecv, the grouped GEMM figures (`Efficiency.grouped_gemm`, by the fit the
+  aiconfigurator's fused-MoE rows take) from `micro` grouped_gemm, if the folders have such rows. The GPU is the
+  config's cluster preset's (`cpu-local` on CPU). Held out: every other token count (GEMMs; grouped GEMMs: rows
+  per expert, within each shape and expert count) and size (the rest).
 - a Vidur profiling folder (`compute/`, `network/`): `--gpu` picks `compute/<gpu>/` (every model under
   it), `--network` picks `network/<topology>/`: rows with `num_workers == devices_per_node` are inside a
   node, rows with `devices_per_node == 1` between nodes. Held out: the models in `VIDUR_HELD_OUT` and,
@@ -49,6 +51,10 @@ VIDUR_CLUSTERS = {"h100_dgx": "h100-ib-2node", "a100_dgx": "a100-nvlink-node"}  
 VIDUR_HELD_OUT = ("meta-llama/Llama-2-7b-hf", "Qwen/Qwen-72B", "microsoft/phi-2", "meta-llama/Meta-Llama-3-8B",
                   "meta-llama/Meta-Llama-3-70B")
 GEMM_OPS = ("qkv", "o_proj", "gate_up", "down")
+GROUPED_COLUMNS = ["m", "groups", "gate_up_n", "gate_up_k", "down_n", "down_k", "weight_bytes", "dtype", "act_bytes",
+                   "reduce_bytes", "seconds"]
+GROUPED_NOTE = ("the runner's grouped_gemm rows (each expert's matmul back to back, the stand-in of one grouped "
+                "launch: one grouped GEMM a row)")
 ELEMENTWISE_OPS = ("input_norm", "post_norm", "act")  # the runner times RoPE inside attention
 
 
@@ -73,7 +79,8 @@ class Dataset:
     custom_rules: CustomAllReduce | None = None  # its size limits (vLLM's, from the cluster's fabric preset)
     nvlink: bool = True  # every pair of GPUs on NVLink (else PCIe: the engine's own all-reduce for 2 GPUs only)
     by_group: bool = False  # a ring bandwidth per group size (PCIe: a ring runs at the widest level it spans)
-    moe: pd.DataFrame | None = None  # fused-MoE timings as grouped GEMMs + element-wise work (aiconfigurator.moe_rows)
+    moe: pd.DataFrame | None = None  # fused-MoE timings as grouped GEMMs + element-wise work (aiconfigurator.moe_rows;
+    # the runner's grouped_gemm rows: one grouped GEMM each, down_n = 0, no element-wise bytes)
     moe_smallest: pd.DataFrame | None = None  # the smallest of them: their time is the fused kernel's fixed cost
     moe_note: str = ""  # which MoE table and kernels, for the notes
 
@@ -271,7 +278,9 @@ def _fit_grouped(data: Dataset, gpu: GpuSpec, errors: dict[str, ErrorStats], not
     fitted = gpu.model_copy(update={"efficiency": efficiency})
     for dtype, part in data.moe.groupby("dtype"):
         errors[f"moe {dtype}"] = _evaluate(part, partial(fit.moe_times_s, fitted))
-    notes.append(f"MoE rows: {data.moe_note}; the kernels' element-wise work priced at the element-wise figures"
+    elementwise = bool(((data.moe["act_bytes"] > 0) | (data.moe["reduce_bytes"] > 0)).any())
+    notes.append(f"MoE rows: {data.moe_note}"
+                 + ("; the kernels' element-wise work priced at the element-wise figures" if elementwise else "")
                  + (f"; grouped GEMM figures fitted for {', '.join(grouped)}" if grouped else ""))
     return efficiency
 
@@ -477,6 +486,13 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         "attention": pd.DataFrame(attention, columns=["flops", "nbytes", "rope_bytes", "seconds"]),
         "elementwise": pd.DataFrame(elementwise, columns=["nbytes", "seconds"]),
     }
+    # a grouped GEMM alone, in the columns of a fused-MoE row (fit.moe_times_s): no down GEMM, no element-wise work
+    grouped = micro[micro["op"] == "grouped_gemm"]
+    if len(grouped):  # only then: a folder without them reads as before
+        out["grouped"] = pd.DataFrame({
+            "m": grouped["m"], "groups": grouped["groups"], "gate_up_n": grouped["n"], "gate_up_k": grouped["k"],
+            "down_n": 0, "down_k": 0, "weight_bytes": weight_bytes, "dtype": compute, "act_bytes": 0.0,
+            "reduce_bytes": 0.0, "seconds": grouped["seconds"]})[GROUPED_COLUMNS]
     coll = micro[micro["op"].isin(["allreduce", "allgather", "alltoall"]) & (micro["group_size"] > 1)]
     out["collectives"] = coll[["op", "group_size", "nbytes", "seconds"]].astype({"group_size": int})
     out["p2p"] = micro[micro["op"] == "sendrecv"][["nbytes", "seconds"]]
@@ -515,7 +531,12 @@ def runner_dataset(folders: list[Path]) -> Dataset:
     p2p = tables["p2p"].groupby("nbytes")["seconds"].median().reset_index()
     attention = tables["attention"].groupby(["flops", "nbytes", "rope_bytes"])["seconds"].median().reset_index()
     elementwise = tables["elementwise"].groupby("nbytes")["seconds"].median().reset_index()
+    moe = None
+    if "grouped" in tables:
+        grouped = tables["grouped"].groupby(GROUPED_COLUMNS[:-1])["seconds"].median().reset_index()
+        moe = grouped.assign(train=_alternate(grouped, "m", ["gate_up_n", "gate_up_k", "groups", "dtype"]))
     return Dataset(
+        moe=moe, moe_note=GROUPED_NOTE if moe is not None else "",
         gpu=gpu, cluster=next(iter(clusters)), fitted_on=fitted_on,
         gemm=gemm.assign(train=fit.every_other(gemm["m"])),
         attention=attention.assign(train=fit.every_other(attention["nbytes"])),

@@ -19,7 +19,9 @@ with the residuals of the rows it saw. The forward models are the simulator's ow
   (one-shot, two-shot, symmetric memory) on the rows vLLM's rules send to it; the switch points are vLLM's.
 - a mixture-of-experts layer's grouped GEMMs (`GpuSpec.grouped_gemm_time_s`): a fused-MoE timing is its gate/up
   and down grouped GEMMs plus its element-wise work, priced with the GPU's element-wise figures (held); each dtype's
-  η_peak, m½, η_m and fixed cost of the grouped kernel are fitted (`fit_grouped_gemm`).
+  η_peak, m½, η_m and fixed cost of the grouped kernel are fitted (`fit_grouped_gemm`). The runner's `grouped_gemm`
+  microbenchmark rows take the same fit as one grouped GEMM and no element-wise work (down_n = down_k = 0,
+  act_bytes = reduce_bytes = 0: a GEMM or kernel of no size is absent, and pays no fixed cost).
 
 Rows are DataFrames: GEMMs `m, n, k, weight_bytes, seconds` (optional `dtype`, default bf16); attention
 `flops, nbytes, seconds`; collectives `op` (allreduce | allgather | alltoall), `group_size, nbytes, seconds`;
@@ -212,16 +214,22 @@ def gemm_shape(fitted: GemmFit) -> GemmShape:
 
 # ------------------------------------------------------------------------------ mixture-of-experts layers
 
+def _elementwise_s(gpu: GpuSpec, nbytes: float) -> float:
+    """An element-wise kernel of a MoE row; none (0 s) where the row has none (0 bytes: a runner row)."""
+    return gpu.elementwise_time_s(nbytes) if nbytes > 0 else 0.0
+
+
 def moe_times_s(gpu: GpuSpec, rows: pd.DataFrame) -> np.ndarray:
     """The simulator's seconds for each fused-MoE row (`aiconfigurator.moe_rows`): its gate/up and down grouped GEMMs
-    (`GpuSpec.gemm_time_s`, grouped) and its two element-wise kernels (activation, top-k reduction)."""
+    (`GpuSpec.gemm_time_s`, grouped) and its two element-wise kernels (activation, top-k reduction). A runner
+    `grouped_gemm` row is one grouped GEMM (gate_up_n × gate_up_k) alone: down_n = 0 and no element-wise bytes."""
     times = []
     columns = ("m", "groups", "gate_up_n", "gate_up_k", "down_n", "down_k", "weight_bytes", "dtype", "act_bytes",
                "reduce_bytes")
     for m, groups, n1, k1, n2, k2, w, dtype, act, reduce in zip(*(rows[c] for c in columns)):
         gemms = sum(gpu.gemm_time_s(int(m), int(n), int(k), weight_bytes=float(w), dtype=dtype, groups=float(groups),
-                                    grouped=True) for n, k in ((n1, k1), (n2, k2)))
-        times.append(gemms + gpu.elementwise_time_s(float(act)) + gpu.elementwise_time_s(float(reduce)))
+                                    grouped=True) for n, k in ((n1, k1), (n2, k2)) if n > 0)
+        times.append(gemms + _elementwise_s(gpu, float(act)) + _elementwise_s(gpu, float(reduce)))
     return np.array(times)
 
 
@@ -242,8 +250,9 @@ _GROUPED_UPPER = [1.0, 1e5, 1.0, 1e5]
 def fit_grouped_gemm(rows: pd.DataFrame, gpu: GpuSpec, launch_s: float | None = None) -> GroupedGemm:
     """η_peak, m½, η_m and fixed cost of one dtype's grouped GEMMs from fused-MoE timings (`moe_times_s`), the
     element-wise work held at `gpu`'s figures; `launch_s` holds the fixed cost (rows whose weights dwarf it cannot
-    tell it from η_m). Checks, before it returns, that its vectorised formula and `moe_times_s` agree on every
-    row."""
+    tell it from η_m). Rows of one grouped GEMM alone (the runner's `grouped_gemm` microbenchmark, down_n = 0, no
+    element-wise bytes) take the same fit. Checks, before it returns, that its vectorised formula and `moe_times_s`
+    agree on every row."""
     if len(rows) < 5:
         raise ValueError(f"a grouped GEMM fit needs at least 5 rows, got {len(rows)}")
     dtypes = set(rows["dtype"])
@@ -255,8 +264,10 @@ def fit_grouped_gemm(rows: pd.DataFrame, gpu: GpuSpec, launch_s: float | None = 
     gemms = []
     for n_col, k_col in (("gate_up_n", "gate_up_k"), ("down_n", "down_k")):
         n, k = rows[n_col].to_numpy(float), rows[k_col].to_numpy(float)
-        gemms.append((2.0 * m * n * k * groups, ((m * k + m * n) * 2.0 + k * n * weight) * groups))
-    held = np.array([gpu.elementwise_time_s(float(a)) + gpu.elementwise_time_s(float(r))
+        present = n > 0  # a runner row has no down GEMM (down_n = 0): no work, no fixed cost
+        gemms.append((2.0 * m * n * k * groups * present, ((m * k + m * n) * 2.0 + k * n * weight) * groups * present))
+    launches = 1.0 + (rows["down_n"].to_numpy(float) > 0)  # grouped GEMMs per row: the fixed cost each
+    held = np.array([_elementwise_s(gpu, float(a)) + _elementwise_s(gpu, float(r))
                      for a, r in zip(rows["act_bytes"], rows["reduce_bytes"])])
     peak = gpu.peak_flops_per_s(dtype)
     log_seconds = np.log(rows["seconds"].to_numpy(float))
@@ -267,7 +278,7 @@ def fit_grouped_gemm(rows: pd.DataFrame, gpu: GpuSpec, launch_s: float | None = 
         x = np.concatenate([free, fixed])
         eta = x[0] * m / (m + x[1])
         return held + sum(np.maximum(flops / (peak * eta), nbytes / (gpu.memory_bw_bytes_per_s * x[2]))
-                          for flops, nbytes in gemms) + 2 * x[3] * US
+                          for flops, nbytes in gemms) + launches * x[3] * US
 
     measured = np.exp(log_seconds)
     start_eta = float(np.clip(np.max(sum(f for f, _ in gemms) / (measured * peak)), 0.05, 0.95))

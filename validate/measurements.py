@@ -15,7 +15,10 @@ Row kinds:
 - `micro`: a microbenchmark between the run's own ranks: `op` = gemm (m, n, k), attention_prefill
   (batch, prompt), attention_decode (batch, context), allreduce / allgather (nbytes, group_size),
   alltoall (nbytes = what each rank sends to the others, its own share excluded; group_size),
-  sendrecv (nbytes, group_size = 2).
+  sendrecv (nbytes, group_size = 2), grouped_gemm (m rows per expert, n, k, groups = experts: `groups` GEMMs
+  [m×k]·[k×n] back to back, a mixture-of-experts layer's grouped GEMM; the run's dtype, as for gemm).
+
+`groups` came after the first tables: a table without that column reads as one with it empty.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from splitsim.models.spec import ModelSpec
 
 SCHEMA = "splitsim.measurements/1"
 COLUMNS = ["kind", "op", "phase", "layer", "stage", "rank", "tp", "pp", "batch", "prompt", "context",
-           "tokens", "m", "n", "k", "nbytes", "group_size", "seconds", "repeats"]
+           "tokens", "m", "n", "k", "groups", "nbytes", "group_size", "seconds", "repeats"]
+OPTIONAL = ("groups",)  # columns a table written before them lacks: read as empty
 KINDS = ("op", "step", "micro")
 TABLE = "measurements.csv"
 CONFIG = "config.json"
@@ -57,7 +61,7 @@ def write(folder: Path, rows: pd.DataFrame, config: dict[str, Any]) -> None:
 REQUIRED = {("micro", "gemm"): ("m", "n", "k"), ("micro", "attention_prefill"): ("batch", "prompt"),
             ("micro", "attention_decode"): ("batch", "context"), ("micro", "allreduce"): ("nbytes", "group_size"),
             ("micro", "allgather"): ("nbytes", "group_size"), ("micro", "alltoall"): ("nbytes", "group_size"),
-            ("micro", "sendrecv"): ("nbytes",),
+            ("micro", "sendrecv"): ("nbytes",), ("micro", "grouped_gemm"): ("m", "n", "k", "groups"),
             ("step", "prefill_step"): ("tp", "pp", "batch", "prompt"),
             ("step", "decode_step"): ("tp", "pp", "batch", "prompt", "context")}
 PHASES = ("prefill", "decode")
@@ -133,6 +137,7 @@ def check_rows(table: Path, text: pd.DataFrame) -> pd.DataFrame:
 
     Every row needs a positive finite `seconds`; counts are whole numbers in range; each (kind, op) carries
     the fields in REQUIRED. Empty cells are NaN (a field that does not apply to the row)."""
+    text = text.assign(**{c: "" for c in OPTIONAL if c not in text.columns})
     missing = [c for c in COLUMNS if c not in text.columns]
     if missing:
         raise MeasurementsError(f"{table}: missing columns {', '.join(missing)} (schema {SCHEMA})")

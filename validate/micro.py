@@ -9,7 +9,10 @@
 - alltoall (`all_to_all_single`, equal splits) over the same groups and buffers: nbytes is what each rank
   sends to the others, (p−1)/p of its buffer, as `hardware.collectives.alltoall_s` takes it;
 - sendrecv of nbytes between two ranks (stage 0 and stage 1 when pp > 1): half a ping-pong, so no clock
-  has to agree with another.
+  has to agree with another;
+- grouped_gemm: a mixture-of-experts layer's grouped GEMM, `groups` experts of m rows each, as G separate
+  [m×k]·[k×n] matmuls back to back with each expert's own weight (`grouped_gemms`), in the gate/up and down
+  shapes of the model's experts on one of the TP ranks, with the GEMMs (on the same layouts and ranks).
 
 Each measurement runs `warmup` untimed times then `repeats` timed times; the median is kept. What to
 measure comes in a MicroPlan, so a sweep of layouts does not measure the same thing twice.
@@ -39,6 +42,9 @@ ATTENTION_PROMPTS = (16, 64, 256)
 ATTENTION_BATCHES = (1, 4, 16)
 ATTENTION_CONTEXTS = (64, 256, 1024)
 COLLECTIVE_BYTES = tuple(2**10 * 4**i for i in range(8))  # 1 KiB … 16 MiB, powers of 4
+GROUPED_TOKENS = (1, 4, 16, 64, 256)  # rows per expert (calibrate holds out every other one)
+GROUPED_EXPERTS = (2, 8)  # experts per grouped GEMM
+DENSE_EXPERT_FRACTION = 4  # a dense model's stand-in expert: intermediate_size / 4 wide
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ class MicroPlan:
     collective_groups: tuple[int, ...] = ()  # group sizes: tp (stage 0's TP group) and/or tp·pp (all ranks)
     collective_bytes: tuple[int, ...] = COLLECTIVE_BYTES
     sendrecv: bool = False
+    grouped_tokens: tuple[int, ...] = GROUPED_TOKENS  # grouped GEMMs: run where gemm_tokens are (stage 0's TP ranks)
+    grouped_experts: tuple[int, ...] = GROUPED_EXPERTS
 
     @property
     def max_positions(self) -> int:
@@ -93,6 +101,8 @@ class Micro:
         with torch.inference_mode():
             if self.state.is_first:
                 rows += self.gemms(plan.gemm_tokens)
+                if plan.gemm_tokens:
+                    rows += self.grouped_gemms(plan.grouped_tokens, plan.grouped_experts)
                 rows += self.attention(plan.attention_prefill, plan.attention_decode)
             dist.barrier()
             for size in plan.collective_groups:
@@ -122,6 +132,39 @@ class Micro:
                 seconds = median(self._times(partial(F.linear, x, weight)))
                 rows.append(row(op="gemm", stage=0, rank=self.state.tp_rank, m=m, n=n, k=k, tokens=m,
                                 seconds=seconds, **self._common()))
+        return rows
+
+    def grouped_gemms(self, tokens: tuple[int, ...], experts: tuple[int, ...]) -> list[dict[str, Any]]:
+        """G experts' GEMMs of m rows each, [m×k]·[k×n] with each expert's own k×n weight, timed as one op: the
+        gate/up (n = 2f, k = h) and down (n = h, k = f) shapes of the model's experts, f the experts' width
+        (`moe.intermediate_size`; a dense model's intermediate_size / 4) split over the TP ranks.
+
+        The G matmuls run back to back, on CUDA as on the CPU: the stand-in of one grouped launch. A real fused
+        kernel is ONE launch for all G experts (vLLM's Triton fused-MoE kernel, which the aiconfigurator tables
+        time); this loop pays G launches, which the fit's fixed cost and efficiencies absorb, so its figures
+        describe this loop on this machine, not that kernel."""
+        if not tokens or not experts:
+            return []
+        spec = self.stage.spec
+        h = spec.hidden_size
+        width = spec.moe.intermediate_size if spec.moe is not None else spec.intermediate_size // DENSE_EXPERT_FRACTION
+        f = max(1, width // self.state.tp)
+        rows = []
+        for n, k in ((2 * f, h), (h, f)):
+            weights = torch.randn(max(experts), n, k, dtype=self.dtype, device=self.device)
+            for groups in experts:
+                for m in tokens:
+                    x = torch.randn(groups, m, k, dtype=self.dtype, device=self.device)
+
+                    def experts_once(x: torch.Tensor = x, groups: int = groups, w: torch.Tensor = weights) -> None:
+                        for g in range(groups):
+                            F.linear(x[g], w[g])
+
+                    self._tp_barrier()
+                    seconds = median(self._times(experts_once))
+                    rows.append(row(op="grouped_gemm", stage=0, rank=self.state.tp_rank, m=m, n=n, k=k,
+                                    groups=groups, tokens=m * groups, seconds=seconds, **self._common()))
+            del weights
         return rows
 
     def attention(self, prefill: tuple[tuple[int, int], ...],
