@@ -637,3 +637,19 @@ def test_a_bad_cell_is_named_by_line_and_column(runner_folder, tmp_path, capsys,
     rows.to_csv(table, index=False)
     err = error_line(capsys, ["calibrate", str(runner_folder), "--out", str(tmp_path / "p.yaml")])
     assert f"{table}: line {row + 2}, {column} = '{value}'" in err and words in err, err
+
+
+def test_send_recv_rows_where_size_does_not_show_leave_a_note_not_a_failure():
+    """Times that do not grow with size (ranks time-sharing cores) fit no bandwidth: the fit refuses (no link is
+    faster than 10 TB/s), and calibrate takes the ring's figures for send/recv and says so."""
+    import pandas as pd
+
+    from splitsim.validate import calibrate as cal
+
+    rows = pd.DataFrame({"nbytes": [1e3, 1e6, 1e9, 1e4], "seconds": [5e-5, 5e-5, 5e-5, 5e-5],
+                         "train": [True, True, True, True]})
+    with pytest.raises(ValueError, match="no time growing with size"):
+        fit.fit_p2p(rows)
+    notes: list[str] = []
+    assert cal._link(None, rows, None, {}, "", notes) is None
+    assert notes == ["intra-node: the send/recv rows show no time growing with size: bandwidth cannot be fitted"]
