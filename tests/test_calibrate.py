@@ -640,16 +640,16 @@ def test_a_bad_cell_is_named_by_line_and_column(runner_folder, tmp_path, capsys,
 
 
 def test_send_recv_rows_where_size_does_not_show_leave_a_note_not_a_failure():
-    """Times that do not grow with size (ranks time-sharing cores) fit no bandwidth: the fit refuses (no link is
-    faster than 10 TB/s), and calibrate takes the ring's figures for send/recv and says so."""
+    """Times that hardly grow with size (ranks time-sharing cores) fit no real bandwidth: calibrate takes the
+    ring's figures for send/recv and says so, where no link could be that fast (10 TB/s) or the times do not grow."""
     import pandas as pd
 
     from splitsim.validate import calibrate as cal
 
-    rows = pd.DataFrame({"nbytes": [1e3, 1e6, 1e9, 1e4], "seconds": [5e-5, 5e-5, 5e-5, 5e-5],
-                         "train": [True, True, True, True]})
-    with pytest.raises(ValueError, match="no time growing with size"):
-        fit.fit_p2p(rows)
-    notes: list[str] = []
-    assert cal._link(None, rows, None, {}, "", notes) is None
-    assert notes == ["intra-node: the send/recv rows show no time growing with size: bandwidth cannot be fitted"]
+    flat = pd.DataFrame({"nbytes": [1e3, 1e6, 1e9, 1e4], "seconds": [5e-5, 5e-5, 5e-5, 5e-5], "train": True})
+    barely = flat.assign(seconds=5e-5 + flat["nbytes"] / 1e14)  # 100 TB/s
+    for rows in (flat, barely):
+        notes: list[str] = []
+        assert cal._link(None, rows, None, {}, "", notes) is None
+        assert len(notes) == 1 and notes[0].startswith("intra-node: the send/recv rows") and notes[0].endswith(
+            "send/recv takes the ring's figures")

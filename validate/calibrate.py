@@ -318,6 +318,9 @@ def _fit_custom_allreduce(data: Dataset, errors: dict[str, ErrorStats], notes: l
     return custom
 
 
+P2P_BW_CEILING = 1e13  # B/s: ten times the fastest link there is (NVLink 5, 900 GB/s a direction)
+
+
 def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: float | None,
           errors: dict[str, ErrorStats], suffix: str, notes: list[str], nvls: bool = False,
           by_group: bool = False) -> LinkFit | None:
@@ -345,8 +348,12 @@ def _link(collectives: pd.DataFrame | None, p2p: pd.DataFrame | None, launch_s: 
     if p2p is not None and len(p2p):
         try:
             point = fit.fit_p2p(p2p[p2p["train"]])
+            if point.bw_bytes_per_s > P2P_BW_CEILING:  # no such link: the sizes did not show in the times
+                raise ValueError(f"the send/recv rows fit {point.bw_bytes_per_s:.3g} B/s, beyond any link: their "
+                                 "times do not grow with size (ranks sharing cores?)")
         except ValueError as err:  # noise where sizes should show: the ring's figures serve, and the note says so
-            notes.append(f"{where}: {err}")
+            point = None
+            notes.append(f"{where}: {err}; send/recv takes the ring's figures")
         else:
             errors[f"sendrecv{suffix}"] = _evaluate(p2p, partial(fit.p2p_times_s, latency_s=point.latency_s,
                                                                  bw_bytes_per_s=point.bw_bytes_per_s))
