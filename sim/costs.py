@@ -267,26 +267,33 @@ class StageCosts:
             comm += count * terms.comm
         return compute + self.lm_head_time(num_logits), comm + self.logits_gather_time(num_logits)
 
-    def decode_stage_times(self, num_decode: int, contexts: np.ndarray) -> tuple[np.ndarray, float]:
+    def decode_stage_times(self, num_decode: int, contexts: np.ndarray,
+                           local_contexts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
         """`stage_time` of decode-only batches of `num_decode` sequences (each sampling), one per Σ context
-        in `contexts`: the same terms added in the same order, so every element equals what `stage_time`
-        gives bit for bit (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
-        gpu = self.gpu
-        eta_c, eta_m, launch_s = gpu.efficiency.attention_kernel("decode")  # GpuSpec.attention_time_s, vectorised
-        flops = self._decode_flops_per_ctx * contexts
-        nbytes = self._decode_bytes_per_ctx * contexts + self._decode_bytes_per_seq * num_decode
-        attn_decode = np.maximum(flops / (gpu.bf16_flops_per_s * eta_c),
-                                 nbytes / (gpu.memory_bw_bytes_per_s * eta_m)) + launch_s
+        in `contexts` (and, for sliding or chunked layers, Σ positions they see in `local_contexts`): the same
+        terms added in the same order, so every element equals what `stage_time` gives bit for bit
+        (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
+        attn_decode = self._decode_attention_array(num_decode, contexts)
+        attn_local = attn_decode if local_contexts is None else self._decode_attention_array(num_decode, local_contexts)
         edge_compute, comm = self.edge_times(num_decode)
         compute = np.full_like(contexts, edge_compute, dtype=float)
         for kind, count in self.layer_counts:
             terms = self.layer_terms(kind, num_decode)
-            layer_compute = terms.before + 0.0 + attn_decode
+            layer_compute = terms.before + 0.0 + (attn_local if "/" in kind else attn_decode)
             for seconds in terms.after:
                 layer_compute += seconds
             compute = compute + count * layer_compute
             comm += count * terms.comm
         return compute + self.lm_head_time(num_decode), comm + self.logits_gather_time(num_decode)
+
+    def _decode_attention_array(self, num_decode: int, contexts: np.ndarray) -> np.ndarray:
+        """`_decode_attention_s` for each Σ context in `contexts` (GpuSpec.attention_time_s, vectorised)."""
+        gpu = self.gpu
+        eta_c, eta_m, launch_s = gpu.efficiency.attention_kernel("decode")
+        flops = self._decode_flops_per_ctx * contexts
+        nbytes = self._decode_bytes_per_ctx * contexts + self._decode_bytes_per_seq * num_decode
+        return np.maximum(flops / (gpu.bf16_flops_per_s * eta_c),  # type: ignore[no-any-return]
+                          nbytes / (gpu.memory_bw_bytes_per_s * eta_m)) + launch_s
 
     def layer_ops(self, batch: BatchShape, kind: str | None = None, tokens: int | None = None) -> list[TimedOp]:
         """One layer's ops in execution order, timed, its attention kernels in place: what layer mode makes

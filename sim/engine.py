@@ -326,8 +326,6 @@ class Engine:
 
     def _span(self, replica: _Replica, slot: _Slot, batch: Batch) -> Span | str:
         """A fast-forward span from `batch`, or why it steps (counted)."""
-        if self.plan.model.local_attention is not None:  # Σ min(context, window) is not linear in the step
-            return "local_attention"
         stream = self.stream
         if stream.arrival_s is not None:  # open loop: the next arrival may go to any slot
             next_arrival = float(stream.arrival_s[self.routed]) if self.routed < stream.num_requests else math.inf

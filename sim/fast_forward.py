@@ -54,6 +54,7 @@ class Span:
     compute: np.ndarray
     comm: float
     admission_kv_blocked: bool  # each formation fails to admit the head of the queue for want of blocks
+    local_contexts: np.ndarray | None = None  # each step's Σ positions sliding or chunked layers see
 
     @property
     def steps(self) -> int:
@@ -86,7 +87,10 @@ def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next
         if horizon < MIN_SPAN:
             return "arrival"
     contexts = batch.shape.decode_context + n * np.arange(horizon, dtype=np.int64)
-    compute, comm = costs.decode_stage_times(n, contexts)
+    local = costs.plan.model.local_attention
+    seen = None if local is None else local_contexts(
+        np.array([request.prompt + slot.generated(request) for request in decode], dtype=np.int64), horizon, *local)
+    compute, comm = costs.decode_stage_times(n, contexts, seen)
     ends = np.add.accumulate(np.concatenate(([now], compute + comm)))[1:]  # SimPy's now + delay, one by one
     # Formations 1..k-1 happen at ends[0..k-2]: each must come before the next arrival.
     steps = min(horizon, 1 + int(np.searchsorted(ends, next_arrival_s, side="left")))
@@ -97,7 +101,22 @@ def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next
         if steps < MIN_SPAN:
             return "kv_blocks"
     ends = ends[:steps]
-    return Span(np.concatenate(([now], ends[:-1])), ends, compute[:steps], comm, _admission_kv_blocked(slot, n))
+    return Span(np.concatenate(([now], ends[:-1])), ends, compute[:steps], comm, _admission_kv_blocked(slot, n),
+                None if seen is None else seen[:steps])
+
+
+def local_contexts(contexts: np.ndarray, horizon: int, kind: str, span: int) -> np.ndarray:
+    """Σ positions a sliding or chunked layer lets each sequence see, for each of `horizon` steps from now, the
+    sequences' contexts (themselves included) `contexts` now, one more each step: models/ops.py `local_positions`
+    summed, vectorised. A window: min(c + s, w), from the sorted contexts and their prefix sums; a chunk:
+    (c + s − 1) mod C + 1, over every (sequence, step)."""
+    steps = np.arange(horizon, dtype=np.int64)
+    if kind == "chunked":
+        return ((contexts[:, None] + steps[None, :] - 1) % span + 1).sum(axis=0)  # type: ignore[no-any-return]
+    ordered = np.sort(contexts)
+    below = np.concatenate(([0], np.cumsum(ordered)))  # Σ of the smallest i contexts
+    growing = np.searchsorted(ordered, span - steps, side="left")  # sequences whose view still grows at step s
+    return below[growing] + growing * steps + (len(ordered) - growing) * span  # type: ignore[no-any-return]
 
 
 def _admission_kv_blocked(slot: Scheduler, n: int) -> bool:
@@ -158,5 +177,6 @@ def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, 
     slot.last_end = float(ends[-2])
     if span.admission_kv_blocked:
         slot.kv_blocked += k - 1
-    batch.shape = BatchShape((), n, batch.shape.decode_context + (k - 1) * n)
+    local = 0 if span.local_contexts is None else int(span.local_contexts[k - 1])
+    batch.shape = BatchShape((), n, batch.shape.decode_context + (k - 1) * n, local)
     recorder.decode_span(replica, span.starts, span.ends, span.compute, span.comm)

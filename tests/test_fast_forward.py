@@ -62,6 +62,15 @@ BATTERY: dict[str, tuple[dict[str, Any], float | None]] = {
     "closed loop dp4, mixed lengths": ({"parallel": {"dp": 4}, "scheduler": CHUNKED,
                                         "workload": {"num_requests": 160, "concurrency": 10, **DECODE_HEAVY}},
                                        0.3),
+    # sliding windows of 128 on every other layer: a decode's view stops growing as it passes the window
+    "sliding windows": ({"model": "gpt-oss-20b", "precision": {"weights": None}, "scheduler": CHUNKED,
+                         "workload": {"num_requests": 150, "rate": 4, "prompt_tokens": 60,
+                                      "output_tokens": {"dist": "lognormal", "median": 200, "sigma": 0.6,
+                                                        "max": 1500}}}, 0.5),
+    # chunks of 8192 on three of four layers: prompts just short of a chunk's end, so decodes cross into the next
+    "chunked attention": ({"model": "llama-4-scout", "parallel": {"tp": 4}, "scheduler": TIGHT,
+                           "workload": {"num_requests": 60, "rate": 2, "prompt_tokens": 8100,
+                                        "output_tokens": 300}}, 0.5),
     "pp2 (steps)": ({"parallel": {"tp": 2, "pp": 2}, "scheduler": CHUNKED,
                      "workload": {"num_requests": 60, "rate": 3, **DECODE_HEAVY}}, None),
     "layer granularity (steps)": ({"sim": {"granularity": "layer"}, "scheduler": CHUNKED,
@@ -152,13 +161,28 @@ def _own_decode_attention_cluster() -> dict:
 @pytest.mark.parametrize("overrides", [{"parallel": {"tp": 4}}, {"precision": {"weights": "fp8"}},
                                        {"parallel": {"tp": 2, "pp": 2}}, {"cluster": "l40s-pcie-node",
                                                                           "parallel": {"tp": 4}},
-                                       {"cluster": _own_decode_attention_cluster()}])
+                                       {"cluster": _own_decode_attention_cluster()},
+                                       {"model": "gpt-oss-20b", "precision": {"weights": None}},
+                                       {"model": "llama-4-scout", "parallel": {"tp": 4, "pp": 2}}])
 def test_decode_step_times_are_stage_time_bit_for_bit(overrides):
     plan = build_plan(scenario_from_dict(scenario_dict(**overrides)))
     for stage in range(plan.pp):
         costs = StageCosts(plan, 0, stage)
         for n in (1, 7, 64):
             contexts = n * 100 + n * np.arange(0, 3000, 37)
-            compute, comm = costs.decode_stage_times(n, contexts)
-            for ctx, fast in zip(contexts.tolist(), compute.tolist(), strict=True):
-                assert (fast, comm) == costs.stage_time(BatchShape((), n, ctx), n)  # equal, not close
+            local = None if plan.model.local_attention is None else np.minimum(contexts, n * 128)
+            compute, comm = costs.decode_stage_times(n, contexts, local)
+            for i, (ctx, fast) in enumerate(zip(contexts.tolist(), compute.tolist(), strict=True)):
+                seen = 0 if local is None else int(local[i])
+                assert (fast, comm) == costs.stage_time(BatchShape((), n, ctx, seen), n)  # equal, not close
+
+
+def test_the_span_counts_what_local_layers_see_step_by_step():
+    """Each step's Σ positions in view, vectorised, against `local_positions` summed sequence by sequence."""
+    from splitsim.models.ops import local_positions
+    from splitsim.sim.fast_forward import local_contexts
+
+    contexts = np.array([1, 5, 126, 127, 128, 129, 400, 8191, 8192, 8193])
+    for kind, span in (("sliding", 128), ("chunked", 128), ("chunked", 8192), ("sliding", 1)):
+        got = local_contexts(contexts, 300, kind, span)
+        assert got.tolist() == [sum(local_positions(int(c) + s, kind, span) for c in contexts) for s in range(300)]

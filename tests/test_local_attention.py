@@ -158,7 +158,7 @@ def test_a_windowed_model_holds_more_long_requests(windowed, tmp_path):
     assert plans[0].max_concurrency(8000) > 1.9 * plans[1].max_concurrency(8000)  # half the layers keep 271
 
 
-def test_stage_and_layer_agree_and_the_fast_forward_says_why_it_steps(windowed):
+def test_stage_and_layer_agree_and_the_fast_forward_folds_steps(windowed):
     def run(granularity):
         return simulate(scenario_from_dict(scenario_dict(
             model=windowed, engine="vllm", workload={"num_requests": 12, "rate": 20.0, "prompt_tokens": 600,
@@ -167,7 +167,7 @@ def test_stage_and_layer_agree_and_the_fast_forward_says_why_it_steps(windowed):
 
     stage, layer = run("stage"), run("layer")
     np.testing.assert_allclose(stage.requests["finish_s"], layer.requests["finish_s"], rtol=1e-9)
-    assert set(stage.meta["fast_forward"]["fallbacks"]) == {"local_attention"}
+    assert stage.meta["fast_forward"]["steps_skipped"] > 0  # tests/test_fast_forward.py holds it exact
 
 
 def test_the_advisors_bound_prices_local_layers_as_the_engine_does():
