@@ -33,6 +33,13 @@ class TimedOp:
     seconds: float
 
 
+def split_at_exchange(ops: list[TimedOp]) -> tuple[list[TimedOp], list[TimedOp]]:
+    """A layer's ops before its first all-to-all (what a lockstep replica runs at its own pace) and from it on
+    (what lockstep replicas run together)."""
+    cut = next((i for i, op in enumerate(ops) if op.category == "ep_comm"), len(ops))
+    return ops[:cut], ops[cut:]
+
+
 @dataclass(frozen=True, slots=True)
 class LayerTerms:
     """One layer kind's token-priced ops for one token count. `before`: the compute ahead of the attention,
@@ -329,13 +336,13 @@ class StageCosts:
         cached = self._lockstep.get((kind, tokens))
         if cached is None:
             parts = [0.0, 0.0, 0.0, 0.0, 0.0]
-            shared = False
-            for op in self.layer_terms(kind, tokens).timed:
-                if op.category == "ep_comm":
-                    shared = True
-                    parts[4] += op.seconds
-                elif op.category != "attention":
-                    parts[(2 if shared else 0) + (op.category == "tp_comm")] += op.seconds
+            alone, together = split_at_exchange(list(self.layer_terms(kind, tokens).timed))
+            for offset, ops in ((0, alone), (2, together)):
+                for op in ops:
+                    if op.category == "ep_comm":
+                        parts[4] += op.seconds
+                    elif op.category != "attention":
+                        parts[offset + (op.category == "tp_comm")] += op.seconds
             cached = self._lockstep[(kind, tokens)] = (parts[0], parts[1], parts[2], parts[3], parts[4])
         return cached
 

@@ -31,7 +31,7 @@ import simpy
 
 from splitsim.hardware.collectives import shared_links
 from splitsim.models.ops import BatchShape
-from splitsim.sim.costs import StageCosts, TimedOp
+from splitsim.sim.costs import StageCosts, split_at_exchange
 from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
 from splitsim.sim.flows import SharedLinks
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram
@@ -295,9 +295,10 @@ class Engine:
             # the busiest replica's all-to-alls (they last until it has sent), in order
             exchanges = iter([op for op in cost.layer_ops(shapes[0], kind, max(local)) if op.category == "ep_comm"])
             together = [op if op.category != "ep_comm" else next(exchanges)
-                        for op in _from_exchange(cost.layer_ops(shapes[0], kind, shared))]
+                        for op in split_at_exchange(cost.layer_ops(shapes[0], kind, shared))[1]]
             # each replica's own ops up to the first all-to-all, then the ops all run in step
-            ops = [_to_exchange(cost.layer_ops(shape, kind, tokens)) + together for shape, tokens in zip(shapes, local)]
+            ops = [split_at_exchange(cost.layer_ops(shape, kind, tokens))[0] + together
+                   for shape, tokens in zip(shapes, local)]
             for _ in range(count):
                 position = [0] * len(shapes)
                 while True:  # each replica up to its next all-to-all (or the layer's end), then the exchange
@@ -519,16 +520,6 @@ class Engine:
             for _ in range(min(len(finished), self.stream.num_requests - self.routed)):
                 self._route(self._request(now))
         replica.wake_idle_slots()
-
-
-def _to_exchange(ops: list[TimedOp]) -> list[TimedOp]:
-    """A layer's ops before its first all-to-all: what a lockstep replica runs at its own pace."""
-    return ops[:next((i for i, op in enumerate(ops) if op.category == "ep_comm"), len(ops))]
-
-
-def _from_exchange(ops: list[TimedOp]) -> list[TimedOp]:
-    """A layer's ops from its first all-to-all on: what lockstep replicas run together."""
-    return ops[len(_to_exchange(ops)):]
 
 
 def _contended(plan: Plan) -> bool:
