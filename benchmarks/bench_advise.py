@@ -23,7 +23,7 @@ import argparse
 import time
 
 from splitsim.advisor import Question, advise
-from splitsim.sim.slo import parse_slo_arg
+from splitsim.slo import parse_slo_arg
 
 AICONFIGURATOR_S = 14.6
 

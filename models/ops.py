@@ -53,16 +53,49 @@ class BatchShape:
     `prefill` holds (new_tokens, cached_prefix) per prefilling sequence; `decode_context` is the sum over
     decoding sequences of the positions each attends to (its context, the new token included), and
     `decode_context_local` what a sliding or chunked layer lets each see (`local_positions`).
+
+    The chunks' sums, Python ints taken when the batch is formed (`BatchShape.of`), are what prefill attention is
+    priced from (`PrefillAttention`): the new tokens, the cached positions and the (query, key) pairs under full
+    attention, and under the model's sliding or chunked attention the cached positions still in view and the pairs
+    (0 without such layers). Build a batch with chunks through `of`, which takes them from the chunks.
     """
 
     prefill: tuple[tuple[int, int], ...] = ()
     num_decode: int = 0
     decode_context: int = 0
     decode_context_local: int = 0  # the same sum for the model's sliding or chunked layers (0 without them)
+    prefill_tokens: int = 0  # Σ new tokens over the chunks
+    prefill_cached: int = 0  # Σ cached positions
+    prefill_pairs: int = 0  # Σ (query, key) pairs under full attention: s·c + s(s+1)/2 a chunk
+    local_cached: int = 0  # Σ cached positions a sliding or chunked layer still sees
+    local_pairs: int = 0  # Σ (query, key) pairs under it (`_prefill_pairs`)
+
+    def __post_init__(self) -> None:
+        if self.prefill and self.prefill_tokens <= 0:
+            raise ValueError("a BatchShape with prefill chunks is built by BatchShape.of (it takes their sums)")
+
+    @classmethod
+    def of(cls, prefill: tuple[tuple[int, int], ...] = (), num_decode: int = 0, decode_context: int = 0,
+           decode_context_local: int = 0, local: tuple[AttentionKind, int] | None = None) -> BatchShape:
+        """A batch of these chunks and decodes, with the chunks' sums; `local`: the model's sliding or chunked
+        attention and its span (`ModelSpec.local_attention`), None without local layers."""
+        tokens = cached_sum = pairs = 0
+        for new, cached in prefill:
+            tokens += new
+            cached_sum += cached
+            pairs += new * cached + new * (new + 1) // 2
+        seen_sum = local_pairs = 0
+        if local is not None and prefill:
+            kind, span = local
+            for new, cached in prefill:
+                seen_sum += min(cached, span) if kind == "sliding" else cached % span
+                local_pairs += _prefill_pairs(new, cached, kind, span)
+        return cls(prefill, num_decode, decode_context, decode_context_local, tokens, cached_sum, pairs, seen_sum,
+                   local_pairs)
 
     @property
     def num_tokens(self) -> int:
-        return self.num_decode + sum(new for new, _ in self.prefill)
+        return self.num_decode + self.prefill_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +177,79 @@ def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding,
 
     Prefill chunk of s tokens after c cached: token i attends to c+i+1 positions, so
     FLOPs = 2·h_q·(d_qk + d_v)·(s·c + s(s+1)/2); it reads Q and the K/V of c+s positions, writes O and the new K/V.
+    Summed over the chunks, both are linear in the batch's sums (`PrefillAttention`).
     Decode: FLOPs = 2·h_q·(d_qk + d_v)·ctx; it reads the K/V of ctx positions (memory-bound). Under MLA
     (`_attention_dims`) prefill runs on keys and values decompressed per head, decode on the cached latent.
     A sliding or chunked layer (`kind`) counts only the positions its window or chunk lets a token see
     (`_prefill_pairs`, the batch's `decode_context_local`), and reads only their K/V.
     """
     q_heads = model.num_heads // sharding.tp
-    prefill_dims, decode_dims = _attention_dims(model, sharding)
-    qk, v, kv_row = prefill_dims
+    pf_flops, pf_bytes = PrefillAttention.of(model, sharding).work(model, batch, sharding, kind)
+    qk, v, kv_row = _attention_dims(model, sharding)[1]
+    n, ctx = batch.num_decode, batch.decode_context if kind == "full" else batch.decode_context_local
+    dec_flops = 2.0 * q_heads * (qk + v) * ctx
+    dec_bytes = n * q_heads * (qk + v) * ACTIVATION_BYTES + (ctx + n) * kv_row
+    return (
+        Op("attention", "attention", pf_flops, pf_bytes),
+        Op("attention", "attention", dec_flops, dec_bytes),
+    )
+
+
+EXACT_INTS = 2 ** 53  # every integer below it is a float, and a float sum or product of such is exact
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillAttention:
+    """Prefill attention on one TP rank as linear in a batch's integer sums (`BatchShape`): FLOPs =
+    `flops_per_pair`·pairs, bytes = `bytes_per_token`·Σs + `bytes_per_position`·(Σ cached in view + 2·Σs).
+
+    Summed chunk by chunk in floats (`_prefill_by_chunk`), every term and partial sum is a whole number; below
+    2^53 each is exact, so the loop's float equals the exact integer, which this computes in Python ints and
+    converts once: the same bits. Past 2^53 (or for a fractional byte count, which no format has) it prices the
+    chunks one by one as before."""
+
+    flops_per_pair: int  # 2·h_q·(d_qk + d_v)
+    bytes_per_token: int  # Q read and O written: h_q·(d_qk + d_v)·2 bytes
+    bytes_per_position: int  # the K/V of one position (read, or written for a new token)
+    whole: bool  # the byte counts are whole numbers (else every batch is priced by chunk)
+
+    @classmethod
+    def of(cls, model: ModelSpec, sharding: Sharding) -> PrefillAttention:
+        q_heads = model.num_heads // sharding.tp
+        qk, v, kv_row = _attention_dims(model, sharding)[0]
+        token = q_heads * (qk + v) * ACTIVATION_BYTES
+        whole = float(token).is_integer() and float(kv_row).is_integer()
+        return cls(2 * q_heads * (qk + v), int(token), int(kv_row), whole)
+
+    def exact(self, batch: BatchShape, kind: AttentionKind) -> tuple[float, float] | None:
+        """(FLOPs, bytes) of `batch`'s prefill chunks in a layer of attention `kind`, from its sums; None where
+        an integer reaches 2^53 (`work` then sums the chunks)."""
+        if kind == "full":
+            pairs, cached = batch.prefill_pairs, batch.prefill_cached
+        else:
+            pairs, cached = batch.local_pairs, batch.local_cached
+            if batch.prefill and not pairs:  # each new token sees itself at least
+                raise ValueError("a local layer's batch needs its local sums: BatchShape.of(..., local=...)")
+        new = batch.prefill_tokens
+        flops = self.flops_per_pair * pairs
+        nbytes = self.bytes_per_token * new + self.bytes_per_position * (cached + 2 * new)
+        if flops >= EXACT_INTS or nbytes >= EXACT_INTS or not self.whole:
+            return None
+        return float(flops), float(nbytes)
+
+    def work(self, model: ModelSpec, batch: BatchShape, sharding: Sharding,
+             kind: AttentionKind) -> tuple[float, float]:
+        """(FLOPs, bytes) of `batch`'s prefill chunks: from the sums, or chunk by chunk past 2^53."""
+        exact = self.exact(batch, kind)
+        return exact if exact is not None else _prefill_by_chunk(model, batch, sharding, kind)
+
+
+def _prefill_by_chunk(model: ModelSpec, batch: BatchShape, sharding: Sharding,
+                      kind: AttentionKind) -> tuple[float, float]:
+    """Prefill attention's (FLOPs, bytes) summed chunk by chunk in floats: what `PrefillAttention` equals bit for
+    bit below 2^53, and what prices a batch past it."""
+    q_heads = model.num_heads // sharding.tp
+    qk, v, kv_row = _attention_dims(model, sharding)[0]
     pf_flops = pf_bytes = 0.0
     for new, cached in batch.prefill:
         if kind == "full":
@@ -163,14 +261,7 @@ def attention(model: ModelSpec, batch: BatchShape, sharding: Sharding,
         seen = min(cached, span) if kind == "sliding" else cached % span  # cached positions still in view
         pf_flops += 2.0 * q_heads * (qk + v) * _prefill_pairs(new, cached, kind, span)
         pf_bytes += new * q_heads * (qk + v) * ACTIVATION_BYTES + (seen + 2 * new) * kv_row
-    qk, v, kv_row = decode_dims
-    n, ctx = batch.num_decode, batch.decode_context if kind == "full" else batch.decode_context_local
-    dec_flops = 2.0 * q_heads * (qk + v) * ctx
-    dec_bytes = n * q_heads * (qk + v) * ACTIVATION_BYTES + (ctx + n) * kv_row
-    return (
-        Op("attention", "attention", pf_flops, pf_bytes),
-        Op("attention", "attention", dec_flops, dec_bytes),
-    )
+    return pf_flops, pf_bytes
 
 
 def _prefill_pairs(new: int, cached: int, kind: AttentionKind, span: int) -> int:

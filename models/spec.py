@@ -543,3 +543,12 @@ def load_model(ref: str | ModelSpec) -> ModelSpec:
         name = path.parent.name
     config = read_json_file(path, "model config", "hidden_size, num_hidden_layers, num_attention_heads…")
     return ModelSpec.from_hf_config(config, name, shown(path))
+
+
+def pp_layer_counts(num_layers: int, pp: int) -> list[int]:
+    """Layers per stage as vLLM splits them (`get_pp_indices`): the remainder goes one each to the
+    stages before the last, from the second-to-last backwards, since the last stage holds the LM head."""
+    counts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        counts[-i] += 1
+    return counts

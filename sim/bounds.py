@@ -26,7 +26,7 @@ import numpy as np
 
 from splitsim.models.ops import BatchShape, local_positions
 from splitsim.sim.costs import StageCosts
-from splitsim.sim.plan import Plan
+from splitsim.sim.plan import Pool
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,16 @@ class Bound:
         return self.tokens_per_s_per_gpu
 
 
-def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_s: float = math.inf) -> Bound:
+def decode_bound(pool: Pool, prompt_tokens: int, output_tokens: int, step_limit_s: float = math.inf) -> Bound:
     """The layout's limits for requests of at least `prompt_tokens` and `output_tokens` tokens, with every
     request's time per output token at most `step_limit_s`."""
-    costs = [StageCosts(plan, 0, s) for s in range(plan.pp)]
+    costs = [StageCosts.of(pool, 0, s) for s in range(pool.pp)]
     context = prompt_tokens + 1
-    sched = plan.scheduler
-    kv_seqs = plan.kv_blocks_per_slot * plan.block_size // plan.kv_tokens_needed(context)
+    sched = pool.scheduler
+    kv_seqs = pool.kv_blocks_per_slot * pool.block_size // pool.kv_tokens_needed(context)
     largest = max(1, min(sched.max_num_seqs, sched.max_batched_tokens, kv_seqs))
     sizes = np.arange(1, largest + 1)
-    seen = _fewest_seen(plan, prompt_tokens, output_tokens)
+    seen = _fewest_seen(pool, prompt_tokens, output_tokens)
     stage_s = np.array([[_decode_step_s(cost, b, context, seen) for cost in costs]  # [size, stage]
                         for b in range(1, largest + 1)])
     round_s, slowest_s = stage_s.sum(axis=1), stage_s.max(axis=1)
@@ -67,14 +67,14 @@ def decode_bound(plan: Plan, prompt_tokens: int, output_tokens: int, step_limit_
     decode_rate = float((sizes[meets] / slowest_s[meets]).max()) if meets.any() else 0.0
     if output_tokens <= 1:  # no decode steps: prefill alone, which this bound does not price
         return Bound(math.inf, float(round_s.min()), 0)
-    per_gpu = decode_rate * output_tokens / (output_tokens - 1) / (plan.tp * plan.pp)
+    per_gpu = decode_rate * output_tokens / (output_tokens - 1) / (pool.tp * pool.pp)
     return Bound(per_gpu, float(round_s.min()), output_tokens - 1)
 
 
-def _fewest_seen(plan: Plan, prompt_tokens: int, output_tokens: int) -> int:
+def _fewest_seen(pool: Pool, prompt_tokens: int, output_tokens: int) -> int:
     """The fewest positions a sliding or chunked layer shows a decoding token of such a request (0 without such
     layers): a window's view only grows with the context, a chunk's falls back to 1 where a chunk begins."""
-    local = plan.model.local_attention
+    local = pool.model.local_attention
     if local is None:
         return 0
     kind, span = local
@@ -86,7 +86,7 @@ def _fewest_seen(plan: Plan, prompt_tokens: int, output_tokens: int) -> int:
 
 def _decode_step_s(cost: StageCosts, num_decode: int, context: int, seen: int = 0) -> float:
     """A decode step of `num_decode` sequences at `context` positions each (`seen` in a local layer)."""
-    if cost.plan.model.local_attention is not None:  # local layers see fewer positions: priced as the engine does
+    if cost.model.local_attention is not None:  # local layers see fewer positions: priced as the engine does
         shape = BatchShape(num_decode=num_decode, decode_context=num_decode * context,
                            decode_context_local=num_decode * seen)
         compute_s, comm_s = cost.stage_time(shape, num_decode)

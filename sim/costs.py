@@ -1,36 +1,88 @@
 """Seconds for a stage's work on one batch, from models/ (what work) and hardware/ (how long).
 
 models/ops.py's `layer_graph` is the one description of a layer's work; it is priced here generically, op by
-op. The engine's hot path calls `stage_time` once per stage per batch, so the ops that depend on the token
-count alone (GEMMs, element-wise kernels, collectives) are priced once per (layer kind, token count) into
-`LayerTerms`; attention, which depends on the context lengths, is two rooflines. Stage mode sums each layer
-kind's terms times its count; layer mode walks the same ops (`layer_ops`): without contention the two
-granularities agree to float rounding (the clock adds layer mode's ops one at a time), and `decode_stage_times`
-gives what `stage_time` gives bit for bit (the fast-forward relies on it).
+op. `StageCosts.walk` is the one description of a stage's work on a batch: its prologue (the embedding and its
+all-reduce on the first stage, `prologue`), its layer runs as (kind, count, timed ops), its epilogue (the LM head
+and the logits gather on the last stage, `epilogue`); each op carries its category and the kernel family its time
+rests on. Layer mode, the contended stage walk, the lockstep replicas, the error bars (sim/uncertainty.py) and
+validate/compare.py read the walk. The engine's hot path calls `stage_time` once per stage per batch: the walk
+folded by layer kind from the same cached parts (the ops that depend on the token count alone, GEMMs,
+element-wise kernels and collectives, priced once per (layer kind, token count) into `LayerTerms`; attention,
+which depends on the context lengths, two rooflines). Without contention the two granularities agree to float
+rounding (the clock adds layer mode's ops one at a time), and `decode_stage_times` gives what `stage_time` gives
+bit for bit (the fast-forward relies on it). A pipeline hand-off is `handoff_times`, for the closed-form and the
+event walks alike.
+
+Caches. The only state kept between calls, `_CACHES`, is process-wide (an advisor's or a sweep's worker prices
+many runs with it) and never cleared; nothing in it depends on a batch's composition. Each is keyed first by what
+its times depend on besides the count (the model, its sharding, the GPU and the CUDA-graph sizes; for collectives
+also the cluster, the TP and expert groups and the serving engine), then by a count alone:
+- `terms` and `lockstep`: (layer kind, token count), a layer's token-priced ops and their lockstep split;
+- `allreduce`, `prologue`: token count; `handoff`: token count (and the next stage's group);
+- `epilogue`: the sequences that sample.
+So each holds at most one entry per layer kind per token count a batch can have, bounded by the scheduler's
+`max_batched_tokens` (`max_num_seqs` for the epilogue; a count under a CUDA-graph size shares its graph's entry),
+and the outer dict one entry per distinct configuration priced: a run's second pass, or a second run of the
+same layout, adds nothing (tests/test_layer_graph.py). Attention is not cached: prefill attention is priced from
+the batch's integer pair sums (`BatchShape`, models/ops.py `PrefillAttention`), decode attention from its Σ
+context, each a few float operations.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from splitsim.hardware import collectives
+from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.gpu import GpuSpec
 from splitsim.models import ops as model_ops
-from splitsim.models.ops import BatchShape, Op
+from splitsim.models.ops import BatchShape, Op, Sharding
 from splitsim.models.precision import ACTIVATION_BYTES
-from splitsim.models.spec import AttentionKind
-from splitsim.sim.plan import Plan
+from splitsim.models.spec import AttentionKind, ModelSpec
+from splitsim.sim.defaults import ServingEngine
+from splitsim.sim.plan import Pool
+
+Category = Literal["compute", "tp_comm", "ep_comm", "attention"]  # attention: a layer's placeholder in `LayerTerms`
 
 
 @dataclass(frozen=True, slots=True)
 class TimedOp:
+    """One op of a stage's walk: its name, what its time counts as, its seconds, and the kernel family whose fit
+    prices it (`gemm`, `moe`, `elementwise`, `attention prefill`, `attention decode`, `allreduce`, `allgather`,
+    `alltoall`: the error bars' kinds, sim/uncertainty.py)."""
+
     name: str
-    category: str  # "compute" | "tp_comm" | "ep_comm" | "attention" (the placeholder of a layer's attention kernels)
+    category: Category
     seconds: float
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """The work a stage does once per batch besides its layers: the embedding and its vocab-parallel all-reduce on
+    the first stage (prologue), the LM head and the logits gather on the last (epilogue). `compute` and `comm` are
+    its ops' seconds summed by category."""
+
+    ops: tuple[TimedOp, ...]
+    compute: float
+    comm: float
+
+
+NO_EDGE = Edge((), 0.0, 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class StageWalk:
+    """A stage's work on one batch, in execution order: the prologue, the layer runs (kind, count, one layer's
+    timed ops), the epilogue. Layer mode makes an event of each op; every other reader folds it."""
+
+    prologue: Edge
+    runs: tuple[tuple[str, int, list[TimedOp]], ...]
+    epilogue: Edge
 
 
 def split_at_exchange(ops: list[TimedOp]) -> tuple[list[TimedOp], list[TimedOp]]:
@@ -65,7 +117,15 @@ def _layer_runs(kinds: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
     return tuple(runs)
 
 
-_CACHES: dict[Any, dict[Any, Any]] = {}
+def _kernel_kind(op: Op) -> str:
+    """The fit a compute op's time rests on: a GEMM (a mixture of experts' grouped one apart) or an element-wise
+    kernel."""
+    if op.kind == "gemm":
+        return "moe" if op.grouped else "gemm"
+    return "elementwise"
+
+
+_CACHES: dict[Any, dict[Any, Any]] = {}  # keyed by token counts only (the module docstring says what bounds them)
 
 
 def _shared(key: Any) -> dict[Any, Any]:
@@ -74,43 +134,55 @@ def _shared(key: Any) -> dict[Any, Any]:
 
 
 class StageCosts:
-    """Cost of one stage of one replica (every replica's stage s costs the same: same GPUs' kind)."""
+    """Cost of one pipeline stage's work, built from what it prices: the model and the kinds of its layers on this
+    stage (`layers`, a range of layer indices), the cluster (its GPU and the fabrics between `group`'s GPUs), the
+    sharding (TP degree, number formats, experts), the serving engine and the CUDA-graph sizes a batch is padded to.
+    `group` is the stage's TP group, `moe_group` the GPUs its experts spread over, `next_group` the next stage's
+    TP group (None on the last). `StageCosts.of` builds it for a replica's stage of a pool."""
 
-    def __init__(self, plan: Plan, replica: int, stage: int) -> None:
-        self.plan = plan
-        self.gpu: GpuSpec = plan.cluster.gpu
-        self.group = plan.tp_group(replica, stage)
-        self.moe_group = plan.moe_group(replica, stage)
-        first, self.num_layers = plan.stages[stage].first_layer, plan.stages[stage].num_layers
-        kinds = plan.model.layer_types[first:first + self.num_layers]
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, sharding: Sharding, engine: ServingEngine,
+                 padded_tokens: tuple[int, ...], layers: range, group: list[int], moe_group: list[int],
+                 next_group: list[int] | None, is_first: bool = True) -> None:
+        self.model, self.cluster, self.sharding, self.engine = model, cluster, sharding, engine
+        self.gpu: GpuSpec = cluster.gpu
+        self.tp = sharding.tp
+        self.group, self.moe_group, self.next_group = group, moe_group, next_group
+        self.num_layers = len(layers)
+        kinds = model.layer_types[layers.start:layers.stop]
         self.layer_runs = _layer_runs(kinds)  # layer mode walks these, in order
         self.layer_counts: tuple[tuple[str, int], ...] = tuple(  # stage mode sums these
             (kind, kinds.count(kind)) for kind in dict.fromkeys(kinds))
-        self.is_first = stage == 0
-        self.is_last = stage == plan.pp - 1
-        self.next_group = plan.tp_group(replica, stage + 1) if not self.is_last else None
+        self.is_first = is_first
+        self.is_last = next_group is None
         # Caches shared by every StageCosts of the same model, number formats, GPU (and TP group, for the
         # collectives) in this process: an advisor's runs of many layouts and loads price each shape once.
-        self._padded = plan.padded_tokens  # CUDA-graph sizes (the engine's): a batch's tokens as its graph runs them
-        layer = (plan.model, plan.sharding, self.gpu, self._padded)
-        comm = (plan.model, plan.cluster, tuple(self.group), tuple(self.moe_group), plan.engine, self._padded)
+        self._padded = padded_tokens  # CUDA-graph sizes (the engine's): a batch's tokens as its graph runs them
+        layer = (model, sharding, self.gpu, padded_tokens)
+        comm = (model, cluster, tuple(group), tuple(moe_group), engine, padded_tokens)
         self._terms: dict[tuple[str, int], LayerTerms] = _shared(("terms", layer, comm))
         self._lockstep: dict[tuple[str, int], tuple[float, float, float, float, float]] = _shared(
             ("lockstep", layer, comm))
-        self._lm_head: dict[int, float] = _shared(("lm_head", layer))
-        self._logits_gather: dict[int, float] = _shared(("logits_gather", comm))
-        self._prefill_attention: dict[tuple[tuple[int, int], ...], float] = _shared(("prefill_attention", layer))
-        self._local_prefill: dict[tuple[str, tuple[tuple[int, int], ...]], float] = _shared(("local_prefill", layer))
+        self._epilogue: dict[int, Edge] = _shared(("epilogue", layer, comm))
         self._allreduce: dict[int, float] = _shared(("allreduce", comm))
-        self._per_token: dict[int, tuple[float, float]] = _shared(("edges", layer, comm))
+        self._prologue: dict[int, Edge] = _shared(("prologue", layer, comm))
         self._handoff: dict[int, tuple[float, float]] = _shared(
             ("handoff", comm, tuple(self.next_group or ())))
-        # Decode attention is linear in (Σ context, sequences): take its coefficients from models/ once.
-        unit_ctx = model_ops.attention(plan.model, BatchShape(decode_context=1), plan.sharding)[1]
-        unit_seq = model_ops.attention(plan.model, BatchShape(num_decode=1), plan.sharding)[1]
+        # Prefill attention is linear in the batch's integer sums, decode attention in (Σ context, sequences): take
+        # their coefficients from models/ once.
+        self._prefill = model_ops.PrefillAttention.of(model, sharding)
+        unit_ctx = model_ops.attention(model, BatchShape(decode_context=1), sharding)[1]
+        unit_seq = model_ops.attention(model, BatchShape(num_decode=1), sharding)[1]
         self._decode_flops_per_ctx = unit_ctx.flops
         self._decode_bytes_per_ctx = unit_ctx.nbytes
         self._decode_bytes_per_seq = unit_seq.nbytes
+
+    @classmethod
+    def of(cls, pool: Pool, replica: int, stage: int) -> StageCosts:
+        """Replica `replica`'s stage `stage` of `pool` (every replica's stage s costs the same on the same GPUs)."""
+        last = stage == pool.pp - 1
+        return cls(pool.model, pool.cluster, pool.sharding, pool.engine, pool.padded_tokens,
+                   pool.stages[stage].layers, pool.tp_group(replica, stage), pool.moe_group(replica, stage),
+                   None if last else pool.tp_group(replica, stage + 1), stage == 0)
 
     # -- pieces, each cached by what it depends on ------------------------------------------------
     def _op_time(self, op: Op) -> float:
@@ -123,15 +195,15 @@ class StageCosts:
             case "memory":
                 return self.gpu.elementwise_time_s(op.nbytes)
             case "allreduce":
-                if self.plan.tp == 1:
+                if self.tp == 1:
                     return 0.0
-                if self.plan.engine.custom_allreduce:
-                    return collectives.engine_allreduce(self.plan.cluster, self.group, op.nbytes)[0]
-                return collectives.allreduce_s(self.plan.cluster, self.group, op.nbytes)
+                if self.engine.custom_allreduce:
+                    return collectives.engine_allreduce(self.cluster, self.group, op.nbytes)[0]
+                return collectives.allreduce_s(self.cluster, self.group, op.nbytes)
             case "allgather":
-                return collectives.allgather_s(self.plan.cluster, self.group, op.nbytes)
+                return collectives.allgather_s(self.cluster, self.group, op.nbytes)
             case "alltoall":
-                return collectives.alltoall_s(self.plan.cluster, self.moe_group, op.nbytes)
+                return collectives.alltoall_s(self.cluster, self.moe_group, op.nbytes)
         raise ValueError(f"unknown op kind {op.kind}")
 
     def _graph_tokens(self, tokens: int) -> int:
@@ -149,21 +221,21 @@ class StageCosts:
                 return cached
             timed = []
             before, after, comm, ep_comm, seen_attention = 0.0, [], 0.0, 0.0, False
-            for op in model_ops.layer_graph(self.plan.model, kind, tokens, self.plan.sharding):  # type: ignore[arg-type]
+            for op in model_ops.layer_graph(self.model, kind, tokens, self.sharding):  # type: ignore[arg-type]
                 if op is model_ops.ATTENTION:
-                    timed.append(TimedOp("attention", "attention", 0.0))
+                    timed.append(TimedOp("attention", "attention", 0.0, "attention"))
                     seen_attention = True
                     continue
                 seconds = self._op_time(op)
                 if op.kind in ("allreduce", "allgather"):
-                    timed.append(TimedOp(op.name, "tp_comm", seconds))
+                    timed.append(TimedOp(op.name, "tp_comm", seconds, op.kind))
                     comm += seconds
                     continue
                 if op.kind == "alltoall":
-                    timed.append(TimedOp(op.name, "ep_comm", seconds))
+                    timed.append(TimedOp(op.name, "ep_comm", seconds, op.kind))
                     ep_comm += seconds
                     continue
-                timed.append(TimedOp(op.name, "compute", seconds))
+                timed.append(TimedOp(op.name, "compute", seconds, _kernel_kind(op)))
                 if seen_attention:
                     after.append(seconds)
                 else:
@@ -178,24 +250,26 @@ class StageCosts:
             if padded != tokens:
                 cached = self._allreduce[tokens] = self.allreduce_time(padded)
                 return cached
-            op = model_ops.allreduce("attn_allreduce", tokens, self.plan.model)
+            op = model_ops.allreduce("attn_allreduce", tokens, self.model)
             cached = self._allreduce[tokens] = self._op_time(op)  # 0 at TP1
         return cached
 
     def attention_times(self, batch: BatchShape, kind: str = "dense") -> tuple[float, float]:
-        """(prefill, decode) attention seconds of a layer of type `kind` (its attention: full, sliding, chunked);
-        prefill cached by its chunks, decode from coefficients (a local layer's on the batch's local context)."""
+        """(prefill, decode) attention seconds of a layer of type `kind` (its attention: full, sliding, chunked),
+        both from coefficients: prefill on the batch's pair sums, decode on its Σ context (a local layer's on its
+        local sums)."""
         attention = model_ops.layer_attention(kind)
         if attention != "full":
             return self._local_attention_times(batch, attention)
-        prefill = 0.0
-        if batch.prefill:
-            prefill = self._prefill_attention.get(batch.prefill, -1.0)
-            if prefill < 0:
-                op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding)[0]
-                prefill = self._prefill_attention[batch.prefill] = self._op_time(op)
+        prefill = self._prefill_attention_s(batch, "full") if batch.prefill else 0.0
         decode = self._decode_attention_s(batch.decode_context, batch.num_decode) if batch.num_decode else 0.0
         return prefill, decode
+
+    def _prefill_attention_s(self, batch: BatchShape, attention: AttentionKind) -> float:
+        """Prefill attention of `batch`'s chunks in a layer of `attention`, from the batch's integer sums (never
+        cached: they depend on the batch's composition)."""
+        flops, nbytes = self._prefill.work(self.model, batch, self.sharding, attention)
+        return self.gpu.attention_time_s(flops, nbytes, "prefill")
 
     def _decode_attention_s(self, context: int, num_decode: int) -> float:
         """Decode attention over `context` positions in all for `num_decode` sequences, from its coefficients."""
@@ -205,44 +279,43 @@ class StageCosts:
 
     def _local_attention_times(self, batch: BatchShape, attention: AttentionKind) -> tuple[float, float]:
         """`attention_times` of a sliding or chunked layer: the same kernels over the positions in view."""
-        prefill = 0.0
-        if batch.prefill:
-            key = (attention, batch.prefill)
-            prefill = self._local_prefill.get(key, -1.0)
-            if prefill < 0:
-                op = model_ops.attention(self.plan.model, BatchShape(prefill=batch.prefill), self.plan.sharding,
-                                         attention)[0]
-                prefill = self._local_prefill[key] = self._op_time(op)
+        prefill = self._prefill_attention_s(batch, attention) if batch.prefill else 0.0
         decode = self._decode_attention_s(batch.decode_context_local, batch.num_decode) if batch.num_decode else 0.0
         return prefill, decode
 
-    def edge_times(self, tokens: int) -> tuple[float, float]:
-        """(compute, tp_comm) of the embedding on the first stage: lookup, then a vocab-parallel all-reduce."""
+    def prologue(self, tokens: int) -> Edge:
+        """The first stage's work before its layers: the embedding lookup of `tokens` tokens (at the CUDA graph's
+        size), then its vocab-parallel all-reduce where TP > 1. Other stages have none."""
         if not self.is_first:
-            return 0.0, 0.0
-        cached = self._per_token.get(tokens)
+            return NO_EDGE
+        cached = self._prologue.get(tokens)
         if cached is None:
-            embedding = model_ops.embedding(self.plan.model, self._graph_tokens(tokens), self.plan.sharding)
-            cached = self._per_token[tokens] = (self._op_time(embedding), self.allreduce_time(tokens))
+            lookup = self._op_time(model_ops.embedding(self.model, self._graph_tokens(tokens), self.sharding))
+            allreduce = self.allreduce_time(tokens)
+            ops: tuple[TimedOp, ...] = (TimedOp("embedding", "compute", lookup, "elementwise"),)
+            if allreduce:
+                ops += (TimedOp("embedding_allreduce", "tp_comm", allreduce, "allreduce"),)
+            cached = self._prologue[tokens] = Edge(ops, lookup, allreduce)
         return cached
 
-    def lm_head_time(self, num_logits: int) -> float:
-        if not self.is_last or not num_logits:
-            return 0.0
-        cached = self._lm_head.get(num_logits)
+    def epilogue(self, num_logits: int) -> Edge:
+        """The last stage's work after its layers: the LM head on the `num_logits` sequences that sample, then the
+        all-gather of their vocab-parallel logits over the TP group where the engine gathers them
+        (sim/defaults.py). A last stage whose batch samples nothing still has the head, at no cost."""
+        if not self.is_last:
+            return NO_EDGE
+        cached = self._epilogue.get(num_logits)
         if cached is None:
-            cached = self._lm_head[num_logits] = self._op_time(
-                model_ops.lm_head(self.plan.model, num_logits, self.plan.sharding))
-        return cached
-
-    def logits_gather_time(self, num_logits: int) -> float:
-        """The last stage's all-gather of the vocab-parallel logits over its TP group (sim/defaults.py)."""
-        if not self.is_last or not num_logits or self.plan.tp == 1 or not self.plan.engine.logits_gather:
-            return 0.0
-        cached = self._logits_gather.get(num_logits)
-        if cached is None:
-            nbytes = num_logits * self.plan.model.vocab_size * ACTIVATION_BYTES
-            cached = self._logits_gather[num_logits] = collectives.allgather_s(self.plan.cluster, self.group, nbytes)
+            head = self._op_time(model_ops.lm_head(self.model, num_logits, self.sharding)) \
+                if num_logits else 0.0
+            gather = 0.0
+            if num_logits and self.tp > 1 and self.engine.logits_gather:
+                nbytes = num_logits * self.model.vocab_size * ACTIVATION_BYTES
+                gather = collectives.allgather_s(self.cluster, self.group, nbytes)
+            ops: tuple[TimedOp, ...] = (TimedOp("lm_head", "compute", head, "gemm"),)
+            if gather:
+                ops += (TimedOp("logits_gather", "tp_comm", gather, "allgather"),)
+            cached = self._epilogue[num_logits] = Edge(ops, head, gather)
         return cached
 
     def handoff_times(self, tokens: int) -> tuple[float, float]:
@@ -250,9 +323,9 @@ class StageCosts:
         cached = self._handoff.get(tokens)
         if cached is None:
             assert self.next_group is not None
-            nbytes = self.plan.engine.handoff_tensors * tokens * self.plan.model.hidden_size * ACTIVATION_BYTES
+            nbytes = self.engine.handoff_tensors * tokens * self.model.hidden_size * ACTIVATION_BYTES
             cached = self._handoff[tokens] = collectives.handoff_s(
-                self.plan.cluster, self.group, self.next_group, nbytes)
+                self.cluster, self.group, self.next_group, nbytes)
         return cached
 
     # -- what the engine asks for ------------------------------------------------------------------
@@ -260,7 +333,8 @@ class StageCosts:
         """(compute, tp_comm) seconds of this stage's layers on `batch`, plus first/last-stage extras."""
         tokens = batch.num_tokens
         attn_prefill, attn_decode = self.attention_times(batch)
-        compute, comm = self.edge_times(tokens)
+        prologue = self.prologue(tokens)
+        compute, comm = prologue.compute, prologue.comm
         for kind, count in self.layer_counts:
             terms = self.layer_terms(kind, tokens)
             if "/" in kind:  # a sliding or chunked layer's attention
@@ -272,7 +346,8 @@ class StageCosts:
                 layer_compute += seconds
             compute += count * layer_compute
             comm += count * terms.comm
-        return compute + self.lm_head_time(num_logits), comm + self.logits_gather_time(num_logits)
+        epilogue = self.epilogue(num_logits)
+        return compute + epilogue.compute, comm + epilogue.comm
 
     def decode_stage_times(self, num_decode: int, contexts: np.ndarray,
                            local_contexts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -282,7 +357,8 @@ class StageCosts:
         (tests/test_fast_forward.py holds them together). The fast-forward's step times."""
         attn_decode = self._decode_attention_array(num_decode, contexts)
         attn_local = attn_decode if local_contexts is None else self._decode_attention_array(num_decode, local_contexts)
-        edge_compute, comm = self.edge_times(num_decode)
+        prologue = self.prologue(num_decode)
+        edge_compute, comm = prologue.compute, prologue.comm
         compute = np.full_like(contexts, edge_compute, dtype=float)
         for kind, count in self.layer_counts:
             terms = self.layer_terms(kind, num_decode)
@@ -291,7 +367,8 @@ class StageCosts:
                 layer_compute += seconds
             compute = compute + count * layer_compute
             comm += count * terms.comm
-        return compute + self.lm_head_time(num_decode), comm + self.logits_gather_time(num_decode)
+        epilogue = self.epilogue(num_decode)
+        return compute + epilogue.compute, comm + epilogue.comm
 
     def _decode_attention_array(self, num_decode: int, contexts: np.ndarray) -> np.ndarray:
         """`_decode_attention_s` for each Σ context in `contexts` (GpuSpec.attention_time_s, vectorised)."""
@@ -315,10 +392,24 @@ class StageCosts:
                 timed.append(op)
                 continue
             if batch.prefill:
-                timed.append(TimedOp("attention_prefill", "compute", attn_prefill))
+                timed.append(TimedOp("attention_prefill", "compute", attn_prefill, "attention prefill"))
             if batch.num_decode:
-                timed.append(TimedOp("attention_decode", "compute", attn_decode))
+                timed.append(TimedOp("attention_decode", "compute", attn_decode, "attention decode"))
         return timed
+
+    def walk(self, batch: BatchShape, num_logits: int, tokens: int | None = None) -> StageWalk:
+        """This stage's work on `batch`, in order: the one description every walker reads (layer mode's events, the
+        contended stage's flows, the lockstep replicas, the error bars, validate's compare). `num_logits`: the
+        sequences that sample (on the last stage); `tokens`: the count the token-priced ops run, the batch's own
+        unless given (a lockstep replica's padded count)."""
+        count = batch.num_tokens if tokens is None else tokens
+        ops: dict[str, list[TimedOp]] = {}
+        runs = []
+        for kind, repeats in self.layer_runs:
+            if kind not in ops:
+                ops[kind] = self.layer_ops(batch, kind, count)
+            runs.append((kind, repeats, ops[kind]))
+        return StageWalk(self.prologue(count), tuple(runs), self.epilogue(num_logits))
 
     def lockstep_tokens(self, shapes: Sequence[BatchShape]) -> tuple[list[int], int]:
         """The token counts a lockstep step runs: each replica's own ops, and the experts' share (the group's tokens
@@ -353,10 +444,10 @@ class StageCosts:
         replica's wait counts as `ep_comm` (it sits in the all-to-all's kernel). Layer mode walks the same ops (the
         engine's `_lockstep_layers`), equal to float rounding."""
         local, shared = self.lockstep_tokens(shapes)
-        edges = [self.edge_times(tokens) for tokens in local]
-        compute = [c for c, _ in edges]
-        comm = [t for _, t in edges]
-        clock = [c + t for c, t in edges]
+        edges = [self.prologue(tokens) for tokens in local]
+        compute = [edge.compute for edge in edges]
+        comm = [edge.comm for edge in edges]
+        clock = [edge.compute + edge.comm for edge in edges]
         busiest = max(local)  # an all-to-all lasts until its busiest sender is done
         for kind, count in self.layer_runs:
             attention = [sum(self.attention_times(shape, kind)) for shape in shapes]
@@ -375,8 +466,9 @@ class StageCosts:
             end = max(c + a for c, a in zip(clock, alone)) + together + (count - 1) * (max(alone) + together)
             clock = [end] * len(clock)
         waits = [c - busy - tp for c, busy, tp in zip(clock, compute, comm)]  # all-to-alls and waits at them
-        heads = [self.lm_head_time(n) for n in num_logits]
-        gathers = [self.logits_gather_time(n) for n in num_logits]
+        ends = [self.epilogue(n) for n in num_logits]
+        heads = [edge.compute for edge in ends]
+        gathers = [edge.comm for edge in ends]
         step = max(c + h + g for c, h, g in zip(clock, heads, gathers))
         return LockstepTimes(step, tuple(c + h for c, h in zip(compute, heads)),
                              tuple(t + g for t, g in zip(comm, gathers)), tuple(waits))

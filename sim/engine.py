@@ -1,7 +1,7 @@
 """The SimPy engine: requests arrive, a router spreads them over DP replicas, each replica batches
 continuously and runs its batches through PP stages, whose work is timed by `sim.costs`.
 
-A replica has PP slots (vLLM V0's virtual engines): each slot is a `Scheduler` owning a disjoint set of
+A replica has PP slots (vLLM V0's virtual engines): each slot is a `SlotScheduler` owning a disjoint set of
 requests, handed to it on arrival when it has the fewest unfinished (as vLLM assigns them), and keeps at
 most one batch in flight, so up to PP batches fill the pipeline and no request is in two. Each slot has
 its own 1/PP of the replica's KV blocks, as vLLM V0 splits them, so a slot preempts only its own requests.
@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import simpy
+from simpy.core import SimTime
+from simpy.events import NORMAL, EventPriority
 
 from splitsim.hardware.collectives import shared_links
 from splitsim.models.ops import BatchShape
@@ -35,10 +37,11 @@ from splitsim.sim.costs import StageCosts, split_at_exchange
 from splitsim.sim.fast_forward import FastForwardStats, Span, apply_span, plan_span
 from splitsim.sim.flows import SharedLinks
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram
-from splitsim.sim.plan import Plan
+from splitsim.sim.plan import Plan, Pool
 from splitsim.sim.recorder import Recorder
 from splitsim.sim.records import Moment, RequestLog, RequestSink, RunRecords
-from splitsim.sim.scheduler import Batch, Occupancy, Request, Scheduler
+from splitsim.sim.router import Router
+from splitsim.sim.scheduler import Batch, Occupancy, Request, SlotScheduler
 from splitsim.sim.workload import RequestStream
 
 Process = Generator[simpy.Event, Any, None]
@@ -47,7 +50,21 @@ DUMMY_BATCH = BatchShape(num_decode=1, decode_context=1, decode_context_local=1)
 TICK_BATCHES = 4096  # a long request shows progress too, at a cost of one countdown a batch
 
 
-class _Slot(Scheduler):
+class _Clock(simpy.Environment):
+    """SimPy's environment, counting the events it schedules. Every event (a timeout, a process's start and end, a
+    triggered event, a resource's request) enters the queue through `schedule`, where SimPy numbers it from 0 in
+    that order: the count is what SimPy's own counter reads at the end, without reading it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scheduled = 0
+
+    def schedule(self, event: simpy.Event, priority: EventPriority = NORMAL, delay: SimTime = 0) -> None:
+        self.scheduled += 1
+        simpy.Environment.schedule(self, event, priority, delay)
+
+
+class _Slot(SlotScheduler):
     __slots__ = ("wake",)
 
     def __init__(self, *args: Any) -> None:
@@ -58,24 +75,37 @@ class _Slot(Scheduler):
     def unfinished(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def wake_up(self) -> None:
+        """Resume the slot's loop if it waits for work (lockstep slots share one wake: the first call wakes all)."""
+        if self.wake is not None:
+            if not self.wake.triggered:
+                self.wake.succeed()
+            self.wake = None
+
 
 class _Replica:
-    def __init__(self, env: simpy.Environment, plan: Plan, index: int, itl: HistogramBuffer) -> None:
-        self.index = index
+    def __init__(self, env: simpy.Environment, pool: Pool, local: int, index: int, itl: HistogramBuffer) -> None:
+        self.pool = pool
+        self.local = local  # its number within the pool
+        self.index = index  # its number in the run (Plan.replicas): what the records key it by
         self.occupancy = Occupancy()
-        local = plan.model.local_attention
-        self.slots = [_Slot(plan.scheduler, plan.kv_pool(), self.occupancy, itl, local) for _ in range(plan.pp)]
-        self.stages = [simpy.Resource(env, capacity=1) for _ in range(plan.pp)]  # layer mode's
-        self.stage_free_s = [0.0] * plan.pp  # stage mode: when each stage's last batch lets go of it
-        self.costs = [StageCosts(plan, index, stage) for stage in range(plan.pp)]
+        attention = pool.model.local_attention
+        self.slots = [_Slot(pool.scheduler, pool.batch_policy, pool.kv_manager(), self.occupancy, itl, attention)
+                      for _ in range(pool.pp)]
+        self.stages = [simpy.Resource(env, capacity=1) for _ in range(pool.pp)]  # layer mode's
+        self.stage_free_s = [0.0] * pool.pp  # stage mode: when each stage's last batch lets go of it
+        self.costs = [StageCosts.of(pool, local, stage) for stage in range(pool.pp)]
+        self.groups = [pool.tp_group(local, stage) for stage in range(pool.pp)]  # each stage's TP group's GPUs
         self.outstanding = 0
 
+    def queue_counts(self) -> tuple[int, int]:
+        """(waiting, running) over its slots, as vLLM's scheduler counts them for the DP load balancer."""
+        return sum(len(slot.waiting) for slot in self.slots), sum(len(slot.running) for slot in self.slots)
+
     def wake_idle_slots(self) -> None:
+        """Blocks were freed or requests left: every idle slot looks again."""
         for slot in self.slots:
-            if slot.wake is not None:
-                if not slot.wake.triggered:  # lockstep slots share one wake
-                    slot.wake.succeed()
-                slot.wake = None
+            slot.wake_up()
 
 
 class Engine:
@@ -84,21 +114,23 @@ class Engine:
                  on_tick: Callable[[float], None] | None = None) -> None:
         self.plan = plan
         self.stream = stream
-        self.env = simpy.Environment()
+        self.env = _Clock()
         self.itl = HistogramBuffer(LogHistogram())
-        self.replicas = [_Replica(self.env, plan, r, self.itl) for r in range(plan.dp)]
-        self.recorder = Recorder(plan.dp, plan.pp, window)
+        self.replicas = [_Replica(self.env, pool, local, index, self.itl)
+                         for index, (pool, local) in enumerate(plan.replicas)]
+        self.router = Router(plan.router, self.replicas)
+        self.recorder = Recorder([pool.pp for pool, _ in plan.replicas], window)
         self.on_finish = on_finish
         self.on_tick = on_tick  # called with the simulated time every TICK_BATCHES batches (progress bars)
         self.batches_to_tick = TICK_BATCHES
         self.sink: RequestSink = sink if sink is not None else RequestLog()
         self.layer_mode = plan.granularity == "layer"
         self.fast_forward = FastForwardStats()
-        self.ff_enabled = plan.scenario.sim.fast_forward
+        self.ff_enabled = plan.fast_forward
         self.spans_in_flight: dict[int, tuple[np.ndarray, int]] = {}  # slot -> (ends of skipped steps, tokens each)
         self.links = SharedLinks(self.env)
         # Stage mode with sim.contention, where some shared link has two users: it walks events as layer mode does.
-        self.contended = plan.scenario.sim.contention and not self.layer_mode and _contended(plan)
+        self.contended = plan.contention and not self.layer_mode and _contended(plan)
         self.routed = 0
         self.finished = 0
         self.last_finish_s = 0.0
@@ -115,10 +147,12 @@ class Engine:
     def run(self) -> RunRecords:
         """Simulate until every request has finished."""
         self.env.process(self._arrivals())
-        if self.plan.attention_dp:
-            self.env.process(self._lockstep_loop())
-        else:
-            for replica in self.replicas:
+        for pool in self.plan.pools:
+            replicas = [replica for replica in self.replicas if replica.pool is pool]
+            if pool.attention_dp:
+                self.env.process(self._lockstep_loop(replicas))
+                continue
+            for replica in replicas:
                 for slot in replica.slots:
                     self.env.process(self._slot_loop(replica, slot))
         self.env.run()
@@ -128,7 +162,7 @@ class Engine:
         ends = [m for m in (self.queue_drained, self.last_arrival) if m is not None]
         return RunRecords(
             sim_time_s=self.last_finish_s, recorder=self.recorder,
-            events=next(self.env._eid),  # type: ignore[attr-defined]  # SimPy numbers events from a counter
+            events=self.env.scheduled,
             preemptions=self.preemptions, recomputed_tokens=self.recomputed_tokens,
             peak_running_seqs=tuple(replica.occupancy.peak for replica in self.replicas),
             kv_blocked_batches=sum(slot.kv_blocked for replica in self.replicas for slot in replica.slots),
@@ -160,7 +194,7 @@ class Engine:
         return Request(i, arrival_s, int(self.stream.prompt_tokens[i]), int(self.stream.output_tokens[i]))
 
     def _route(self, request: Request) -> None:
-        replica = min(self.replicas, key=lambda r: r.outstanding)  # least outstanding, lowest index
+        replica = self.replicas[self.router.choose(self.env.now)]
         request.replica = replica.index
         replica.outstanding += 1
         slot = min(replica.slots, key=lambda s: s.unfinished)  # fewest unfinished, lowest index
@@ -168,15 +202,12 @@ class Engine:
         self.routed += 1
         if self.routed == self.stream.num_requests:
             self.last_arrival = self._moment()
-        if slot.wake is not None:
-            if not slot.wake.triggered:  # lockstep slots share one wake
-                slot.wake.succeed()
-            slot.wake = None
+        slot.wake_up()
 
     # -- one slot: form a batch, run it through the pipeline, repeat ---------------------------------
     def _slot_loop(self, replica: _Replica, slot: _Slot) -> Process:
         env, recorder, index = self.env, self.recorder, replica.index
-        one_delay = self.plan.pp == 1 and not self.layer_mode and not self.contended  # the hot path of most runs
+        one_delay = replica.pool.pp == 1 and not self.layer_mode and not self.contended  # the hot path of most runs
         while True:
             batch = self._next_batch(replica, slot)
             if batch is None:
@@ -235,11 +266,11 @@ class Engine:
                 self.on_tick(self.env.now)
 
     # -- replicas in lockstep: experts spread over them (attention-DP) ----------------------------------
-    def _lockstep_loop(self) -> Process:
+    def _lockstep_loop(self, replicas: list[_Replica]) -> Process:
         """Every replica steps together, as vLLM's DP ranks do when their experts span them: each forms its
         batch, a replica with none runs a dummy batch of one token while another has work, and the step ends when
         the slowest replica is done (sim.costs `lockstep_times`). With nothing to run anywhere, all wait."""
-        env, rec, replicas = self.env, self.recorder, self.replicas
+        env, rec = self.env, self.recorder
         slots = [replica.slots[0] for replica in replicas]
         while True:
             batches = [self._next_batch(replica, slot) for replica, slot in zip(replicas, slots)]
@@ -256,16 +287,17 @@ class Engine:
             for replica in replicas:
                 rec.batch_started(replica.index, start)
             if self.layer_mode:
-                end = self._lockstep_layers(shapes, logits, [batch is None for batch in batches])
+                end = self._lockstep_layers(replicas, shapes, logits, [batch is None for batch in batches])
             else:
                 times = replicas[0].costs[0].lockstep_times(shapes, logits)
-                for r, batch in enumerate(batches):
-                    compute_end = start + times.compute[r]
+                for i, (replica, batch) in enumerate(zip(replicas, batches)):
+                    r = replica.index
+                    compute_end = start + times.compute[i]
                     rec.busy(r, 0, start, compute_end, "compute", "layers" if batch is not None else "dummy")
-                    tp_end = compute_end + times.tp_comm[r]
-                    if times.tp_comm[r]:
+                    tp_end = compute_end + times.tp_comm[i]
+                    if times.tp_comm[i]:
                         rec.busy(r, 0, compute_end, tp_end, "tp_comm", "allreduce")
-                    rec.busy(r, 0, tp_end, tp_end + times.ep_comm[r], "ep_comm", "alltoall")
+                    rec.busy(r, 0, tp_end, tp_end + times.ep_comm[i], "ep_comm", "alltoall")
                 end = start + times.step
             yield env.timeout(_delay_to(start, end))
             for replica, slot, batch in zip(replicas, slots, batches):
@@ -274,55 +306,55 @@ class Engine:
                     self._complete(replica, slot, batch)
             self._tick()
 
-    def _lockstep_layers(self, shapes: list[BatchShape], logits: list[int], dummy: list[bool]) -> float:
+    def _lockstep_layers(self, replicas: list[_Replica], shapes: list[BatchShape], logits: list[int],
+                         dummy: list[bool]) -> float:
         """Layer granularity of a lockstep step: each replica's ops from its own clock; at an all-to-all every
         replica waits for the last to arrive (the wait recorded as part of the all-to-all), then all leave
         together. Returns when the slowest replica is done."""
-        rec, cost = self.recorder, self.replicas[0].costs[0]
+        rec, cost = self.recorder, replicas[0].costs[0]
+        index = [replica.index for replica in replicas]
         local, shared = cost.lockstep_tokens(shapes)
+        walks = [cost.walk(shape, n, tokens) for shape, n, tokens in zip(shapes, logits, local)]
+        in_step = cost.walk(shapes[0], 0, shared).runs  # the experts' share of the group's tokens
+        busiest = cost.walk(shapes[0], 0, max(local)).runs  # an all-to-all lasts until its busiest sender is done
         clocks = [self.env.now] * len(shapes)
 
         def run(r: int, seconds: float, category: str, name: str) -> None:
-            rec.busy(r, 0, clocks[r], clocks[r] + seconds, category, name)
+            rec.busy(index[r], 0, clocks[r], clocks[r] + seconds, category, name)
             clocks[r] += seconds
 
-        for r, tokens in enumerate(local):
-            edge_compute, edge_comm = cost.edge_times(tokens)
-            run(r, edge_compute, "compute", "dummy" if dummy[r] else "embedding")
-            if edge_comm:
-                run(r, edge_comm, "tp_comm", "embedding_allreduce")
-        for kind, count in cost.layer_runs:
+        for r, walk in enumerate(walks):
+            for op in walk.prologue.ops:
+                run(r, op.seconds, op.category, "dummy" if dummy[r] and op.name == "embedding" else op.name)
+        for i, (_, count, _) in enumerate(walks[0].runs):
             # the busiest replica's all-to-alls (they last until it has sent), in order
-            exchanges = iter([op for op in cost.layer_ops(shapes[0], kind, max(local)) if op.category == "ep_comm"])
+            exchanges = iter([op for op in busiest[i][2] if op.category == "ep_comm"])
             together = [op if op.category != "ep_comm" else next(exchanges)
-                        for op in split_at_exchange(cost.layer_ops(shapes[0], kind, shared))[1]]
+                        for op in split_at_exchange(in_step[i][2])[1]]
             # each replica's own ops up to the first all-to-all, then the ops all run in step
-            ops = [split_at_exchange(cost.layer_ops(shape, kind, tokens))[0] + together
-                   for shape, tokens in zip(shapes, local)]
+            ops = [split_at_exchange(walk.runs[i][2])[0] + together for walk in walks]
             for _ in range(count):
                 position = [0] * len(shapes)
                 while True:  # each replica up to its next all-to-all (or the layer's end), then the exchange
                     exchange = None
                     for r, mine in enumerate(ops):
-                        i = position[r]
-                        while i < len(mine) and mine[i].category != "ep_comm":
-                            run(r, mine[i].seconds, mine[i].category, mine[i].name)
-                            i += 1
-                        if i < len(mine):
-                            exchange = mine[i]
-                            i += 1
-                        position[r] = i
+                        j = position[r]
+                        while j < len(mine) and mine[j].category != "ep_comm":
+                            run(r, mine[j].seconds, mine[j].category, mine[j].name)
+                            j += 1
+                        if j < len(mine):
+                            exchange = mine[j]
+                            j += 1
+                        position[r] = j
                     if exchange is None:
                         break
                     done = max(clocks) + exchange.seconds
                     for r in range(len(shapes)):
                         run(r, done - clocks[r], "ep_comm", exchange.name)
-        for r, n in enumerate(logits):
-            if n:
-                run(r, cost.lm_head_time(n), "compute", "lm_head")
-                gather = cost.logits_gather_time(n)
-                if gather:
-                    run(r, gather, "tp_comm", "logits_gather")
+        for r, (walk, n) in enumerate(zip(walks, logits)):
+            if n:  # a replica whose batch samples nothing (a dummy) runs no head
+                for op in walk.epilogue.ops:
+                    run(r, op.seconds, op.category, op.name)
         return max(clocks)
 
     def _span(self, replica: _Replica, slot: _Slot, batch: Batch) -> Span | str:
@@ -330,13 +362,14 @@ class Engine:
         stream = self.stream
         if stream.arrival_s is not None:  # open loop: the next arrival may go to any slot
             next_arrival = float(stream.arrival_s[self.routed]) if self.routed < stream.num_requests else math.inf
-        elif (self.routed == stream.num_requests
-              or replica.outstanding >= max((r.outstanding for r in self.replicas if r is not replica), default=0)):
-            # Closed loop: a request comes only when one finishes, and goes to the replica with the fewest
-            # outstanding. This one's count stays put through a span; the others' never rise above their
-            # largest (the router tops up the smallest), and a finishing one drops below it. So with at least
-            # as many as every other replica, none of their finishes sends it a request (one replica: its own
-            # finishes end its spans anyway).
+        elif (self.routed == stream.num_requests or len(self.replicas) == 1
+              or (self.router.policy == "least_outstanding" and replica.outstanding >= max(
+                  r.outstanding for r in self.replicas if r is not replica))):
+            # Closed loop: a request comes only when one finishes (one replica: its own finishes end its spans
+            # anyway). With least_outstanding it goes to the replica with the fewest outstanding. This one's count
+            # stays put through a span; the others' never rise above their largest (the router tops up the
+            # smallest), and a finishing one drops below it. So with at least as many as every other replica,
+            # none of their finishes sends it a request. Other policies may send it one: the slot steps.
             next_arrival = math.inf
         else:
             return "closed_loop_dp"  # fewer outstanding than another replica: its finishes may come here
@@ -358,7 +391,7 @@ class Engine:
         rec, r, free = self.recorder, replica.index, replica.stage_free_s
         start = max(self.env.now, free[0])
         end = start + self._stage_seconds(replica, 0, batch, start)
-        for s in range(1, self.plan.pp):
+        for s in range(1, replica.pool.pp):
             start = max(end, free[s])  # stage s taken once the batch is done on s-1 and s is free
             send, gather = replica.costs[s - 1].handoff_times(batch.shape.num_tokens)
             sent = start + send
@@ -373,7 +406,7 @@ class Engine:
     def _pipeline(self, replica: _Replica, batch: Batch) -> Process:
         """The batch through every stage, hand-off into stage s, then stage s's work, as events (links are
         shared, so transfers contend): each op in layer mode, each run of compute and each all-reduce in stage mode."""
-        stages, pp = replica.stages, self.plan.pp
+        stages, pp = replica.stages, replica.pool.pp
         held = None
         if pp > 1:
             held = stages[0].request()
@@ -396,16 +429,16 @@ class Engine:
         env, rec, r = self.env, self.recorder, replica.index
         send, gather = replica.costs[s - 1].handoff_times(tokens)
         start = env.now
-        yield from self._over_links(self._links(self.plan.tp_group(r, s - 1) + self.plan.tp_group(r, s)), send)
+        yield from self._over_links(self._links(replica.groups[s - 1] + replica.groups[s]), send)
         rec.busy(r, s - 1, start, env.now, "pp_comm", "handoff")
         replica.stages[s - 1].release(held)
         if gather:
-            yield from self._over_links(self._links(self.plan.tp_group(r, s)), gather)
+            yield from self._over_links(self._links(replica.groups[s]), gather)
         rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
 
     def _stage_seconds(self, replica: _Replica, s: int, batch: Batch, start: float) -> float:
         """Stage granularity: the stage's busy time, recorded from `start`, as one delay."""
-        last = s == self.plan.pp - 1
+        last = s == replica.pool.pp - 1
         compute, comm = replica.costs[s].stage_time(batch.shape, batch.num_logits if last else 0)
         rec = self.recorder
         rec.busy(replica.index, s, start, start + compute, "compute", "layers")
@@ -414,40 +447,41 @@ class Engine:
         return compute + comm
 
     def _stage_segments(self, replica: _Replica, s: int, batch: Batch) -> Process:
-        """Stage granularity where links are contended: each layer as its runs of compute, each one delay, and
-        its all-reduces, each a flow (layer mode's sequence without an event per op), so the stages' and
-        replicas' collectives meet as often as in layer mode. Recorded as stage mode records a stage."""
+        """Stage granularity where links are contended: the stage's walk as its runs of compute, each one delay, and
+        its collectives, each a flow (layer mode's sequence without an event per op), so the stages' and replicas'
+        collectives meet as often as in layer mode. Recorded as stage mode records a stage."""
         env, rec, r = self.env, self.recorder, replica.index
         cost = replica.costs[s]
-        tokens = batch.shape.num_tokens
-        compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
+        num_logits = batch.num_logits if cost.is_last else 0
+        compute, comm = cost.stage_time(batch.shape, num_logits)
+        walk = cost.walk(batch.shape, num_logits)
         segments: dict[str, list[tuple[float, float]]] = {}  # a layer: (compute before a collective, the collective)
-        for kind, _ in cost.layer_counts:
+        for kind, _, ops in walk.runs:
+            if kind in segments:
+                continue
             segments[kind], run = [], 0.0
-            for op in cost.layer_ops(batch.shape, kind):
+            for op in ops:
                 if op.category == "tp_comm":
                     segments[kind].append((run, op.seconds))
                     run = 0.0
                 else:
                     run += op.seconds
             segments[kind].append((run, 0.0))
-        links = self._links(self.plan.tp_group(r, s)) if comm else ()
-        edge_compute, edge_comm = cost.edge_times(tokens)
+        links = self._links(replica.groups[s]) if comm else ()
         start = env.now
-        yield env.timeout(edge_compute)
-        if edge_comm:
-            yield from self._over_links(links, edge_comm)
-        for kind, count in cost.layer_runs:
+        yield env.timeout(walk.prologue.compute)
+        if walk.prologue.comm:
+            yield from self._over_links(links, walk.prologue.comm)
+        for kind, count, _ in walk.runs:
             for _ in range(count):
                 for seconds, collective in segments[kind]:
                     yield env.timeout(seconds)
                     if collective:
                         yield from self._over_links(links, collective)
-        if cost.is_last:
-            yield env.timeout(cost.lm_head_time(batch.num_logits))
-            gather = cost.logits_gather_time(batch.num_logits)
-            if gather:
-                yield from self._over_links(links, gather)
+        if walk.epilogue.ops:
+            yield env.timeout(walk.epilogue.compute)
+            if walk.epilogue.comm:
+                yield from self._over_links(links, walk.epilogue.comm)
         rec.busy(r, s, start, start + compute, "compute", "layers")
         if comm:
             rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
@@ -461,38 +495,18 @@ class Engine:
         yield self.links.transfer(links, seconds)
 
     def _stage_layers(self, replica: _Replica, s: int, batch: Batch) -> Process:
-        env, rec, cost = self.env, self.recorder, replica.costs[s]
-        r = replica.index
-        tokens = batch.shape.num_tokens
-        links = self._links(self.plan.tp_group(r, s)) if self.plan.tp > 1 else ()
-        edge_compute, edge_comm = cost.edge_times(tokens)
-        if cost.is_first:
+        """Layer granularity: an event for every op of the stage's walk, each collective a flow over its links."""
+        env, rec, r = self.env, self.recorder, replica.index
+        links = self._links(replica.groups[s]) if replica.pool.tp > 1 else ()
+        walk = replica.costs[s].walk(batch.shape, batch.num_logits)
+        for op in [*walk.prologue.ops, *(op for _, count, ops in walk.runs for _ in range(count) for op in ops),
+                   *walk.epilogue.ops]:
             start = env.now
-            yield env.timeout(edge_compute)
-            rec.busy(r, s, start, env.now, "compute", "embedding")
-            if edge_comm:
-                start = env.now
-                yield from self._over_links(links, edge_comm)
-                rec.busy(r, s, start, env.now, "tp_comm", "embedding_allreduce")
-        for kind, count in cost.layer_runs:
-            ops = cost.layer_ops(batch.shape, kind)
-            for _ in range(count):
-                for op in ops:
-                    start = env.now
-                    if op.category == "tp_comm":
-                        yield from self._over_links(links, op.seconds)
-                    else:
-                        yield env.timeout(op.seconds)
-                    rec.busy(r, s, start, env.now, op.category, op.name)
-        if cost.is_last:
-            start = env.now
-            yield env.timeout(cost.lm_head_time(batch.num_logits))
-            rec.busy(r, s, start, env.now, "compute", "lm_head")
-            gather = cost.logits_gather_time(batch.num_logits)
-            if gather:
-                start = env.now
-                yield from self._over_links(links, gather)
-                rec.busy(r, s, start, env.now, "tp_comm", "logits_gather")
+            if op.category == "tp_comm":
+                yield from self._over_links(links, op.seconds)
+            else:
+                yield env.timeout(op.seconds)
+            rec.busy(r, s, start, env.now, op.category, op.name)
 
     # -- a batch is done: tokens out, requests finish ------------------------------------------------
     def _complete(self, replica: _Replica, slot: _Slot, batch: Batch) -> None:
@@ -526,14 +540,14 @@ def _contended(plan: Plan) -> bool:
     """Whether two transfers can ever overlap on a shared link: a link used by the collectives of more than one
     (replica, stage), or by a hand-off and anything else. One stage's own collectives never overlap each other."""
     users: dict[str, set[tuple[int, int, str]]] = {}
-    for r in range(plan.dp):
-        for s in range(plan.pp):
-            group = plan.tp_group(r, s)
-            if plan.tp > 1:
+    for r, (pool, local) in enumerate(plan.replicas):
+        for s in range(pool.pp):
+            group = pool.tp_group(local, s)
+            if pool.tp > 1:
                 for link in shared_links(plan.cluster, group):
                     users.setdefault(link, set()).add((r, s, "tp"))
             if s:
-                for link in shared_links(plan.cluster, plan.tp_group(r, s - 1) + group) + shared_links(
+                for link in shared_links(plan.cluster, pool.tp_group(local, s - 1) + group) + shared_links(
                         plan.cluster, group):
                     users.setdefault(link, set()).add((r, s, "handoff"))
     return any(len(who) > 1 for who in users.values())

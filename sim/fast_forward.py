@@ -25,7 +25,7 @@ from splitsim.models.ops import BatchShape
 from splitsim.sim.costs import StageCosts
 from splitsim.sim.metrics import HistogramBuffer
 from splitsim.sim.recorder import Recorder
-from splitsim.sim.scheduler import Batch, Scheduler
+from splitsim.sim.scheduler import Batch, SlotScheduler
 
 MIN_SPAN = 4  # shorter spans step: numpy's fixed cost (~30 µs) exceeds what three SimPy steps cost
 
@@ -61,7 +61,7 @@ class Span:
         return len(self.ends)
 
 
-def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next_arrival_s: float,
+def plan_span(slot: SlotScheduler, batch: Batch, costs: StageCosts, now: float, next_arrival_s: float,
               max_steps: int) -> Span | str:
     """The longest span of at most `max_steps` steps starting with `batch` at `now` that nothing can change,
     or the reason why this batch must step alone. `batch` was just formed by `slot` (its KV blocks for this
@@ -87,7 +87,7 @@ def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next
         if horizon < MIN_SPAN:
             return "arrival"
     contexts = batch.shape.decode_context + n * np.arange(horizon, dtype=np.int64)
-    local = costs.plan.model.local_attention
+    local = costs.model.local_attention
     seen = None if local is None else local_contexts(
         np.array([request.prompt + slot.generated(request) for request in decode], dtype=np.int64), horizon, *local)
     compute, comm = costs.decode_stage_times(n, contexts, seen)
@@ -101,7 +101,7 @@ def plan_span(slot: Scheduler, batch: Batch, costs: StageCosts, now: float, next
         if steps < MIN_SPAN:
             return "kv_blocks"
     ends = ends[:steps]
-    return Span(np.concatenate(([now], ends[:-1])), ends, compute[:steps], comm, _admission_kv_blocked(slot, n),
+    return Span(np.concatenate(([now], ends[:-1])), ends, compute[:steps], comm, slot.policy.admits_each_step(slot, n),
                 None if seen is None else seen[:steps])
 
 
@@ -119,19 +119,7 @@ def local_contexts(contexts: np.ndarray, horizon: int, kind: str, span: int) -> 
     return below[growing] + growing * steps + (len(ordered) - growing) * span  # type: ignore[no-any-return]
 
 
-def _admission_kv_blocked(slot: Scheduler, n: int) -> bool:
-    """Whether each formation of the span tries to admit the head of the queue and fails for want of KV
-    blocks (counted in `kv_blocked`). It failed in the formation that made the span's first batch, and
-    fails again in every later one: the span's formations only take blocks."""
-    if not slot.waiting or len(slot.running) >= slot.config.max_num_seqs:
-        return False
-    head = slot.waiting[0]
-    if slot.config.policy == "chunked":
-        return slot.config.max_batched_tokens > n
-    return head.prompt + head.generated <= slot.config.max_batched_tokens
-
-
-def _blocks_needed(slot: Scheduler, batch: Batch, steps: int) -> int:
+def _blocks_needed(slot: SlotScheduler, batch: Batch, steps: int) -> int:
     """New KV blocks the formations inside a span of `steps` steps take (their tokens: prompt + generated)."""
     block = slot.kv.block
     need = 0
@@ -142,9 +130,9 @@ def _blocks_needed(slot: Scheduler, batch: Batch, steps: int) -> int:
     return need
 
 
-def _within_free_blocks(slot: Scheduler, batch: Batch, steps: int) -> int:
+def _within_free_blocks(slot: SlotScheduler, batch: Batch, steps: int) -> int:
     """The longest span up to `steps` whose formations' new blocks all fit in the free ones."""
-    free = slot.kv.free
+    free = slot.kv.free_blocks
     if _blocks_needed(slot, batch, steps) <= free:
         return steps
     low, high = 1, steps  # _blocks_needed(low) fits (nothing new before formation 1), high does not
@@ -157,7 +145,7 @@ def _within_free_blocks(slot: Scheduler, batch: Batch, steps: int) -> int:
     return low
 
 
-def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, recorder: Recorder,
+def apply_span(slot: SlotScheduler, batch: Batch, span: Span, itl: HistogramBuffer, recorder: Recorder,
                replica: int) -> None:
     """Complete the span's steps but the last, as stepping would have, and make `batch` the last step's.
 
@@ -170,7 +158,7 @@ def apply_span(slot: Scheduler, batch: Batch, span: Span, itl: HistogramBuffer, 
     gaps = np.diff(np.concatenate(([slot.last_end], ends[:-1])))  # each step's gap since the previous token
     itl.extend_steps(gaps, n)
     for request in slot.advance(k - 1, gaps):  # tokens whose new blocks the span's formations took
-        taken = slot.kv.hold(request, request.prompt + slot.generated(request))
+        taken = slot.kv.allocate(request, request.prompt + slot.generated(request))
         assert taken, "plan_span checked that the span's blocks fit"
         slot.reschedule(request)
     slot.context += (k - 1) * n

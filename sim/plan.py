@@ -1,8 +1,14 @@
-"""The plan: a scenario resolved into placed GPU groups, per-stage layers, memory and KV capacity.
+"""The plan: a scenario resolved into a deployment of pools, each of placed GPU groups, per-stage layers, memory
+and KV capacity; the engine reads the plan and never the scenario.
 
-Layout and memory checks live here (the schema's are in `splitsim.scenario`); each raises one
-`ScenarioError` line with the numbers. GPUs are placed in the order `parallel.order` names, TP
-innermost, so a TP group takes adjacent GPUs of one node whenever it fits in one.
+A pool is a set of identical replicas with one layout, scheduler and KV cache, on its own ordered list of the
+cluster's GPUs; an aggregated deployment (`parallel`, or `deployment: {kind: aggregated}`) is one pool of role
+`both`, on GPUs 0…tp·pp·dp−1. Within a pool, GPUs are placed in the order `order` names, TP innermost, so a TP
+group takes adjacent GPUs of one node whenever it fits in one. The replicas of every pool are numbered in one
+sequence (`Plan.replicas`), which is how the engine's records key them.
+
+Layout and memory checks live here (the schema's are in `splitsim.scenario`); each raises one `ScenarioError`
+line with the numbers, naming the pool's field as the user wrote it (`parallel.tp` or `deployment.tp`).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -20,24 +27,26 @@ from splitsim.hardware.cluster import ClusterSpec
 from splitsim.hardware.profile import HardwareProfile, apply_profile, load_profile
 from splitsim.models.ops import Sharding
 from splitsim.models.precision import ACTIVATION_BYTES, BYTES_PER_ELEMENT, compute_dtype
-from splitsim.models.spec import ModelSpec, load_model
-from splitsim.scenario import Scenario, describe_validation_error
-from splitsim.sim.defaults import ENGINES, resolve_memory, resolve_scheduler
-from splitsim.sim.scheduler import KvPool, LocalKvPool, stage_kv_tokens
+from splitsim.models.spec import ModelSpec, load_model, pp_layer_counts
+from splitsim.scenario import (
+    Memory,
+    Moe,
+    Parallel,
+    Precision,
+    RouterPolicy,
+    Scenario,
+    Scheduler,
+    describe_validation_error,
+    overridden,
+)
+from splitsim.sim.batching import BatchPolicy
+from splitsim.sim.defaults import ENGINES, ServingEngine, resolve_memory, resolve_scheduler
+from splitsim.sim.kv_cache import KvManager, PagedKvManager, WindowedKvManager, stage_kv_tokens
 from splitsim.sim.workload import RequestStream
 
 GIB = 2.0**30
 MAX_REQUESTS = 10_000_000  # measured: 10^6 requests take ~140 s and 430 MiB (benchmarks/bench_engine.py)
 MAX_ARRIVAL_S = 1e9  # beyond it, float64 seconds resolve no better than ~0.1 µs: kernel times would blur
-
-
-def pp_layer_counts(num_layers: int, pp: int) -> list[int]:
-    """Layers per stage as vLLM splits them (`get_pp_indices`): the remainder goes one each to the
-    stages before the last, from the second-to-last backwards, since the last stage holds the LM head."""
-    counts = [num_layers // pp] * pp
-    for i in range(2, num_layers % pp + 2):
-        counts[-i] += 1
-    return counts
 
 
 def _divisors(n: int) -> str:
@@ -57,44 +66,51 @@ class Stage:
         return range(self.first_layer, self.first_layer + self.num_layers)
 
 
-class Plan:
-    """Everything the engine needs that does not change during a run, resolved: the engine reads these
-    attributes and never the scenario (kept only to report what was asked)."""
+Granularity = Literal["stage", "layer"]
+PoolRole = Literal["both"]  # prefill and decode pools come with disaggregated serving (issue 24)
 
-    def __init__(self, scenario: Scenario, model: ModelSpec, cluster: ClusterSpec) -> None:
-        self.scenario = scenario
+
+class Pool:
+    """One pool's replicas, resolved: layout, GPUs, scheduler, memory, sharding and KV capacity. Everything the
+    engine needs of it that does not change during a run."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, engine: ServingEngine, layout: Parallel,
+                 gpus: tuple[int, ...], scheduler: Scheduler, memory: Memory, precision: Precision, moe: Moe,
+                 index: int = 0, role: PoolRole = "both", field: str = "parallel") -> None:
+        self.index, self.role, self.field = index, role, field
         self.model = model
         self.cluster = cluster
-        par = scenario.parallel
-        self.tp, self.pp, self.dp, self.ep = par.tp, par.pp, par.dp, par.ep
-        self.order = par.order
-        self.granularity = scenario.sim.granularity
-        self.engine = ENGINES[scenario.engine]
-        self.scheduler = resolve_scheduler(scenario.scheduler, scenario.memory, cluster.gpu, self.engine)
-        sizes = self.engine.graph_sizes(self.scheduler.max_num_seqs, self.scheduler.max_batched_tokens)
+        self.tp, self.pp, self.dp, self.ep = layout.tp, layout.pp, layout.dp, layout.ep
+        self.order = layout.order
+        self.gpus = gpus  # the cluster's GPUs this pool occupies, in placement order
+        self.engine = engine
+        self.scheduler = resolve_scheduler(scheduler, memory, cluster.gpu, engine)
+        self.batch_policy = BatchPolicy(self.scheduler.policy)
+        sizes = engine.graph_sizes(self.scheduler.max_num_seqs, self.scheduler.max_batched_tokens)
         # padded_tokens[t]: the token count a batch of t runs as (its CUDA graph's); beyond the list, t itself
         self.padded_tokens: tuple[int, ...] = tuple(
             next(size for size in sizes if size >= t) for t in range(sizes[-1] + 1)) if sizes else ()
-        memory = resolve_memory(scenario.memory, self.engine)
-        self.gpu_utilization = memory.gpu_utilization
-        self.block_size = memory.block_size
-        weights = scenario.precision.weights or model.default_weight_dtype
-        kv = scenario.precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
+        resolved_memory = resolve_memory(memory, engine)
+        self.gpu_utilization = resolved_memory.gpu_utilization
+        self.block_size = resolved_memory.block_size
+        weights = precision.weights or model.default_weight_dtype
+        kv = precision.kv_cache or ("fp16" if weights == "fp16" else "bf16")
         # The experts span the replicas (attention data-parallel, lockstep) when EP is wider than one TP group.
         self.attention_dp = self.dp > 1 and self.ep > 1 and self.tp % self.ep != 0
         # an explicit precision.weights overrides the checkpoint's, experts' own format included
-        experts = model.expert_weight_dtype if scenario.precision.weights is None else None
+        experts = model.expert_weight_dtype if precision.weights is None else None
         gpu = cluster.gpu
         self.sharding = Sharding(self.tp, weights, kv, compute_dtype(weights, gpu.has_fp8, gpu.has_fp4),
-                                 self.ep, self.dp if self.attention_dp else 1, scenario.moe.imbalance,
-                                 scenario.moe.redundant_experts, experts,
+                                 self.ep, self.dp if self.attention_dp else 1, moe.imbalance,
+                                 moe.redundant_experts, experts,
                                  compute_dtype(experts, gpu.has_fp8, gpu.has_fp4) if experts else None)
 
     # -- placement -------------------------------------------------------------------------------
     def gpu(self, replica: int, stage: int, rank: int) -> int:
+        """The cluster GPU of `rank` in `replica`'s TP group of `stage`."""
         if self.order == "tp-pp-dp":
-            return (replica * self.pp + stage) * self.tp + rank
-        return (stage * self.dp + replica) * self.tp + rank
+            return self.gpus[(replica * self.pp + stage) * self.tp + rank]
+        return self.gpus[(stage * self.dp + replica) * self.tp + rank]
 
     def tp_group(self, replica: int, stage: int) -> list[int]:
         return [self.gpu(replica, stage, rank) for rank in range(self.tp)]
@@ -187,12 +203,12 @@ class Plan:
         layers = self.kv_layers
         return tokens if layers is None else stage_kv_tokens(tokens, *layers)
 
-    def kv_pool(self) -> KvPool:
+    def kv_manager(self) -> KvManager:
         """One PP slot's KV cache, as the engine's scheduler holds it."""
         layers = self.kv_layers
         if layers is None:
-            return KvPool(self.kv_blocks_per_slot, self.block_size)
-        return LocalKvPool(self.kv_blocks_per_slot, self.block_size, *layers)
+            return PagedKvManager(self.kv_blocks_per_slot, self.block_size)
+        return WindowedKvManager(self.kv_blocks_per_slot, self.block_size, *layers)
 
     @property
     def kv_blocks_per_slot(self) -> int:
@@ -210,28 +226,28 @@ class Plan:
         model, cluster, tp, pp = self.model, self.cluster, self.tp, self.pp
         if self.num_gpus > cluster.num_gpus:
             raise ScenarioError(
-                f"parallel: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
+                f"{self.field}: tp×pp×dp = {tp}×{pp}×{self.dp} = {self.num_gpus} GPUs, but cluster "
                 f"{cluster.name} has {cluster.num_gpus} GPUs (use at most {cluster.num_gpus})"
             )
         problem = model.tp_problem(tp, self.ep, 1 if self.attention_dp else None)  # spread experts: checked below
         if problem:
             valid = ", ".join(map(str, model.valid_tp()))
-            raise ScenarioError(f"parallel.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
+            raise ScenarioError(f"{self.field}.tp = {tp}: {model.name}'s {problem} (valid: {valid})")
         if pp > model.num_layers:
-            raise ScenarioError(f"parallel.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
+            raise ScenarioError(f"{self.field}.pp = {pp} exceeds {model.name}'s {model.num_layers} layers")
         ep = self.ep
         if ep > 1:
             if model.moe is None or "moe" not in model.layer_kinds:
-                raise ScenarioError(f"parallel.ep = {ep}: {model.name} has no experts (valid: 1)")
+                raise ScenarioError(f"{self.field}.ep = {ep}: {model.name} has no experts (valid: 1)")
             if (tp * self.dp) % ep:
-                raise ScenarioError(f"parallel.ep = {ep}: the experts spread over a divisor of tp × dp = "
+                raise ScenarioError(f"{self.field}.ep = {ep}: the experts spread over a divisor of tp × dp = "
                                     f"{tp * self.dp} GPUs (valid: {_divisors(tp * self.dp)})")
             if self.attention_dp and pp > 1:
-                raise ScenarioError(f"parallel.pp = {pp}: experts spread over the replicas (ep = {ep}, not a divisor "
-                                    f"of tp = {tp}) are modelled without pipeline stages (valid: pp = 1, or ep "
-                                    "dividing tp)")
+                raise ScenarioError(f"{self.field}.pp = {pp}: experts spread over the replicas (ep = {ep}, not a "
+                                    f"divisor of tp = {tp}) are modelled without pipeline stages (valid: pp = 1, "
+                                    "or ep dividing tp)")
             if model.moe.num_experts % ep:
-                raise ScenarioError(f"parallel.ep = {ep}: {model.name}'s {model.moe.num_experts} experts do not "
+                raise ScenarioError(f"{self.field}.ep = {ep}: {model.name}'s {model.moe.num_experts} experts do not "
                                     f"spread evenly over {ep} GPUs")
             split = self.sharding.moe_tp
             if model.moe.intermediate_size % split:
@@ -239,7 +255,7 @@ class Plan:
                           if (tp * self.dp) % d == 0 and (tp % d == 0 or pp == 1)}  # ep: each expert's split
                 eps = [d for d, ways in splits.items()
                        if model.moe.num_experts % d == 0 and model.moe.intermediate_size % ways == 0]
-                raise ScenarioError(f"parallel.ep = {ep}: each expert would be split over {split} GPUs, but "
+                raise ScenarioError(f"{self.field}.ep = {ep}: each expert would be split over {split} GPUs, but "
                                     f"{model.name}'s expert intermediate size {model.moe.intermediate_size} does "
                                     f"not split {split} ways (valid: {', '.join(map(str, eps))})")
             if self.attention_dp:
@@ -248,28 +264,28 @@ class Plan:
                 if len(per_node) > 1:
                     g = cluster.gpus_per_node
                     raise ScenarioError(
-                        f"parallel.dp = {self.dp}: the experts' tp × dp = {tp * self.dp} GPUs would sit "
+                        f"{self.field}.dp = {self.dp}: the experts' tp × dp = {tp * self.dp} GPUs would sit "
                         f"{' and '.join(map(str, per_node))} to a node; an all-to-all needs as many on each "
                         f"(valid: tp × dp a divisor of {g} or a multiple of it)")
         self._check_moe()
         g = cluster.gpus_per_node
         if g % tp and tp % g:
             raise ScenarioError(
-                f"parallel.tp = {tp}: a TP group must fill whole nodes or fit evenly in one "
+                f"{self.field}.tp = {tp}: a TP group must fill whole nodes or fit evenly in one "
                 f"({cluster.name} has {g} GPUs per node; valid: {_divisors(g)} or multiples of {g})"
             )
 
     def _check_moe(self) -> None:
         """The scenario's `moe` section against the model and layout."""
-        moe, settings, ep = self.model.moe, self.scenario.moe, self.ep
-        extra = settings.redundant_experts
+        moe, ep = self.model.moe, self.ep
+        extra, imbalance = self.sharding.redundant_experts, self.sharding.expert_imbalance
         if extra and (moe is None or ep == 1 or (moe.num_experts + extra) % ep):
             experts = f"{moe.num_experts} experts" if moe is not None else "experts (the model has none)"
             raise ScenarioError(f"moe.redundant_experts = {extra}: EPLB spreads the {experts} and their copies "
-                                f"evenly over parallel.ep = {ep} ranks (valid: 0, or with ep > 1 a count making "
+                                f"evenly over {self.field}.ep = {ep} ranks (valid: 0, or with ep > 1 a count making "
                                 "experts + copies a multiple of ep)")
-        if settings.imbalance is not None and moe is not None and settings.imbalance > moe.num_experts / moe.top_k:
-            raise ScenarioError(f"moe.imbalance = {settings.imbalance:g}: an expert gets at most every token, "
+        if imbalance is not None and moe is not None and imbalance > moe.num_experts / moe.top_k:
+            raise ScenarioError(f"moe.imbalance = {imbalance:g}: an expert gets at most every token, "
                                 f"{moe.num_experts}/{moe.top_k} = {moe.num_experts / moe.top_k:g} times the mean "
                                 f"(valid: 1 to {moe.num_experts / moe.top_k:g})")
 
@@ -294,9 +310,64 @@ class Plan:
                     f"{self.gpu_utilization}); raise tp×pp or use smaller weights"
                 )
 
+    def check_requests(self, longest: int, longest_prompt: int) -> None:
+        """The longest request (`longest` tokens, prompt and output) must fit one replica's KV cache; without
+        chunking, a whole prompt (after a preemption: prompt and output so far) must fit one batch."""
+        slot_tokens = self.kv_blocks_per_slot * self.block_size
+        needed = self.kv_tokens_needed(longest)  # fewer than `longest` where layers keep a window only
+        if slot_tokens < needed and self.block_size > longest:
+            raise ScenarioError(
+                f"memory.block_size = {self.block_size}: a block is larger than the longest request ({longest} "
+                f"tokens) and leaves {slot_tokens} tokens of KV cache per slot (vLLM on CUDA uses 16)")
+        if slot_tokens < needed:
+            split = f" ({slot_tokens} per pipeline slot: vLLM splits it between its {self.pp} PP virtual engines)" \
+                if self.pp > 1 else ""
+            windowed = ", its local layers keeping a window" if needed < longest else ""
+            raise ScenarioError(
+                f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights{split}, "
+                f"but one request needs up to {needed} (prompt + output{windowed}); raise tp×pp or shorten requests"
+            )
+        self.batch_policy.check_fit(self.scheduler, longest, longest_prompt)
+
+
+class Plan:
+    """A deployment, resolved: the model, the cluster, its pools and how the run is simulated. The engine reads
+    these attributes and never the scenario."""
+
+    def __init__(self, model: ModelSpec, cluster: ClusterSpec, pools: tuple[Pool, ...],
+                 granularity: Granularity = "stage", fast_forward: bool = True, contention: bool = True,
+                 router: RouterPolicy = "least_outstanding") -> None:
+        self.model = model
+        self.cluster = cluster
+        self.pools = pools
+        self.router = router  # which replica a new request goes to (sim/router.py)
+        self.granularity = granularity
+        self.fast_forward = fast_forward  # fold runs of identical decode steps (exact)
+        self.contention = contention  # stage mode: transfers share links fairly where some link has two users
+        # every pool's replicas in one sequence: the engine's and its records' replica numbers
+        self.replicas: tuple[tuple[Pool, int], ...] = tuple((pool, r) for pool in pools for r in range(pool.dp))
+
+    @property
+    def pool(self) -> Pool:
+        """The pool of an aggregated deployment (its only one)."""
+        assert len(self.pools) == 1, "a deployment of several pools has no single pool"
+        return self.pools[0]
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(pool.num_gpus for pool in self.pools)
+
+    def check_layout(self) -> None:
+        for pool in self.pools:
+            pool.check_layout()
+
+    def check_memory(self) -> None:
+        for pool in self.pools:
+            pool.check_memory()
+
     def check_requests(self, stream: RequestStream) -> None:
-        """The longest request must fit the model's context and one replica's KV cache; without chunking,
-        a whole prompt (after a preemption: prompt and output so far) must fit one batch."""
+        """The longest request must fit the model's context and every pool's KV cache; without chunking, a
+        whole prompt (after a preemption: prompt and output so far) must fit one batch."""
         if stream.num_requests > MAX_REQUESTS:
             raise ScenarioError(f"workload: {stream.num_requests} requests, more than the {MAX_REQUESTS:,} one run "
                                 f"holds (about 4 GB and an hour here); split the workload")
@@ -313,30 +384,8 @@ class Plan:
                 f"workload: request {i} has {longest} tokens (prompt {stream.prompt_tokens[i]} + output "
                 f"{stream.output_tokens[i]}), beyond {self.model.name}'s max_position_embeddings = "
                 f"{self.model.max_position_embeddings} (workload.overlong: refuse | truncate | skip)")
-        slot_tokens = self.kv_blocks_per_slot * self.block_size
-        needed = self.kv_tokens_needed(longest)  # fewer than `longest` where layers keep a window only
-        if slot_tokens < needed and self.block_size > longest:
-            raise ScenarioError(
-                f"memory.block_size = {self.block_size}: a block is larger than the longest request ({longest} "
-                f"tokens) and leaves {slot_tokens} tokens of KV cache per slot (vLLM on CUDA uses 16)")
-        if slot_tokens < needed:
-            split = f" ({slot_tokens} per pipeline slot: vLLM splits it between its {self.pp} PP virtual engines)" \
-                if self.pp > 1 else ""
-            windowed = ", its local layers keeping a window" if needed < longest else ""
-            raise ScenarioError(
-                f"memory: the KV cache holds {self.kv_cache_tokens} tokens per replica after weights{split}, "
-                f"but one request needs up to {needed} (prompt + output{windowed}); raise tp×pp or shorten requests"
-            )
-        sched = self.scheduler
-        if sched.policy == "prefill_first":
-            need = longest if sched.kv_allocation == "on_demand" else int(stream.prompt_tokens.max())
-            what = "prompt + output (a preempted request prefills both)" if sched.kv_allocation == "on_demand" \
-                else "prompt"
-            if need > sched.max_batched_tokens:
-                raise ScenarioError(
-                    f"workload: a {what} of {need} tokens exceeds scheduler.max_batched_tokens = "
-                    f"{sched.max_batched_tokens} with scheduler.policy = prefill_first (raise max_batched_tokens "
-                    f"to at least {need} or use policy chunked)")
+        for pool in self.pools:
+            pool.check_requests(longest, int(stream.prompt_tokens.max()))
 
 
 def read_profile(path: str | Path) -> HardwareProfile:
@@ -368,8 +417,19 @@ def resolve_inputs(scenario: Scenario) -> Scenario:
 
 
 def build_plan(scenario: Scenario) -> Plan:
-    """Resolve the model and cluster, then check layout and memory (in that order)."""
-    plan = Plan(scenario, *_inputs(scenario))
+    """Resolve the model, cluster and pools, then check layout and memory (in that order)."""
+    model, cluster = _inputs(scenario)
+    engine = ENGINES[scenario.engine]
+    given = scenario.deployment
+    layout: Parallel = scenario.parallel if given is None else given
+    pool = Pool(model, cluster, engine, layout, tuple(range(layout.num_gpus)),
+                overridden(scenario.scheduler, given and given.scheduler),
+                overridden(scenario.memory, given and given.memory),
+                overridden(scenario.precision, given and given.precision), scenario.moe,
+                field="parallel" if given is None else "deployment")
+    options = scenario.sim
+    plan = Plan(model, cluster, (pool,), options.granularity, options.fast_forward, options.contention,
+                scenario.router.policy)
     plan.check_layout()
     plan.check_memory()
     return plan

@@ -2,7 +2,8 @@
 
 Totals cover the whole run; intervals (for gpus.csv, the trace and the timeline) only those that
 overlap the window `[start, end)`, so long runs stay small. All TP ranks of a stage do the same thing at the same time,
-so records are per (replica, stage) and expand to GPUs at export.
+so records are per (replica, stage) and expand to GPUs at export. Replicas are numbered over every pool
+(`Plan.replicas`): the plan says which pool and which of its replicas a number is.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ _BUSY_INDEX = {"compute": 0, "tp_comm": 1, "pp_comm": 2, "ep_comm": 3}
 
 
 class Recorder:
-    def __init__(self, dp: int, pp: int, window: tuple[float, float]) -> None:
+    def __init__(self, stages: list[int], window: tuple[float, float]) -> None:
+        """`stages[r]`: the pipeline stages of replica r (the run's numbering, `Plan.replicas`)."""
         self.window_start, self.window_end = window
-        self.busy_s = [[[0.0, 0.0, 0.0, 0.0] for _ in range(pp)] for _ in range(dp)]
+        dp = len(stages)
+        self.busy_s = [[[0.0, 0.0, 0.0, 0.0] for _ in range(pp)] for pp in stages]
         # (replica, stage, start_s, end_s, category, name) inside the window
         self.intervals: list[tuple[int, int, float, float, str, str]] = []
         self.inflight_s = [0.0] * dp

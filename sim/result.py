@@ -17,7 +17,8 @@ import pandas as pd
 from splitsim.sim.metrics import distribution_stats
 from splitsim.sim.recorder import CATEGORIES, Recorder
 from splitsim.sim.records import Moment, RunRecords
-from splitsim.sim.slo import Slo, evaluate, goodput
+from splitsim.sim.slo_checks import evaluate, goodput
+from splitsim.slo import Slo
 
 REQUEST_COLUMNS = ["request_id", "arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens",
                    "ttft_s", "tpot_s", "e2e_s", "replica", "queue_s", "preemptions", "itl_max_s"]
@@ -41,19 +42,20 @@ def requests_frame(columns: dict[str, np.ndarray]) -> pd.DataFrame:
     }, copy=False)
 
 
-def gpu_time_totals(recorder: Recorder, tp: int, sim_time_s: float) -> dict[str, float]:
-    """Seconds per category summed over the layout's GPUs: busy time as recorded, bubble the rest of
-    the time a replica had a batch in flight, idle the time it had none."""
+def gpu_time_totals(recorder: Recorder, tp: list[int], sim_time_s: float) -> dict[str, float]:
+    """Seconds per category summed over the deployment's GPUs (`tp[r]`: replica r's TP degree): busy time as
+    recorded, bubble the rest of the time a replica had a batch in flight, idle the time it had none."""
     totals = dict.fromkeys(CATEGORIES, 0.0)
     for replica, stages in enumerate(recorder.busy_s):
         inflight = recorder.inflight_s[replica]
+        ranks = tp[replica]
         for compute, tp_comm, pp_comm, ep_comm in stages:
-            totals["compute"] += tp * compute
-            totals["tp_comm"] += tp * tp_comm
-            totals["pp_comm"] += tp * pp_comm
-            totals["ep_comm"] += tp * ep_comm
-            totals["bubble"] += tp * max(0.0, inflight - compute - tp_comm - pp_comm - ep_comm)
-            totals["idle"] += tp * max(0.0, sim_time_s - inflight)
+            totals["compute"] += ranks * compute
+            totals["tp_comm"] += ranks * tp_comm
+            totals["pp_comm"] += ranks * pp_comm
+            totals["ep_comm"] += ranks * ep_comm
+            totals["bubble"] += ranks * max(0.0, inflight - compute - tp_comm - pp_comm - ep_comm)
+            totals["idle"] += ranks * max(0.0, sim_time_s - inflight)
     return totals
 
 
@@ -150,3 +152,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def layout_label(parallel: dict) -> str:
+    """'TP8 × PP1 × DP1', with ' × EP n' when the experts are spread, and where: over the replicas (attention
+    data-parallel) or within each replica's TP group."""
+    label = f"TP{parallel['tp']} × PP{parallel['pp']} × DP{parallel['dp']}"
+    ep = parallel.get("ep", 1)
+    if ep == 1:
+        return label
+    return label + f" × EP{ep}" + (" (attention-DP)" if parallel["tp"] % ep else "")

@@ -1,12 +1,5 @@
-"""Continuous batching for one scheduler (one slot of a replica): which requests run in the next batch,
-and where their KV-cache blocks come from.
-
-Policies (`policy`):
-- `chunked` (vLLM V1, Sarathi-Serve): running requests first, in the order they were admitted (a
-  decode takes one token, an unfinished prefill the rest of its prompt up to the budget), then new
-  prompts, chunked to fill `max_batched_tokens`; decodes never stall behind a whole prompt.
-- `prefill_first` (vLLM V0 without chunked prefill): when waiting requests can be admitted, the next
-  batch prefills them whole and the running decodes wait for it.
+"""Continuous batching for one scheduler (one slot of a replica): its queues, its requests' progress, and where
+their KV-cache blocks come from. Which requests run in the next batch is its batch policy's (sim/batching.py).
 
 KV allocation (`kv_allocation`):
 - `reserve`: a request takes blocks for its prompt and whole output when admitted (TRT-LLM's
@@ -29,12 +22,13 @@ from __future__ import annotations
 from array import array
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from splitsim.models.ops import BatchShape, local_positions
 from splitsim.models.spec import AttentionKind
+from splitsim.sim.kv_cache import KvManager
 from splitsim.sim.metrics import HistogramBuffer
 
 GAP_LOG_LIMIT = 1 << 20  # lockstep gaps kept per slot before the ones no request needs are dropped
@@ -79,79 +73,12 @@ class Batch:
     every_decode: bool  # every decoding request of the slot is in `decode`
 
 
-class KvPool:
-    """A replica's KV cache, in blocks of `block` tokens, shared by its slots."""
+class FormsBatches(Protocol):
+    """A batch policy (sim/batching.py `BatchPolicy`), as a slot uses it."""
 
-    __slots__ = ("free", "block")
+    def form(self, slot: SlotScheduler, now: float) -> Batch | None: ...
 
-    def __init__(self, blocks: int, block: int) -> None:
-        self.free = blocks
-        self.block = block
-
-    def hold(self, request: Request, tokens: int) -> bool:
-        """Make `request` hold blocks for `tokens` tokens; False, taking nothing, if too few are free."""
-        need = -(-tokens // self.block) - request.kv_blocks
-        if need > self.free:
-            return False
-        if need > 0:
-            self.free -= need
-            request.kv_blocks += need
-            request.room = request.kv_blocks * self.block - request.prompt
-        return True
-
-    def release(self, request: Request) -> None:
-        self.free += request.kv_blocks
-        request.kv_blocks = 0
-        request.room = 0
-
-
-class LocalKvPool(KvPool):
-    """A KV cache whose sliding or chunked layers keep only the positions in view (vLLM's hybrid KV cache
-    manager frees their blocks beyond it). Each pipeline stage holds its own layers: on a stage of F full and S
-    local layers a request of t tokens holds t on the full ones and at most `span` on the local ones (`kv_tokens`),
-    in tokens of all that stage's layers; a block is that many tokens on every stage, so the stage needing the
-    most decides."""
-
-    __slots__ = ("stages", "span")
-
-    def __init__(self, blocks: int, block: int, stages: tuple[tuple[int, int], ...], span: int) -> None:
-        super().__init__(blocks, block)
-        self.stages, self.span = stages, span  # (full, local) layers of each stage
-
-    def hold(self, request: Request, tokens: int) -> bool:
-        need = -(-stage_kv_tokens(tokens, self.stages, self.span) // self.block) - request.kv_blocks
-        if need > self.free:
-            return False
-        if need > 0:
-            self.free -= need
-            request.kv_blocks += need
-            request.room = self._tokens_in(request.kv_blocks) - request.prompt
-        return True
-
-    def _tokens_in(self, blocks: int) -> int:
-        """The most tokens a request holding `blocks` blocks can have: `stage_kv_tokens` inverted (the stage
-        that runs out first)."""
-        most = 2**62
-        for full, local in self.stages:
-            layers = full + local
-            capacity = blocks * self.block * layers  # token-layers on this stage
-            if capacity < layers * self.span:
-                most = min(most, capacity // layers)
-            elif full:
-                most = min(most, (capacity - local * self.span) // full)
-        return most
-
-
-def kv_tokens(tokens: int, full: int, local: int, span: int) -> int:
-    """KV a request of `tokens` tokens holds on a stage of `full` and `local` layers, in tokens of all its layers
-    (rounded up): full layers keep all of them, local ones the `span` in view (the window plus the block it starts
-    in)."""
-    return -(-(full * tokens + local * min(tokens, span)) // (full + local))
-
-
-def stage_kv_tokens(tokens: int, stages: tuple[tuple[int, int], ...], span: int) -> int:
-    """`kv_tokens` on the stage that needs the most."""
-    return max(kv_tokens(tokens, full, local, span) for full, local in stages)
+    def admits_each_step(self, slot: SlotScheduler, decodes: int) -> bool: ...
 
 
 class Occupancy:
@@ -174,7 +101,7 @@ class SchedulerConfig:
     kv_allocation: KvAllocation
 
 
-class Scheduler:
+class SlotScheduler:
     """One slot's queues and its requests' progress: `waiting` (FCFS; preempted requests at the front) and
     `running` (admission order). `next_batch` forms a batch; `complete` hands out its tokens.
 
@@ -187,13 +114,14 @@ class Scheduler:
     order; their `last_token_s` is `last_end` until the lockstep breaks, when every decode is synced and
     stepped one by one."""
 
-    __slots__ = ("config", "kv", "occupancy", "waiting", "running", "on_demand", "preempted", "kv_blocked",
+    __slots__ = ("config", "policy", "kv", "occupancy", "waiting", "running", "on_demand", "preempted", "kv_blocked",
                  "needs_block", "context", "itl", "in_step", "last_end", "tick", "gaps", "gap_offset", "due",
                  "admissions", "local")
 
-    def __init__(self, config: SchedulerConfig, kv: KvPool, occupancy: Occupancy, itl: HistogramBuffer,
-                 local: tuple[AttentionKind, int] | None = None) -> None:
+    def __init__(self, config: SchedulerConfig, policy: FormsBatches, kv: KvManager, occupancy: Occupancy,
+                 itl: HistogramBuffer, local: tuple[AttentionKind, int] | None = None) -> None:
         self.config = config
+        self.policy = policy
         self.local = local  # the model's sliding or chunked attention (kind, span): decodes see less in those layers
         self.kv = kv
         self.occupancy = occupancy
@@ -214,12 +142,11 @@ class Scheduler:
         self.admissions = 0
 
     def next_batch(self, now: float) -> Batch | None:
-        """The next batch, admitting waiting requests into `running`; None if there is nothing to do."""
+        """The next batch as the slot's batch policy forms it (sim/batching.py), admitting waiting requests into
+        `running`; None if there is nothing to do."""
         if self.preempted:
             self.preempted = []
-        if self.config.policy == "chunked":
-            return self._chunked(now)
-        return self._prefill_first(now)
+        return self.policy.form(self, now)
 
     def complete(self, batch: Batch, now: float) -> list[Request]:
         """The batch ran until `now`: prefill chunks are computed, every request that caught up samples a
@@ -283,7 +210,7 @@ class Scheduler:
             for request in finished:
                 request.decoding = False
                 self.context -= request.prompt + request.output
-                self.kv.release(request)
+                self.kv.free(request)
             self.running = [request for request in self.running if request.kv_blocks]
         return finished
 
@@ -363,12 +290,12 @@ class Scheduler:
             self.in_step = False
 
     # -- KV blocks ----------------------------------------------------------------------------------
-    def _admit(self, tokens: int, now: float) -> Request | None:
+    def admit(self, tokens: int, now: float) -> Request | None:
         """Admit the head of the queue if a batch place and the KV blocks for it are free."""
         if not self.waiting or len(self.running) >= self.config.max_num_seqs:
             return None
         request = self.waiting[0]
-        if not self.kv.hold(request, tokens if self.on_demand else request.prompt + request.output):
+        if not self.kv.allocate(request, tokens if self.on_demand else request.prompt + request.output):
             self.kv_blocked += 1
             return None
         self.waiting.popleft()
@@ -383,15 +310,15 @@ class Scheduler:
             request.first_scheduled_s = now
         return request
 
-    def _room_for(self, request: Request, tokens: int) -> bool:
+    def room_for(self, request: Request, tokens: int) -> bool:
         """Hold blocks for `tokens` tokens of a running request, preempting the most recently admitted
         running requests until they fit; False if `request` itself had to go."""
         if not self.on_demand:
             return True
-        while not self.kv.hold(request, tokens):
+        while not self.kv.allocate(request, tokens):
             victim = self.running.pop()
             self.occupancy.running -= 1
-            self.kv.release(victim)
+            self.kv.free(victim)
             victim.due_tick = -1
             if victim.decoding:
                 self.synced(victim)
@@ -407,73 +334,17 @@ class Scheduler:
                 return False
         return True
 
-    def _grow_decodes(self) -> None:
+    def grow_decodes(self) -> None:
         """Give each decode that needs one its next block, preempting from the newest when none is left."""
         for request in self.needs_block:
             if not request.decoding:
                 continue
-            if not self._room_for(request, request.prompt + self.generated(request)):
+            if not self.room_for(request, request.prompt + self.generated(request)):
                 break  # it was preempted, and every newer request before it
             self.reschedule(request)
         self.needs_block = []
 
-    # -- policies -----------------------------------------------------------------------------------
-    def _chunked(self, now: float) -> Batch | None:
-        budget = self.config.max_batched_tokens
-        running = self.running
-        # Decodes take one token each, in admission order. At most one request is still prefilling (a prompt
-        # being chunked, a recompute), and it is the newest: a request is admitted only when the budget
-        # outlasts every earlier prompt, only the last one admitted can be cut short, and preemption takes the
-        # newest. So `running` is decodes then that prompt, and vLLM's single walk in admission order is: the
-        # decodes, then the prompt, then new prompts.
-        if self.needs_block:
-            self._grow_decodes()
-        split = len(running)
-        while split and not running[split - 1].decoding:
-            split -= 1
-        decode = running[:split]
-        context = self.context
-        every_decode = split <= budget
-        if not every_decode:  # more decodes than tokens: the newest wait
-            del decode[budget:]
-            context = sum(request.prompt + request.generated for request in decode)
-        budget -= len(decode)
-        prefill: list[tuple[Request, int]] = []
-        if split < len(running) and budget > 0:  # the one prompt still prefilling: only the newest can be
-            request = running[split]
-            tokens = min(request.prompt + request.generated - request.computed, budget)
-            if self._room_for(request, request.computed + tokens):  # else it was the one preempted
-                prefill.append((request, tokens))
-                budget -= tokens
-        while budget > 0 and not self.preempted and self.waiting:
-            head = self.waiting[0]
-            tokens = min(head.prompt + head.generated, budget)
-            if self._admit(tokens, now) is None:
-                break
-            prefill.append((head, tokens))
-            budget -= tokens
-        if not decode and not prefill:
-            return None
-        return _batch(decode, context, prefill, every_decode, self._local_context(decode))
-
-    def _prefill_first(self, now: float) -> Batch | None:
-        prefill: list[tuple[Request, int]] = []
-        total = 0
-        while self.waiting:
-            head = self.waiting[0]
-            tokens = head.prompt + head.generated
-            if total + tokens > self.config.max_batched_tokens or self._admit(tokens, now) is None:
-                break
-            prefill.append((head, tokens))
-            total += tokens
-        if prefill:
-            return _batch([], 0, prefill, self.context == 0)  # the decodes wait
-        if self.needs_block:
-            self._grow_decodes()
-        decode = list(self.running)
-        return _batch(decode, self.context, [], True, self._local_context(decode)) if decode else None
-
-    def _local_context(self, decode: list[Request]) -> int:
+    def local_context(self, decode: list[Request]) -> int:
         """Σ over `decode` of the positions a sliding or chunked layer lets each new token see (0 without such
         layers): one pass over the decodes, only for models that have them."""
         if self.local is None:
@@ -482,10 +353,11 @@ class Scheduler:
         return sum(local_positions(request.prompt + self.generated(request), kind, span) for request in decode)
 
 
-def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int]], every_decode: bool,
-           local: int = 0) -> Batch:
+def batch_of(decode: list[Request], context: int, prefill: list[tuple[Request, int]], every_decode: bool,
+             local: int = 0, attention: tuple[AttentionKind, int] | None = None) -> Batch:
     """`context`: Σ (prompt + generated) over `decode`, the positions their new tokens attend to (`local`: in a
-    sliding or chunked layer); `every_decode`: no decoding request of the slot is left out."""
+    sliding or chunked layer); `every_decode`: no decoding request of the slot is left out; `attention`: the
+    model's sliding or chunked attention, which the chunks' local sums are taken for (`BatchShape.of`)."""
     if not prefill:
         return Batch(prefill, decode, BatchShape((), len(decode), context, local), len(decode), every_decode)
     sampling = 0
@@ -493,8 +365,8 @@ def _batch(decode: list[Request], context: int, prefill: list[tuple[Request, int
         if request.computed + tokens == request.prompt + request.generated:
             sampling += 1
     chunks = tuple([(tokens, request.computed) for request, tokens in prefill])
-    return Batch(prefill, decode, BatchShape(chunks, len(decode), context, local), len(decode) + sampling,
-                 every_decode)
+    shape = BatchShape.of(chunks, len(decode), context, local, attention)
+    return Batch(prefill, decode, shape, len(decode) + sampling, every_decode)
 
 
 def _by_seq(request: Request) -> int:

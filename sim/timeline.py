@@ -83,11 +83,11 @@ def stage_intervals(busy: list[Interval], inflight: list[tuple[float, float]], s
 def gpu_intervals(plan: Plan, recorder: Recorder, start_s: float, end_s: float) -> pd.DataFrame:
     busy = busy_by_stage(recorder)
     rows = []
-    for replica in range(plan.dp):
+    for replica, (pool, local) in enumerate(plan.replicas):
         inflight = recorder.inflight_windows[replica]
-        for stage in range(plan.pp):
+        for stage in range(pool.pp):
             intervals = stage_intervals(busy.get((replica, stage), []), inflight, start_s, end_s)
-            for gpu in plan.tp_group(replica, stage):
+            for gpu in pool.tp_group(local, stage):
                 rows += [(gpu, s, e, c) for s, e, c in intervals]
     frame = pd.DataFrame(rows, columns=INTERVAL_COLUMNS)
     return frame.sort_values(["gpu", "start_s"], kind="stable").reset_index(drop=True)
@@ -96,17 +96,20 @@ def gpu_intervals(plan: Plan, recorder: Recorder, start_s: float, end_s: float) 
 def trace_events(plan: Plan, recorder: Recorder) -> list[dict[str, Any]]:
     """Complete events (`"ph": "X"`, microseconds): pid the node, tid the GPU, cat the category."""
     cluster = plan.cluster
-    gpus = {(r, s): [(gpu, cluster.node_of(gpu)) for gpu in plan.tp_group(r, s)]
-            for r in range(plan.dp) for s in range(plan.pp)}  # looked up once per stage, not per record
+    gpus = {(r, s): [(gpu, cluster.node_of(gpu)) for gpu in pool.tp_group(local, s)]
+            for r, (pool, local) in enumerate(plan.replicas) for s in range(pool.pp)}  # once per stage, not per record
+    several = len(plan.pools) > 1
+    names = [{"pool": pool.index, "replica": local} if several else {"replica": local} for pool, local in plan.replicas]
     events: list[dict[str, Any]] = []
     for replica, stage, start, end, category, name in recorder.intervals:
         for gpu, node in gpus[replica, stage]:
             events.append({"name": name, "cat": category, "ph": "X", "ts": start * 1e6,
                            "dur": (end - start) * 1e6, "pid": node, "tid": gpu,
-                           "args": {"replica": replica, "stage": stage}})
-    for gpu in range(plan.num_gpus):
+                           "args": names[replica] | {"stage": stage}})
+    used = sorted(gpu for pool in plan.pools for gpu in pool.gpus)
+    for gpu in used:
         events.append({"name": "thread_name", "ph": "M", "pid": cluster.node_of(gpu), "tid": gpu,
                        "args": {"name": f"GPU {gpu}"}})
-    for node in sorted({cluster.node_of(g) for g in range(plan.num_gpus)}):
+    for node in sorted({cluster.node_of(g) for g in used}):
         events.append({"name": "process_name", "ph": "M", "pid": node, "args": {"name": f"node {node}"}})
     return events

@@ -21,96 +21,81 @@ from typing import Any
 
 import numpy as np
 
+from splitsim.error_bars import HALF_NORMAL_MEDIAN, LEVEL, Z
 from splitsim.hardware import collectives
 from splitsim.hardware.fabric import NetworkFabric
 from splitsim.models.ops import BatchShape, local_positions
-from splitsim.sim.costs import StageCosts
-from splitsim.sim.plan import Plan
+from splitsim.sim.costs import StageCosts, TimedOp
+from splitsim.sim.plan import Plan, Pool
 from splitsim.sim.workload import RequestStream
 
-LEVEL = 0.8
-Z = 1.2815515655446004  # the standard normal's 90th percentile: a two-sided 80 % interval
-HALF_NORMAL_MEDIAN = 0.6744897501960817
 # An assumed figure is taken to be no better than the worst fit we ship: A100 decode attention's held-out
 # median, 31 % (hardware/catalog/profiles/a100_sxm-vllm.yaml).
 ASSUMED_ERROR = 0.31
 ERROR_CAP = 10.0  # per kind: a fit more than 10× off (a noisy CPU run) bounds nothing finer, and keeps e^(zσ) finite
-_OP_KIND = {"qkv": "gemm", "o_proj": "gemm", "gate_up": "gemm", "down": "gemm", "lm_head": "gemm",
-            "router": "gemm", "experts_gate_up": "moe", "experts_down": "moe", "experts_act": "elementwise",
-            "shared_gate_up": "gemm", "shared_down": "gemm", "shared_act": "elementwise",
-            "q_proj": "gemm", "q_a_proj": "gemm", "q_b_proj": "gemm", "kv_a_proj": "gemm", "kv_b_proj": "gemm",
-            "q_a_norm": "elementwise", "kv_a_norm": "elementwise",
-            "attention_prefill": "attention prefill", "attention_decode": "attention decode",
-            "input_norm": "elementwise", "rope": "elementwise", "post_norm": "elementwise", "act": "elementwise",
-            "embedding": "elementwise"}
-_COLLECTIVE_OF = {"attn_allreduce": "allreduce", "mlp_allreduce": "allreduce", "moe_allgather": "allgather",
-                  "moe_dispatch": "alltoall", "moe_combine": "alltoall"}
-
-
-def _collective_kind(plan: Plan, name: str, group: list[int], nbytes: float) -> str:
+def _collective_kind(costs: StageCosts, name: str, group: list[int], nbytes: float) -> str:
     """The residual kind of a collective: NCCL's, the engine's own all-reduce, or the network's."""
-    if len({plan.cluster.node_of(g) for g in group}) > 1:
+    if len({costs.cluster.node_of(g) for g in group}) > 1:
         return f"{name}_inter_node"
-    custom = name == "allreduce" and plan.engine.custom_allreduce
-    if custom and collectives.engine_allreduce(plan.cluster, group, nbytes)[1] != "nccl":
+    custom = name == "allreduce" and costs.engine.custom_allreduce
+    if custom and collectives.engine_allreduce(costs.cluster, group, nbytes)[1] != "nccl":
         return "allreduce custom"
     return name
 
 
 def _stage_work(costs: StageCosts, batch: BatchShape, num_logits: int) -> dict[str, float]:
-    """Seconds by op kind of one stage's work on `batch` (the terms `StageCosts.stage_time` adds)."""
-    plan, work = costs.plan, defaultdict[str, float](float)
+    """Seconds by op kind of one stage's work on `batch`: its walk, the layers folded by kind as
+    `StageCosts.stage_time` folds them, then the prologue and the epilogue, and the hand-off to the next stage."""
+    work = defaultdict[str, float](float)
     tokens = batch.num_tokens
-    for layer_kind, count in costs.layer_counts:
-        for op in costs.layer_ops(batch, layer_kind):
-            kind = _OP_KIND.get(op.name)
-            if kind is None:  # a collective: the all-to-alls span the experts' GPUs, the rest the TP group
-                name = _COLLECTIVE_OF[op.name]
-                group = costs.moe_group if name == "alltoall" else costs.group
-                kind = _collective_kind(plan, name, group, tokens * plan.model.hidden_size * 2)
-            work[kind] += count * op.seconds
-    edge_compute, edge_comm = costs.edge_times(tokens)
-    work["elementwise"] += edge_compute
-    if edge_comm:
-        work[_collective_kind(plan, "allreduce", costs.group, tokens * plan.model.hidden_size * 2)] += edge_comm
-    work["gemm"] += costs.lm_head_time(num_logits)
-    gather = costs.logits_gather_time(num_logits)
-    if gather:
-        work[_collective_kind(plan, "allgather", costs.group, 0.0)] += gather
+    walk = costs.walk(batch, num_logits)
+    counts: dict[str, int] = {}
+    layer: dict[str, list[TimedOp]] = {}
+    for layer_kind, count, ops in walk.runs:
+        counts[layer_kind] = counts.get(layer_kind, 0) + count
+        layer[layer_kind] = ops
+    timed = [(count, op) for layer_kind, count in counts.items() for op in layer[layer_kind]]
+    for count, op in [*timed, *((1, op) for op in walk.prologue.ops), *((1, op) for op in walk.epilogue.ops)]:
+        kind = op.kind
+        if op.category != "compute":  # a collective: the all-to-alls span the experts' GPUs, the rest the TP group
+            group = costs.moe_group if kind == "alltoall" else costs.group
+            kind = _collective_kind(costs, kind, group, tokens * costs.model.hidden_size * 2)
+        work[kind] += count * op.seconds
     if costs.next_group is not None:
         send, gather = costs.handoff_times(tokens)
-        work[_collective_kind(plan, "sendrecv", [costs.group[0], costs.next_group[0]], 0.0)] += send
-        work[_collective_kind(plan, "allgather", costs.next_group, 0.0)] += gather
+        work[_collective_kind(costs, "sendrecv", [costs.group[0], costs.next_group[0]], 0.0)] += send
+        work[_collective_kind(costs, "allgather", costs.next_group, 0.0)] += gather
     return work
 
 
-def _through_stages(plan: Plan, batch: BatchShape, num_logits: int) -> dict[str, float]:
+def _through_stages(pool: Pool, batch: BatchShape, num_logits: int) -> dict[str, float]:
     total: dict[str, float] = defaultdict(float)
-    for stage in range(plan.pp):
-        for kind, seconds in _stage_work(StageCosts(plan, 0, stage), batch, num_logits).items():
+    for stage in range(pool.pp):
+        for kind, seconds in _stage_work(StageCosts.of(pool, 0, stage), batch, num_logits).items():
             total[kind] += seconds
     return total
 
 
-def _typical_work(plan: Plan, stream: RequestStream, summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+def _typical_work(pool: Pool, stream: RequestStream, summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Seconds by op kind behind each figure, from the run's typical steps."""
     prompt = max(1, round(float(np.mean(stream.prompt_tokens))))
     output = max(1, round(float(np.mean(stream.output_tokens))))
-    budget = plan.scheduler.max_batched_tokens
+    budget = pool.scheduler.max_batched_tokens
     prefill: dict[str, float] = defaultdict(float)
     done = 0
     while done < prompt:  # the mean prompt alone, in chunks of the token budget
         chunk = min(budget, prompt - done)
-        for kind, seconds in _through_stages(plan, BatchShape(prefill=((chunk, done),)), 1).items():
+        shape = BatchShape.of(((chunk, done),), local=pool.model.local_attention)
+        for kind, seconds in _through_stages(pool, shape, 1).items():
             prefill[kind] += seconds
         done += chunk
     tpot = _figure(summary, "tpot_s") or 0.0
-    running = summary["throughput_tokens_per_s"] * tpot / plan.dp  # Little's law: sequences decoding per replica
-    batch = int(min(max(1, round(running)), plan.scheduler.max_num_seqs))
+    running = summary["throughput_tokens_per_s"] * tpot / pool.dp  # Little's law: sequences decoding per replica
+    batch = int(min(max(1, round(running)), pool.scheduler.max_num_seqs))
     context = prompt + output // 2
-    local = plan.model.local_attention
+    local = pool.model.local_attention
     seen = local_positions(context, *local) if local is not None else 0
-    decode = _through_stages(plan, BatchShape(num_decode=batch, decode_context=batch * context,
+    decode = _through_stages(pool, BatchShape(num_decode=batch, decode_context=batch * context,
                                               decode_context_local=batch * seen), batch)
     # In a fixed order (prefill's kinds, then decode's): the sums below must not depend on string hashing, which
     # differs between processes (a pool's, a Ray worker's), or the same run gives different last digits.
@@ -125,9 +110,9 @@ def _figure(summary: dict[str, Any], key: str) -> float | None:
     return stats.get("p50") if isinstance(stats, dict) else None
 
 
-def residuals(plan: Plan) -> tuple[dict[str, float], set[str]]:
-    """(median error by op kind, the kinds whose figures are assumed) for this plan's GPU and fabrics."""
-    gpu, intra, inter = plan.cluster.gpu, plan.cluster.intra_node, plan.cluster.inter_node
+def residuals(pool: Pool) -> tuple[dict[str, float], set[str]]:
+    """(median error by op kind, the kinds whose figures are assumed) for this pool's GPU and fabrics."""
+    gpu, intra, inter = pool.cluster.gpu, pool.cluster.intra_node, pool.cluster.inter_node
     errors = gpu.efficiency.held_out_errors | intra.held_out_errors
     if isinstance(inter, NetworkFabric):
         errors |= {f"{kind}_inter_node": error for kind, error in inter.held_out_errors.items()}
@@ -140,13 +125,13 @@ def residuals(plan: Plan) -> tuple[dict[str, float], set[str]]:
     return errors, assumed
 
 
-def _error_of(kind: str, plan: Plan, errors: dict[str, float], assumed: set[str]) -> tuple[float | None, bool]:
+def _error_of(kind: str, pool: Plan, errors: dict[str, float], assumed: set[str]) -> tuple[float | None, bool]:
     """(median error, whether assumed) of `kind`: its own, its dtype's or phase's, the family's, or the
     assumed figure; None when it has no residuals and is not assumed."""
     if kind == "gemm":
-        candidates = [f"gemm {plan.sharding.compute}", "gemm"]
+        candidates = [f"gemm {pool.sharding.compute}", "gemm"]
     elif kind == "moe":  # the fused MoE kernel's own fit, else the GEMMs' (the experts priced as dense GEMMs)
-        experts = plan.sharding.expert_compute or plan.sharding.compute
+        experts = pool.sharding.expert_compute or pool.sharding.compute
         candidates = [f"moe {experts}", f"gemm {experts}", "gemm"]
     elif kind.startswith("attention "):
         candidates = [kind, "attention"]
@@ -161,8 +146,9 @@ def _error_of(kind: str, plan: Plan, errors: dict[str, float], assumed: set[str]
 def uncertainty(plan: Plan, stream: RequestStream, summary: dict[str, Any]) -> dict[str, Any]:
     """summary.json's `uncertainty`: an 80 % interval for TTFT p50, TPOT p50 and throughput, and the op kinds
     that had no residuals (they widen nothing) or only assumed figures (they widen by `ASSUMED_ERROR`)."""
-    errors, assumed = residuals(plan)
-    work = _typical_work(plan, stream, summary)
+    pool = plan.pool  # an aggregated deployment's
+    errors, assumed = residuals(pool)
+    work = _typical_work(pool, stream, summary)
     missing: set[str] = set()
     widened: set[str] = set()
     out: dict[str, Any] = {"level": LEVEL}
@@ -174,7 +160,7 @@ def uncertainty(plan: Plan, stream: RequestStream, summary: dict[str, Any]) -> d
         for kind, t in seconds.items():
             if t <= 0:
                 continue
-            error, is_assumed = _error_of(kind, plan, errors, assumed)
+            error, is_assumed = _error_of(kind, pool, errors, assumed)
             if error is None:
                 missing.add(kind)
                 continue

@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 from splitsim.errors import ScenarioError
 from splitsim.models.precision import KvDtype, WeightDtype
-from splitsim.pool import add_workers_flags
+from splitsim.workers import add_workers_flags
 from splitsim.writing import check_out_path, replace_folder
 
 
@@ -72,7 +72,7 @@ def question_from_args(args: argparse.Namespace) -> Any:
     from splitsim.advisor import Objective, Question
     from splitsim.hardware.catalog import load_cluster
     from splitsim.models.spec import load_model
-    from splitsim.sim.slo import parse_slo_arg
+    from splitsim.slo import parse_slo_arg
 
     given = _from_scenario(args.scenario, args.overlong) if args.scenario is not None else {}
     args.model = args.model or given.get("model")

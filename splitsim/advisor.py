@@ -1,7 +1,7 @@
 """`splitsim advise`: simulate every layout that can run for a model on a cluster, rank them, say why.
 
 Every candidate (`splitsim.candidates`) that survives pruning is a full simulation of the same workload with
-the same seed, run in a process pool (`splitsim.pool`), best bound first; a candidate whose closed-form bound
+the same seed, run in a process pool (`splitsim.workers`), best bound first; a candidate whose closed-form bound
 (`sim/bounds.py`) is below the best score found before it is not simulated. Objectives:
 - `throughput_per_gpu` (default): steady-state output tokens/s per GPU. With no load given, at saturation: a
   closed loop of as many clients as the candidate can run at once (its batch slots or its KV cache, the
@@ -29,12 +29,12 @@ import numpy as np
 
 from splitsim.candidates import Candidate, Considered, consider, prune_reason
 from splitsim.errors import ScenarioError
-from splitsim.pool import Workers, workers_for
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.bounds import Bound, decode_bound
 from splitsim.sim.plan import build_plan, resolve_inputs
 from splitsim.sim.result import flatten
-from splitsim.sim.slo import Slo
+from splitsim.slo import Slo
+from splitsim.workers import Workers, workers_for
 
 Objective = Literal["throughput_per_gpu", "goodput", "latency"]
 OBJECTIVES: tuple[str, ...] = ("throughput_per_gpu", "goodput", "latency")
@@ -180,7 +180,7 @@ def candidate_limit(question: Question, candidate: Candidate) -> tuple[float, Bo
         step_limit = min((p.limit_s for p in question.slo.percentiles
                           if p.metric in ("tpot", "itl") and p.percentile >= 50), default=math.inf)
     output_tokens = _shortest(workload.get("output_tokens", 1024))
-    bound = decode_bound(plan, _shortest(workload.get("prompt_tokens", 1024)), output_tokens, step_limit)
+    bound = decode_bound(plan.pool, _shortest(workload.get("prompt_tokens", 1024)), output_tokens, step_limit)
     limit = bound.limits(question.objective, output_tokens)
     return (-math.inf if limit == 0 and step_limit < math.inf else limit), bound
 
@@ -441,11 +441,11 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
 def saturating_clients(data: dict[str, Any]) -> int:
     """Clients that keep every batch slot of every replica busy: per replica the smaller of its sequences
     in flight (max_num_seqs in each of its PP slots) and what its KV cache holds at the workload's lengths."""
-    plan = build_plan(scenario_from_dict(data))
+    pool = build_plan(scenario_from_dict(data)).pool
     lengths = data.get("workload", {})
     tokens = _typical(lengths.get("prompt_tokens", 1024)) + _typical(lengths.get("output_tokens", 1024))
-    per_replica = min(plan.scheduler.max_num_seqs * plan.pp, math.floor(plan.max_concurrency(tokens)))
-    return max(1, per_replica) * plan.dp
+    per_replica = min(pool.scheduler.max_num_seqs * pool.pp, math.floor(pool.max_concurrency(tokens)))
+    return max(1, per_replica) * pool.dp
 
 
 def _typical(spec: Any) -> int:

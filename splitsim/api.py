@@ -12,7 +12,8 @@ import numpy as np
 
 from splitsim import __version__
 from splitsim.errors import ScenarioError
-from splitsim.scenario import Scenario
+from splitsim.lengths import Replay
+from splitsim.scenario import SCHEMA_VERSION, Scenario
 from splitsim.sim.engine import Engine
 from splitsim.sim.plan import Plan, build_plan
 from splitsim.sim.records import RequestLog
@@ -20,7 +21,7 @@ from splitsim.sim.result import Result, gpu_time_totals, requests_frame, summari
 from splitsim.sim.scheduler import Request
 from splitsim.sim.timeline import gpu_intervals, trace_events
 from splitsim.sim.uncertainty import uncertainty
-from splitsim.sim.workload import Replay, RequestStream, stream_from_rows, synthetic_stream, trace_stream
+from splitsim.sim.workload import RequestStream, stream_from_rows, synthetic_stream, trace_stream
 
 DEFAULT_TRACE_WINDOW_S = 2.0
 
@@ -55,31 +56,33 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
             workload |= {"prompt_tokens": _lengths(wl.prompt_tokens), "output_tokens": _lengths(wl.output_tokens)}
     if wl.kind == "trace" or given_rows:
         workload |= {"overlong": wl.overlong} | stream.overlong
-    model, cluster, sched = plan.model, plan.cluster, plan.scheduler
-    precision = {"weights": plan.sharding.weights, "kv_cache": plan.sharding.kv_cache,
-                 "compute": plan.sharding.compute}
-    if plan.sharding.expert_weights is not None:  # the checkpoint quantises its experts alone (gpt-oss: MXFP4)
-        precision["experts"] = plan.sharding.expert_weights
-    if plan.sharding.weights != model.default_weight_dtype:  # precision.weights overrides what the checkpoint holds
+    pool = plan.pool  # an aggregated deployment's
+    model, cluster, sched, sharding = plan.model, plan.cluster, pool.scheduler, pool.sharding
+    precision = {"weights": sharding.weights, "kv_cache": sharding.kv_cache, "compute": sharding.compute}
+    if sharding.expert_weights is not None:  # the checkpoint quantises its experts alone (gpt-oss: MXFP4)
+        precision["experts"] = sharding.expert_weights
+    if sharding.weights != model.default_weight_dtype:  # precision.weights overrides what the checkpoint holds
         precision["checkpoint_weights"] = model.default_weight_dtype
-    if model.expert_weight_dtype is not None and plan.sharding.expert_weights is None:  # ... its experts' format too
+    if model.expert_weight_dtype is not None and sharding.expert_weights is None:  # ... its experts' format too
         precision["checkpoint_experts"] = model.expert_weight_dtype
     described = {
+        "schema_version": SCHEMA_VERSION,
         "name": scenario.name,
         "model": {"name": model.name, "architecture": model.architecture, "layers": model.num_layers,
                   "hidden_size": model.hidden_size, "max_position_embeddings": model.max_position_embeddings},
         "cluster": cluster.name, "gpu": cluster.gpu.name,
-        "layout": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep, "order": plan.order},
+        "layout": {"tp": pool.tp, "pp": pool.pp, "dp": pool.dp, "ep": pool.ep, "order": pool.order},
         "precision": precision,
         "workload": workload,
         "scheduler": {"policy": sched.policy, "max_num_seqs": sched.max_num_seqs,
                       "max_batched_tokens": sched.max_batched_tokens},
-        "memory": {"gpu_utilization": plan.gpu_utilization, "block_size": plan.block_size,
+        "memory": {"gpu_utilization": pool.gpu_utilization, "block_size": pool.block_size,
                    "kv_allocation": sched.kv_allocation},
-        "engine": {"name": plan.engine.name,
-                   "allreduce": "custom, NCCL beyond its limits" if plan.engine.custom_allreduce else "nccl",
-                   "handoff_tensors": plan.engine.handoff_tensors, "logits_gather": plan.engine.logits_gather,
-                   "cuda_graph_max_tokens": len(plan.padded_tokens) - 1 if plan.padded_tokens else None},
+        "engine": {"name": pool.engine.name,
+                   "allreduce": "custom, NCCL beyond its limits" if pool.engine.custom_allreduce else "nccl",
+                   "handoff_tensors": pool.engine.handoff_tensors, "logits_gather": pool.engine.logits_gather,
+                   "cuda_graph_max_tokens": len(pool.padded_tokens) - 1 if pool.padded_tokens else None},
+        "router": {"policy": plan.router},
         "granularity": plan.granularity, "seed": scenario.sim.seed,
         "hardware_profile": Path(scenario.hardware_profile).name if scenario.hardware_profile else None,
     }
@@ -87,7 +90,7 @@ def describe(scenario: Scenario, plan: Plan, stream: RequestStream, given_rows: 
         described["moe"] = {"experts": model.moe.num_experts, "top_k": model.moe.top_k,
                             "shared_experts": model.moe.shared_experts, "imbalance": scenario.moe.imbalance,
                             "redundant_experts": scenario.moe.redundant_experts,
-                            "attention_data_parallel": plan.attention_dp}
+                            "attention_data_parallel": pool.attention_dp}
     return described
 
 
@@ -149,10 +152,11 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
     records = engine.run()
     sim_time = records.sim_time_s
     frame = requests_frame(log.take_columns())
-    totals = gpu_time_totals(records.recorder, plan.tp, sim_time)
-    extra = {"parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "ep": plan.ep},
-             "weights_bytes_per_gpu": plan.weights_bytes_per_gpu,
-             "kv_cache_tokens_per_replica": plan.kv_cache_tokens, "version": __version__}
+    totals = gpu_time_totals(records.recorder, [pool.tp for pool, _ in plan.replicas], sim_time)
+    pool = plan.pool  # an aggregated deployment's
+    extra = {"parallel": {"tp": pool.tp, "pp": pool.pp, "dp": pool.dp, "ep": pool.ep},
+             "weights_bytes_per_gpu": pool.weights_bytes_per_gpu,
+             "kv_cache_tokens_per_replica": pool.kv_cache_tokens, "version": __version__}
     summary = summarize(frame, records, totals, scenario.slo, describe(scenario, plan, stream, requests is not None),
                         extra)
     if error_bars and len(frame):
@@ -170,6 +174,6 @@ def simulate(scenario: Scenario, *, requests: Any = None, trace_window_s: float 
         meta={"model": plan.model.name, "cluster": plan.cluster.name, "gpu": plan.cluster.gpu.name,
               "granularity": plan.granularity, "events": records.events, "fast_forward": records.fast_forward,
               "kv_blocked_batches": records.kv_blocked_batches, "recomputed_tokens": records.recomputed_tokens,
-              "max_concurrency": plan.max_concurrency(int((stream.prompt_tokens + stream.output_tokens).max())),
+              "max_concurrency": pool.max_concurrency(int((stream.prompt_tokens + stream.output_tokens).max())),
               "longest_request_tokens": int((stream.prompt_tokens + stream.output_tokens).max())},
     )

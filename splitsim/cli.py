@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     if args.slo is not None:
-        from splitsim.sim.slo import parse_slo_arg
+        from splitsim.slo import parse_slo_arg
 
         scenario = scenario.model_copy(update={"slo": parse_slo_arg(args.slo)})
     out_dir = Path(args.out) if args.out else Path("runs") / scenario.name

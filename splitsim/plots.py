@@ -14,8 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from splitsim.report import experts_label
-from splitsim.sim.result import Result
+from splitsim.sim.result import Result, layout_label
 
 COLORS = {"compute": "#2b7bba", "tp_comm": "#e8a33d", "pp_comm": "#8e5bb5", "ep_comm": "#3c9d5d",
           "bubble": "#d9534f", "idle": "#e6e6e6"}
@@ -51,7 +50,7 @@ def timeline_figure(result: Result) -> Figure:
     ax.set_xlabel("simulated time (ms)")
     ax.set_xlim(result.window[0] * 1e3, result.window[1] * 1e3)
     s = result.summary["parallel"]
-    ax.set_title(f"{result.scenario_name}: TP{s['tp']} × PP{s['pp']} × DP{s['dp']}{experts_label(s)}, "
+    ax.set_title(f"{result.scenario_name}: {layout_label(s)}, "
                  f"{result.window[0]:g}–{result.window[1]:g} s")
     ax.legend(handles=[Patch(color=c, label=k) for k, c in COLORS.items()], ncol=6,
               loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False)

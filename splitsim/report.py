@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from splitsim.csvfile import write_csv
-from splitsim.sim.result import Result
+from splitsim.sim.result import Result, layout_label
 from splitsim.writing import replace_folder
 
 GIB = 2.0**30
@@ -78,7 +78,7 @@ def format_summary(result: Result) -> str:
     fractions = "  ".join(f"{k} {v:6.1%}" for k, v in s["gpu_time_fraction"].items())
     lines = [
         f"{result.scenario_name}: {meta.get('model')} on {meta.get('cluster')}, "
-        f"TP{par['tp']} × PP{par['pp']} × DP{par['dp']}{experts_label(par)} ({meta.get('granularity')} granularity)",
+        f"{layout_label(par)} ({meta.get('granularity')} granularity)",
         f"  KV cache        {s['kv_cache_tokens_per_replica']} tokens/replica; maximum concurrency for "
         f"{meta.get('longest_request_tokens')} tokens per request: {meta.get('max_concurrency', 0):.2f}x",
         f"  requests        {s['num_requests']} in {s['duration_s']:.3f} s from first arrival to last finish "
@@ -132,12 +132,3 @@ def format_summary(result: Result) -> str:
     if overlong:
         lines.append("  note            " + ", ".join(f"{k} {v} over-long requests" for k, v in overlong.items()))
     return "\n".join(lines)
-
-
-def experts_label(parallel: dict) -> str:
-    """' × EP n' when the experts are spread, with where: over the replicas (attention data-parallel) or within each
-    replica's TP group; '' otherwise."""
-    ep, tp = parallel.get("ep", 1), parallel["tp"]
-    if ep == 1:
-        return ""
-    return f" × EP{ep}" + (" (attention-DP)" if tp % ep else "")

@@ -17,10 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, f
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, parse_yaml_text, read_yaml_file
 from splitsim.hardware.cluster import ClusterSpec
+from splitsim.lengths import Lengths, Overlong
 from splitsim.models.precision import KvDtype, WeightDtype
 from splitsim.models.spec import ModelSpec
-from splitsim.sim.slo import Slo
-from splitsim.sim.workload import Lengths
+from splitsim.slo import Slo
+
+# The schema's version, in every summary.json: a change that gives a file another meaning, or refuses one that
+# was valid, raises it (1: the first versioned schema, with deployment and router).
+SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
@@ -63,7 +67,7 @@ class Workload(_Strict):
                                                             "when the previous one finishes")
     trace: str | None = Field(None, description="CSV of arrival, prompt and output tokens per request")
     time_scale: float | None = Field(None, gt=0, allow_inf_nan=False, description="multiplies trace arrivals")
-    overlong: Literal["refuse", "truncate", "skip"] = Field(
+    overlong: Overlong = Field(
         "refuse", description="a request longer than the model's context: an error, shortened, or left out")
     prompt_tokens: Lengths | None = None
     output_tokens: Lengths | None = None
@@ -161,6 +165,18 @@ class Memory(_Strict):
                           "reserve: prompt + output at admission (TRT-LLM guaranteed-no-evict)")
 
 
+RouterPolicy = Literal["least_outstanding", "round_robin", "vllm_dp"]
+
+
+class Router(_Strict):
+    """How requests are spread over the replicas (sim/router.py)."""
+
+    policy: RouterPolicy = Field(
+        "least_outstanding", description="least_outstanding: the replica with the fewest unfinished requests; "
+                                         "round_robin: in turn; vllm_dp: vLLM's DP load balancer (lowest "
+                                         "4 × waiting + running, on counts up to 100 ms old)")
+
+
 class SimOptions(_Strict):
     granularity: Literal["stage", "layer"] = "stage"
     fast_forward: bool = Field(True, description="fold runs of identical decode steps into one event (exact); "
@@ -185,16 +201,36 @@ def _check_name(name: str) -> str:
     return name
 
 
+class AggregatedDeployment(Parallel):
+    """One pool of replicas that serve every phase of a request (`parallel` is its shorthand), with its own
+    scheduler, memory and precision where they differ from the scenario's (field by field)."""
+
+    kind: Literal["aggregated"] = Field(description="aggregated: one pool serves prefill and decode")
+    scheduler: Scheduler | None = Field(None, description="overrides the scenario's scheduler, field by field")
+    memory: Memory | None = Field(None, description="overrides the scenario's memory, field by field")
+    precision: Precision | None = Field(None, description="overrides the scenario's precision, field by field")
+
+
+def overridden(base: _Strict, given: _Strict | None) -> Any:
+    """`base` with the fields `given` sets (a pool's own scheduler, memory or precision) in their place."""
+    if given is None:
+        return base
+    return base.model_copy(update={name: getattr(given, name) for name in given.model_fields_set})
+
+
 class Scenario(_Strict):
     name: str = Field("scenario", description="names the output folder runs/<name>: one plain file name")
     model: str | ModelSpec = Field(description="catalog name, config.json path, or a folder holding one")
     cluster: str | dict[str, Any] | ClusterSpec = Field(description="preset name, YAML path, or an inline spec")
-    parallel: Parallel = Parallel()
+    parallel: Parallel = Field(Parallel(), description="the layout: shorthand for deployment {kind: aggregated}")
+    deployment: AggregatedDeployment | None = Field(
+        None, description="the pools that serve the requests, each written like parallel (kind: aggregated)")
     workload: Workload
     precision: Precision = Precision()
     moe: Moe = Moe()
     scheduler: Scheduler = Scheduler()
     memory: Memory = Memory()
+    router: Router = Router()
     sim: SimOptions = SimOptions()
     engine: Literal["vllm", "sglang", "trtllm", "ideal"] = Field(
         "vllm", description="the serving engine: its all-reduce, hand-offs and default knobs (sim/defaults.py); "
@@ -206,6 +242,13 @@ class Scenario(_Strict):
     @classmethod
     def _plain_name(cls, name: str) -> str:
         return _check_name(name)
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> Scenario:
+        if self.deployment is not None and "parallel" in self.model_fields_set:
+            raise ValueError("parallel and deployment are given together: give one (parallel is the shorthand "
+                             "for deployment: {kind: aggregated, tp: …, pp: …, dp: …})")
+        return self
 
 
 _UNION_TAGS = ("int", "constrained-int", "uniform", "lognormal",  # length distributions

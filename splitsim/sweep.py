@@ -26,7 +26,7 @@ import numpy as np
 
 from splitsim.errors import ScenarioError
 from splitsim.files import cut, parse_yaml_text
-from splitsim.pool import add_workers_flags, workers_for
+from splitsim.workers import add_workers_flags, workers_for
 from splitsim.writing import check_out_path, replace_folder
 
 

@@ -97,7 +97,7 @@ def cluster_holding(model: str, kv_tokens: float, scheduler: dict, parallel: dic
     from splitsim.sim.plan import build_plan
 
     probe = build_plan(scenario_from_dict(scenario_dict(model=model, cluster=ideal_cluster(), scheduler=scheduler,
-                                                        parallel=parallel or {}, memory={"gpu_utilization": 1.0})))
+                                                        parallel=parallel or {}, memory={"gpu_utilization": 1.0}))).pool
     cluster = ideal_cluster()
     cluster["gpu"]["memory_bytes"] = max(stage.weight_bytes_per_gpu + probe.activation_bytes_per_gpu
                                          + kv_tokens * stage.kv_bytes_per_token_per_gpu for stage in probe.stages)

@@ -238,6 +238,7 @@ def _question(cluster: str, gpus: int, objective: str, load=None, **workload):
                     gpus=gpus, objective=objective, load=load, num_requests=20)
 
 
+@pytest.mark.slow  # three advisor searches over whole clusters: over a minute on two cores
 def test_the_rulebook_falls_out_of_the_advisor():
     """The seed's rules, found by simulation rather than written in: on NVLink the lowest-latency layout is
     TP-heavy; on the PCIe-only L40S box TP8 is never the best; over two nodes TP stays inside a node and
@@ -346,7 +347,7 @@ def test_candidates_skipped_by_their_bound_never_beat_the_best(slo):
     """Issue 9: the bounds that skip candidates are conservative. Every skipped candidate, simulated here
     as the advisor would have, scores below the best."""
     from splitsim.advisor import Question, advise, evaluate
-    from splitsim.sim.slo import parse_slo_arg
+    from splitsim.slo import parse_slo_arg
 
     question = Question(base={"name": "q", "model": "llama-3-8b", "cluster": "h100-nvlink-node", "sim": {"seed": 0},
                               "scheduler": {"policy": "chunked", "max_num_seqs": 16},

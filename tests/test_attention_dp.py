@@ -100,9 +100,9 @@ def test_a_lockstep_step_is_the_layers_plus_two_all_to_alls_per_moe_layer(model_
     written out here: each GPU's tokens, times the other GPUs a token reaches (every GPU of an EP rank holding
     one of its k experts: 1 − C(E − E/ep, k)/C(E, k) of each), times h values of 2 bytes, times the busiest
     rank's share over the mean."""
-    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage"))
-    batch = BatchShape(prefill=((40, 0),), num_decode=3, decode_context=300)
-    cost = StageCosts(plan, 0, 0)
+    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage")).pool
+    batch = BatchShape.of(((40, 0),), num_decode=3, decode_context=300)
+    cost = StageCosts.of(plan, 0, 0)
     times = cost.lockstep_times([batch] * 8, [4] * 8)
     model = load_model(model_path)
     moe, h = model.moe, model.hidden_size
@@ -116,7 +116,7 @@ def test_a_lockstep_step_is_the_layers_plus_two_all_to_alls_per_moe_layer(model_
         assert ("moe_dispatch" in names) == ("moe_combine" in names) == (kind == "moe")
         terms = cost.layer_terms(kind, 48)
         layers += terms.before + attention + sum(terms.after) + terms.comm + (exchange if kind == "moe" else 0.0)
-    expected = cost.edge_times(48)[0] + layers + cost.lm_head_time(4)
+    expected = cost.prologue(48).compute + layers + cost.epilogue(4).compute
     assert times.step == pytest.approx(expected, rel=1e-12)
     assert times.ep_comm == (exchange * (LAYERS - len(DENSE)),) * 8  # no wait: the same batch everywhere
 
@@ -162,7 +162,7 @@ def test_an_idle_run_of_replicas_waits_and_the_fast_forward_counts_why(model_pat
 def test_weights_per_gpu_under_attention_dp(model_path):
     """Each GPU holds its replica's attention (TP 1: whole), the router, and E/ep whole experts."""
     model = load_model(model_path)
-    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage"))
+    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage")).pool
     h, d, moe = model.hidden_size, model.head_dim, model.moe
     attention = h * (8 + 2 * 8) * d + 8 * d * h + 2 * h
     dense = attention + 3 * h * model.intermediate_size
@@ -175,9 +175,9 @@ def test_weights_per_gpu_under_attention_dp(model_path):
 def test_an_eager_step_runs_each_replica_at_its_own_token_count(model_path):
     """Beyond the CUDA graphs' sizes vLLM runs every DP rank eager and pads none: a replica prefilling 2,000 tokens
     does not make the others run 2,000; the experts see the group's tokens, shared out evenly."""
-    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage"))
-    cost = StageCosts(plan, 0, 0)
-    big, small = BatchShape(prefill=((2000, 0),)), BatchShape(num_decode=4, decode_context=400)
+    plan = build_plan(_scenario(model_path, tp=1, dp=8, ep=8, granularity="stage")).pool
+    cost = StageCosts.of(plan, 0, 0)
+    big, small = BatchShape.of(((2000, 0),)), BatchShape(num_decode=4, decode_context=400)
     local, shared = cost.lockstep_tokens([big] + [small] * 7)
     assert local == [2000] + [4] * 7 and shared == -(-(2000 + 28) // 8)
     assert cost.lockstep_tokens([small] * 8) == ([4] * 8, 4)  # CUDA graphs everywhere: padded alike (to 4)

@@ -20,12 +20,12 @@ from splitsim.sim.plan import build_plan
 def _plan(model="llama-3-70b", cluster="h100-nvlink-node", tp=2, pp=2, weights="bf16", **scheduler):
     return build_plan(scenario_from_dict(scenario_dict(
         model=model, cluster=cluster, parallel={"tp": tp, "pp": pp, "dp": 1}, precision={"weights": weights},
-        scheduler={"policy": "chunked", "max_num_seqs": 256, "max_batched_tokens": 8192, **scheduler})))
+        scheduler={"policy": "chunked", "max_num_seqs": 256, "max_batched_tokens": 8192, **scheduler}))).pool
 
 
 def _step_s(plan, b: int, context: int) -> list[float]:
     """Each stage's seconds on b decodes of `context` positions each, from the engine's per-batch function."""
-    costs = [StageCosts(plan, 0, s) for s in range(plan.pp)]
+    costs = [StageCosts.of(plan, 0, s) for s in range(plan.pp)]
     shape = BatchShape(num_decode=b, decode_context=b * context)
     return [sum(cost.stage_time(shape, b if s == plan.pp - 1 else 0)) for s, cost in enumerate(costs)]
 
@@ -65,12 +65,12 @@ def test_a_step_never_gets_faster_with_more_context_or_a_prefill_chunk(model, cl
     quicker than b = 1, and the bound times every b): more context or an added prefill chunk never shortens
     a stage's step."""
     plan = _plan(model, cluster, tp=tp, pp=1, weights=weights)
-    cost = StageCosts(plan, 0, 0)
+    cost = StageCosts.of(plan, 0, 0)
     longer = np.array([sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * c), 64))
                        for c in range(100, 4000, 50)])
     assert (np.diff(longer) >= 0).all()
     for chunk in (1, 64, 512, 2048):
-        mixed = BatchShape(prefill=((chunk, 0),), num_decode=64, decode_context=64 * 600)
+        mixed = BatchShape.of(((chunk, 0),), num_decode=64, decode_context=64 * 600)
         assert sum(cost.stage_time(mixed, 65)) >= sum(cost.stage_time(BatchShape(num_decode=64,
                                                                                  decode_context=64 * 600), 64))
 
@@ -83,7 +83,7 @@ def test_no_simulated_run_beats_its_bound(tp, pp, dp, clients):
                         "output_tokens": 128}
     scenario = scenario_from_dict(data)
     result = simulate(scenario)
-    bound = decode_bound(build_plan(scenario), 256, 128)
+    bound = decode_bound(build_plan(scenario).pool, 256, 128)
     per_gpu = result.summary["throughput_tokens_per_s"] / (tp * pp * dp)
     steady = result.summary["steady_state"]["output_throughput_tokens_per_s"] / (tp * pp * dp)
     assert max(per_gpu, steady) <= bound.tokens_per_s_per_gpu

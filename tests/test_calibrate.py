@@ -293,7 +293,7 @@ def _runner_rows(seed: int, tokens: list[int], sizes: np.ndarray, grouped: Group
     sharding = ops.Sharding(tp=1, weights="bf16", kv_cache="bf16", compute="bf16")
     for batch in (1, 2, 4):
         for prompt in (64, 128, 256, 512):
-            kernel = ops.attention(model, ops.BatchShape(prefill=((prompt, 0),) * batch), sharding)[0]
+            kernel = ops.attention(model, ops.BatchShape.of(((prompt, 0),) * batch), sharding)[0]
             # the runner's attention span holds RoPE too: a planted element-wise kernel on Q and K
             rope_bytes = 2 * batch * prompt * (TINY["num_heads"] + TINY["num_kv_heads"]) * head_dim * 2
             rope_s = (rope_bytes / (gpu.memory_bw_bytes_per_s * ELEMENTWISE["elementwise"])
@@ -363,7 +363,7 @@ def test_cli_calibrates_a_runner_folder_into_a_profile_a_scenario_uses(runner_fo
     assert "was fitted on these measurements" in capsys.readouterr().err
 
     scenario = scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))
-    cluster = build_plan(scenario).cluster
+    cluster = build_plan(scenario).pool.cluster
     # the run's error bars take the profile's residuals: the GPU's kinds on the GPU, the links' on the fabric
     medians = {kind: stats.median for kind, stats in profile.errors.items()}
     assert cluster.gpu.efficiency == eff.model_copy(update={"held_out_errors": {
@@ -396,7 +396,7 @@ def test_runner_alltoall_rows_give_the_profile_an_alltoall_that_prices_the_fabri
     assert a2a.bw_by_group_bytes_per_s is None  # one rate: the runner's box is not a PCIe tree
     assert profile.errors["alltoall"].held_out and profile.errors["alltoall"].median < 3 * NOISE
 
-    cluster = build_plan(scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))).cluster
+    cluster = build_plan(scenario_from_dict(scenario_dict(cluster="cpu-local", hardware_profile=str(out)))).pool.cluster
     assert cluster.intra_node.alltoall == a2a
     for gpus, sent in (([0, 1], 3e5), ([0, 1, 2, 3], 6e6)):
         p = len(gpus)

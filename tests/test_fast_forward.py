@@ -165,9 +165,9 @@ def _own_decode_attention_cluster() -> dict:
                                        {"model": "gpt-oss-20b", "precision": {"weights": None}},
                                        {"model": "llama-4-scout", "parallel": {"tp": 4, "pp": 2}}])
 def test_decode_step_times_are_stage_time_bit_for_bit(overrides):
-    plan = build_plan(scenario_from_dict(scenario_dict(**overrides)))
+    plan = build_plan(scenario_from_dict(scenario_dict(**overrides))).pool
     for stage in range(plan.pp):
-        costs = StageCosts(plan, 0, stage)
+        costs = StageCosts.of(plan, 0, stage)
         for n in (1, 7, 64):
             contexts = n * 100 + n * np.arange(0, 3000, 37)
             local = None if plan.model.local_attention is None else np.minimum(contexts, n * 128)

@@ -100,7 +100,7 @@ def test_the_cpu_profile_calibrate_wrote_here_loads_and_drives_cpu_local(tmp_pat
     cluster = apply_profile(load_cluster("cpu-local"), profile)
     assert cluster.intra_node.latency_s == pytest.approx(321.5 * US, rel=1e-3)
     plan = build_plan(scenario_from_dict(scenario_dict(model=tiny_model_path(tmp_path), cluster="cpu-local",
-                                                       hardware_profile=str(tmp_path / "cpu.yaml"))))
+                                                       hardware_profile=str(tmp_path / "cpu.yaml")))).pool
     assert plan.cluster.intra_node.bw_efficiency == pytest.approx(1.229e9 / 307.2e9, rel=1e-3)
 
 

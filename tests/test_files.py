@@ -77,7 +77,7 @@ def test_the_good_file_of_each_kind_plans(tmp_path, kind):
 
     path = tmp_path / ("config.json" if kind == "model" else f"{kind}.yaml")
     path.write_text(_good(kind))
-    assert build_plan(load_scenario(_scenario_reading(kind, path, tmp_path))).kv_cache_tokens > 0
+    assert build_plan(load_scenario(_scenario_reading(kind, path, tmp_path))).pool.kv_cache_tokens > 0
 
 
 def _defect(kind: str, defect: str, path: Path) -> tuple[Path, list[str]]:

@@ -30,6 +30,8 @@ from helpers import catalog_yaml, scenario_dict, tiny_model_path
 from splitsim.cli import main
 from splitsim.validate import measurements
 
+pytestmark = pytest.mark.slow  # the fuzz suite: 1,632 cases, minutes of CPU
+
 BASE_SCENARIO = scenario_dict(workload={"num_requests": 3, "rate": 0, "prompt_tokens": 32, "output_tokens": 4},
                               parallel={"ep": 1}, sim={"contention": False},
                               moe={"imbalance": None, "redundant_experts": 0})  # every key a scenario may hold

@@ -18,7 +18,7 @@ from splitsim.scenario import load_scenario
 def test_every_shipped_scenario_loads_and_plans(path):
     from splitsim.sim.plan import build_plan
 
-    plan = build_plan(load_scenario(path))
+    plan = build_plan(load_scenario(path)).pool
     assert plan.kv_cache_tokens > 0
 
 
@@ -143,7 +143,7 @@ def test_users_can_bring_their_own_gpu_fabric_and_cluster_files(tmp_path):
         "intra_node": "pcie-gen4-2socket"}))
     scenario = load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
                              [f"cluster={tmp_path / 'cluster.yaml'}", "parallel.tp=4"])
-    plan = build_plan(scenario)
+    plan = build_plan(scenario).pool
     assert (plan.cluster.name, plan.cluster.gpu.name, plan.cluster.num_gpus) == ("my-box", "my-gpu", 4)
 
 
@@ -154,10 +154,10 @@ def test_fp8_and_fp4_weights_use_their_tensor_cores_only_where_they_exist(cluste
     from splitsim.sim.plan import build_plan
 
     plan = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml",
-                                    [f"cluster={cluster}", "precision.weights=fp8"]))
+                                    [f"cluster={cluster}", "precision.weights=fp8"])).pool
     assert plan.sharding.compute == compute
     fp4 = build_plan(load_scenario(SCENARIOS / "h100-nvlink-70b.yaml", [f"cluster={cluster}",
-                                                                         "precision.weights=fp4"]))
+                                                                         "precision.weights=fp4"])).pool
     assert fp4.sharding.compute == fp4_compute  # weight-only before Blackwell
     assert fp4.weights_bytes_per_gpu == pytest.approx(plan.weights_bytes_per_gpu / 2)
 
@@ -213,11 +213,12 @@ def test_a_cluster_derives_from_a_preset_with_base():
         data["intra_node"].pop("p2p"), data.pop("name")
     assert derived == preset
     path = SCENARIOS / "l40s-pcie-70b.yaml"
-    by_set = simulate(load_scenario(path, ["cluster.intra_node.p2p=true", "workload.num_requests=20"])).summary
+    small = ["workload.num_requests=4", "workload.output_tokens=8"]  # its contended PCIe walk is slow per batch
+    by_set = simulate(load_scenario(path, ["cluster.intra_node.p2p=true", *small])).summary
     inline = simulate(load_scenario(path, ['cluster={base: l40s-pcie-node, intra_node: {p2p: true}}',
-                                           "workload.num_requests=20"])).summary
+                                           *small])).summary
     assert by_set == inline and by_set["scenario"]["cluster"] == "l40s-pcie-node+custom"
-    plain = simulate(load_scenario(path, ["workload.num_requests=20"])).summary
+    plain = simulate(load_scenario(path, small)).summary
     assert by_set["throughput_tokens_per_s"] != plain["throughput_tokens_per_s"]  # P2P changes the all-reduces
 
 

@@ -31,7 +31,7 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     result = simulate(scenario, requests=rows)
     assert result.summary["kv_cache_tokens_per_replica"] == 80  # the set-up: five blocks
 
-    t = ideal_step_s(model, BatchShape(prefill=((16, 0), (16, 0))), 2)
+    t = ideal_step_s(model, BatchShape.of(((16, 0), (16, 0))), 2)
     first_token = t
     for g in range(1, 17):  # both decode; a decode's context is prompt + tokens generated so far
         t += ideal_step_s(model, BatchShape(num_decode=2, decode_context=2 * (16 + g)), 2)
@@ -39,7 +39,7 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     for g in range(17, 40):  # A alone
         t += ideal_step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
     a_finish = t
-    t += ideal_step_s(model, BatchShape(prefill=((33, 0),)), 1)  # B recomputes prompt + 17 generated tokens
+    t += ideal_step_s(model, BatchShape.of(((33, 0),)), 1)  # B recomputes prompt + 17 generated tokens
     for g in range(18, 40):
         t += ideal_step_s(model, BatchShape(num_decode=1, decode_context=16 + g), 1)
     b_finish = t
@@ -52,7 +52,7 @@ def test_one_preemption_traced_by_hand(run, tiny_model):
     assert table["first_token_s"].tolist() == pytest.approx([first_token] * 2, rel=1e-12)
     assert table["finish_s"].tolist() == pytest.approx([a_finish, b_finish], rel=1e-12)
     # B's longest gap: from its 17th token to the one its recompute samples.
-    b_gap = a_finish + ideal_step_s(model, BatchShape(prefill=((33, 0),)), 1) - preempted_at
+    b_gap = a_finish + ideal_step_s(model, BatchShape.of(((33, 0),)), 1) - preempted_at
     assert table["itl_max_s"].iloc[1] == pytest.approx(b_gap, rel=1e-12)
     assert table["queue_s"].tolist() == [0.0, 0.0]  # re-queueing after a preemption is not queueing
 

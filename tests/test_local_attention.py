@@ -17,8 +17,9 @@ from splitsim.models.ops import BatchShape, Sharding
 from splitsim.models.spec import ModelSpec, load_model
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.costs import StageCosts
+from splitsim.sim.kv_cache import WindowedKvManager, kv_tokens
 from splitsim.sim.plan import build_plan
-from splitsim.sim.scheduler import LocalKvPool, Request, kv_tokens
+from splitsim.sim.scheduler import Request
 
 BASE = {"architectures": ["MistralForCausalLM"], "hidden_size": 1024, "intermediate_size": 2048,
         "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 32000,
@@ -40,6 +41,65 @@ def test_prefill_pairs_and_decode_positions_count_what_each_token_sees(kind, new
     assert ops._prefill_pairs(new, cached, kind, span) == by_hand
     context = cached + new  # a decoding token at position context − 1
     assert ops.local_positions(context, kind, span) == _seen(context - 1, kind, span)
+
+
+@pytest.mark.parametrize("local", [None, ("sliding", 8), ("chunked", 8), ("sliding", 128), ("chunked", 100)])
+def test_a_batch_carries_its_chunks_pair_sums(local):
+    """The sums `BatchShape.of` takes when the batch is formed, against a loop over its chunks' tokens one by one."""
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        chunks = tuple((int(rng.integers(1, 300)), int(rng.integers(0, 1000))) for _ in range(rng.integers(1, 5)))
+        shape = BatchShape.of(chunks, 3, 900, 24, local)
+        full_pairs = sum(p + 1 for new, cached in chunks for p in range(cached, cached + new))
+        assert (shape.prefill, shape.num_decode, shape.decode_context, shape.decode_context_local) == (
+            chunks, 3, 900, 24)
+        assert shape.prefill_tokens == sum(new for new, _ in chunks) and shape.num_tokens == 3 + shape.prefill_tokens
+        assert shape.prefill_cached == sum(cached for _, cached in chunks)
+        assert shape.prefill_pairs == full_pairs
+        if local is None:
+            assert shape.local_pairs == shape.local_cached == 0
+            continue
+        kind, span = local
+        assert shape.local_pairs == sum(_seen(p, kind, span) for new, cached in chunks
+                                        for p in range(cached, cached + new))
+        # the cached positions whose K/V a local layer reads (models/ops.py: the last `span` of them in a window,
+        # those of the chunk the first new token is in), counted one by one
+        assert shape.local_cached == sum(cached - p <= span if kind == "sliding" else p // span == cached // span
+                                         for _, cached in chunks for p in range(cached))
+
+
+@pytest.mark.parametrize(("name", "tp", "kv"), [("llama-3-70b", 1, "bf16"), ("llama-3-70b", 8, "fp8"),
+                                                ("deepseek-v3", 8, "bf16"), ("gpt-oss-20b", 2, "bf16"),
+                                                ("llama-4-scout", 4, "bf16")])
+def test_prefill_attention_from_the_sums_is_the_chunk_loop_bit_for_bit(name, tp, kv):
+    """Prefill attention priced from the batch's integer sums gives the FLOPs and bytes that summing the chunks in
+    floats gave, to the bit, in full and local layers; past 2^53 it sums the chunks."""
+    model = load_model(name)
+    sharding = Sharding(tp, "bf16", kv, "bf16")
+    priced = ops.PrefillAttention.of(model, sharding)
+    kinds = ["full"] + ([model.local_attention[0]] if model.local_attention else [])
+    rng = np.random.default_rng(11)
+    for _ in range(300):
+        chunks = tuple((int(rng.integers(1, 9000)), int(rng.integers(0, 200_000))) for _ in range(rng.integers(1, 9)))
+        shape = BatchShape.of(chunks, local=model.local_attention)
+        for kind in kinds:
+            loop = ops._prefill_by_chunk(model, shape, sharding, kind)
+            assert priced.exact(shape, kind) == loop, (chunks, kind)
+            assert ops.attention(model, shape, sharding, kind)[0].flops == loop[0]
+    huge = BatchShape.of(((1 << 20, 1 << 40), (3, 5)), local=model.local_attention)
+    for kind in kinds:
+        if kind == "full":
+            assert priced.exact(huge, kind) is None  # 2^53 or more: not exact as one float, so by chunk
+        assert priced.work(model, huge, sharding, kind) == ops._prefill_by_chunk(model, huge, sharding, kind)
+
+
+def test_a_batch_with_chunks_takes_its_sums():
+    with pytest.raises(ValueError, match="BatchShape.of"):
+        BatchShape(prefill=((10, 0),))
+    model = load_model("gpt-oss-20b")
+    priced = ops.PrefillAttention.of(model, Sharding(1, "bf16", "bf16", "bf16"))
+    with pytest.raises(ValueError, match="local sums"):  # formed without the model's window
+        priced.exact(BatchShape.of(((10, 0),)), "sliding")
 
 
 def test_config_rules_decide_which_layers_slide():
@@ -83,8 +143,8 @@ def windowed(tmp_path_factory):
 def test_a_window_bounds_decode_attention(windowed):
     """A sliding layer's decode costs the same for contexts of 300 and 3,000 (both beyond 256 positions); a full
     layer's grows with the context."""
-    plan = build_plan(scenario_from_dict(scenario_dict(model=windowed)))
-    cost = StageCosts(plan, 0, 0)
+    plan = build_plan(scenario_from_dict(scenario_dict(model=windowed))).pool
+    cost = StageCosts.of(plan, 0, 0)
     short = BatchShape(num_decode=4, decode_context=4 * 300, decode_context_local=4 * 256)
     long = BatchShape(num_decode=4, decode_context=4 * 3000, decode_context_local=4 * 256)
     assert cost.attention_times(short, "dense/sliding") == cost.attention_times(long, "dense/sliding")
@@ -97,13 +157,13 @@ def test_a_window_bounds_decode_attention(windowed):
 def test_each_batch_carries_what_its_decodes_see(windowed):
     """Six equal requests prefilled together then decoding in step: each batch of n decodes at context c each
     (the scheduler's own Σ context, n·c) sees n·min(c, 256) positions in a sliding layer."""
-    from splitsim.sim import scheduler as sched
+    from splitsim.sim import batching
 
     seen: list[tuple[int, int, int]] = []
-    original = sched._batch
+    original = batching.batch_of
 
-    def spy(decode, context, prefill, every_decode, local=0):
-        batch = original(decode, context, prefill, every_decode, local)
+    def spy(decode, context, prefill, every_decode, local=0, attention=None):
+        batch = original(decode, context, prefill, every_decode, local, attention)
         if decode:
             seen.append((batch.shape.decode_context_local, context, len(decode)))
         return batch
@@ -111,11 +171,11 @@ def test_each_batch_carries_what_its_decodes_see(windowed):
     scenario = scenario_from_dict(scenario_dict(model=windowed, workload={
         "num_requests": 6, "rate": 0, "prompt_tokens": 200, "output_tokens": 120},
         scheduler={"policy": "prefill_first"}, sim={"fast_forward": False}))
-    sched._batch = spy
+    batching.batch_of = spy
     try:
         simulate(scenario)
     finally:
-        sched._batch = original
+        batching.batch_of = original
     assert len(seen) == 119 and all(n == 6 and context % 6 == 0 for _, context, n in seen)
     assert [local for local, _, _ in seen] == [6 * min(context // 6, 256) for _, context, _ in seen]
     assert seen[0][1] == 6 * 201 and seen[-1][1] == 6 * 319  # the window binds for the last 63 steps
@@ -124,36 +184,36 @@ def test_each_batch_carries_what_its_decodes_see(windowed):
 def test_the_kv_pool_holds_the_window_only_on_local_layers():
     """2 full and 2 local layers, a window of 100 positions: t tokens hold (2t + 2·min(t, 100))/4 tokens of
     every layer; the room a request's blocks leave is the most tokens they hold (searched here)."""
-    pool = LocalKvPool(1000, 16, ((2, 2),), 100)
+    pool = WindowedKvManager(1000, 16, ((2, 2),), 100)
     for tokens in (1, 50, 100, 101, 150, 1000, 5000):
         assert kv_tokens(tokens, 2, 2, 100) == -(-(2 * tokens + 2 * min(tokens, 100)) // 4)
     for blocks in range(1, 60):
         most = max(t for t in range(0, 20000) if kv_tokens(t, 2, 2, 100) <= blocks * 16)
         assert pool._tokens_in(blocks) == most
     request = Request(0, 0.0, 400, 100)
-    assert pool.hold(request, 400) and request.kv_blocks == -(-kv_tokens(400, 2, 2, 100) // 16)
+    assert pool.allocate(request, 400) and request.kv_blocks == -(-kv_tokens(400, 2, 2, 100) // 16)
     assert request.room == pool._tokens_in(request.kv_blocks) - 400
-    everything_local = LocalKvPool(10, 16, ((0, 4),), 100)
+    everything_local = WindowedKvManager(10, 16, ((0, 4),), 100)
     fresh = Request(1, 0.0, 400, 100)
-    assert everything_local.hold(fresh, 10**6) and fresh.kv_blocks == 7  # 100 positions, whatever the length
+    assert everything_local.allocate(fresh, 10**6) and fresh.kv_blocks == 7  # 100 positions, whatever the length
     assert fresh.room > 10**9  # it never needs another block
-    at_a_block_edge = LocalKvPool(10, 16, ((0, 4),), 32)  # a span of whole blocks: holding it is enough
+    at_a_block_edge = WindowedKvManager(10, 16, ((0, 4),), 32)  # a span of whole blocks: holding it is enough
     edge = Request(2, 0.0, 500, 10)
-    assert at_a_block_edge.hold(edge, 500) and edge.kv_blocks == 2 and edge.room > 10**9
+    assert at_a_block_edge.allocate(edge, 500) and edge.kv_blocks == 2 and edge.room > 10**9
 
 
 def test_each_pipeline_stage_holds_its_own_layers():
     """Two stages, one of full layers only, one of local ones: a block is 16 tokens on both, and the full stage
     needs every token — a long request takes as many blocks as without windows."""
-    pool = LocalKvPool(1000, 16, ((2, 0), (0, 2)), 100)
+    pool = WindowedKvManager(1000, 16, ((2, 0), (0, 2)), 100)
     request = Request(0, 0.0, 4000, 10)
-    assert pool.hold(request, 4000) and request.kv_blocks == 250 and request.room == 0
+    assert pool.allocate(request, 4000) and request.kv_blocks == 250 and request.room == 0
 
 
 def test_a_windowed_model_holds_more_long_requests(windowed, tmp_path):
     full = tmp_path / "config.json"
     full.write_text(json.dumps(BASE))
-    plans = [build_plan(scenario_from_dict(scenario_dict(model=m))) for m in (windowed, str(full))]
+    plans = [build_plan(scenario_from_dict(scenario_dict(model=m))).pool for m in (windowed, str(full))]
     assert plans[0].kv_cache_tokens == plans[1].kv_cache_tokens  # the same bytes per token on every layer
     assert plans[0].max_concurrency(8000) > 1.9 * plans[1].max_concurrency(8000)  # half the layers keep 271
 
@@ -175,8 +235,8 @@ def test_the_advisors_bound_prices_local_layers_as_the_engine_does():
     8,001 a sliding layer of gpt-oss sees 128 positions, and the bound's decode step counts just that."""
     from splitsim.sim.bounds import _decode_step_s, _fewest_seen
 
-    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b")))
-    cost = StageCosts(plan, 0, 0)
+    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b"))).pool
+    cost = StageCosts.of(plan, 0, 0)
     engine = sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * 8001,
                                             decode_context_local=64 * 128), 64))
     everything_full = sum(cost.stage_time(BatchShape(num_decode=64, decode_context=64 * 8001,
@@ -192,6 +252,6 @@ def test_the_bound_takes_a_chunks_fewest_positions():
     from splitsim.sim.bounds import _fewest_seen
 
     plan = build_plan(scenario_from_dict(scenario_dict(model="llama-4-scout", cluster="h100-nvlink-node",
-                                                       parallel={"tp": 8}, precision={"weights": "fp8"})))
+                                                       parallel={"tp": 8}, precision={"weights": "fp8"}))).pool
     assert _fewest_seen(plan, 8000, 500) == 1  # positions 8001…8500 cross 8192
     assert _fewest_seen(plan, 8200, 500) == 8201 - 8192  # inside the second chunk

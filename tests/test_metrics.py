@@ -10,7 +10,8 @@ import yaml
 
 from splitsim.errors import ScenarioError
 from splitsim.sim.metrics import HistogramBuffer, LogHistogram, distribution_stats
-from splitsim.sim.slo import PercentileLimit, Slo, evaluate, goodput, parse_slo, parse_slo_arg
+from splitsim.sim.slo_checks import evaluate, goodput
+from splitsim.slo import PercentileLimit, Slo, parse_slo, parse_slo_arg
 
 QS = [0, 0.1, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 99.99, 100]
 

@@ -49,7 +49,7 @@ def test_layer_ops_flops_and_bytes_by_hand():
     model = ModelSpec(name="m", hidden_size=1024, intermediate_size=4096, num_layers=2, num_heads=16,
                       num_kv_heads=4, vocab_size=1000, max_position_embeddings=4096)
     tp, d = 2, 64
-    batch = BatchShape(prefill=((100, 20),), num_decode=3, decode_context=300)
+    batch = BatchShape.of(((100, 20),), num_decode=3, decode_context=300)
     ops = {op.name: op for op in layer_ops(model, batch, Sharding(tp, "fp8", "bf16", "bf16"))
            if op.name != "attention"}
     tokens = 103

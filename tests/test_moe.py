@@ -306,7 +306,7 @@ def test_mla_attention_reads_the_latent_in_decode_and_whole_heads_in_prefill():
     once (576 values) however many heads; prefill runs on decompressed heads (q/k 192, v 128)."""
     model = load_model("deepseek-v3")
     sharding = Sharding(8, "fp8", "bf16", "fp8")
-    prefill, decode = ops.attention(model, ops.BatchShape(prefill=((10, 0),), num_decode=2, decode_context=1000),
+    prefill, decode = ops.attention(model, ops.BatchShape.of(((10, 0),), num_decode=2, decode_context=1000),
                                     sharding)
     heads = 128 // 8
     assert decode.flops == 2 * heads * (576 + 512) * 1000
@@ -353,8 +353,8 @@ def test_a_hot_expert_loads_its_rank_and_eplb_copies_even_it_out():
     assert routed(hot) > routed(base)
     plain = scenario_dict(model="qwen3-30b-a3b", parallel={"tp": 8, "ep": 8})
     with_copies = scenario_dict(model="qwen3-30b-a3b", parallel={"tp": 8, "ep": 8}, moe={"redundant_experts": 16})
-    extra = (build_plan(scenario_from_dict(with_copies)).weights_bytes_per_gpu
-             - build_plan(scenario_from_dict(plain)).weights_bytes_per_gpu)
+    extra = (build_plan(scenario_from_dict(with_copies)).pool.weights_bytes_per_gpu
+             - build_plan(scenario_from_dict(plain)).pool.weights_bytes_per_gpu)
     assert extra == 48 * 2 * 3 * model.hidden_size * model.moe.intermediate_size * 2  # 48 layers, 2 copies a GPU
 
 
@@ -423,12 +423,12 @@ def test_gpt_oss_parameters_layers_and_mxfp4_experts():
     assert model.layer_types == ("moe/sliding", "moe") * 18 and model.sliding_window == 128
     assert model.expert_weight_dtype == "fp4" and model.default_weight_dtype == "bf16"
     # one H100 holds it (as vLLM serves it): experts at half a byte a weight, the rest in bf16
-    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-120b")))
+    plan = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-120b"))).pool
     h, ffn = model.hidden_size, model.moe.intermediate_size
     experts = 36 * 128 * 3 * h * ffn
     assert plan.weights_bytes_per_gpu == pytest.approx(experts * 0.5 + (model.num_params - experts) * 2, rel=1e-12)
     assert plan.weights_bytes_per_gpu / 2**30 == pytest.approx(57.4, abs=0.1)
-    overridden = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b", precision={"weights": "fp8"})))
+    overridden = build_plan(scenario_from_dict(scenario_dict(model="gpt-oss-20b", precision={"weights": "fp8"}))).pool
     assert overridden.sharding.expert_weights is None  # an explicit precision.weights covers the experts too
 
 

@@ -5,9 +5,17 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every notebook top to bottom: minutes, one of them runs the torch runner
+
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
-CELL_TIMEOUT_S = 300
+# No wall-clock limit on a cell: its time measures the machine, not the notebook (notebook 03 hit a 300 s
+# limit in a 62-minute run on a loaded machine). A cell that raises fails the test and a dead kernel is
+# reported by nbclient; only a cell that hangs would wait, and CI's job timeout ends that. Kernel start-up
+# and the wait for a cell's output after it finishes get an hour, not nbclient's 60 s and 4 s (its output,
+# figures included, is what this test checks).
+CELL_TIMEOUT_S = None
+LOADED_MACHINE_S = 3600
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -26,6 +34,8 @@ def test_notebook_runs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     client = nbclient.NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT_S,
+        startup_timeout=LOADED_MACHINE_S,
+        iopub_timeout=LOADED_MACHINE_S,
         kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOKS_DIR)}},
     )

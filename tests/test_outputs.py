@@ -132,7 +132,7 @@ def test_console_says_what_vllm_says_at_start_up_and_notes_go_to_stdout(tmp_path
     assert "note: scheduler.chunked_prefill is deprecated: use scheduler.policy: chunked" in out
     from splitsim.scenario import load_scenario
 
-    blocks = build_plan(load_scenario(scenario)).kv_cache_tokens // 16
+    blocks = build_plan(load_scenario(scenario)).pool.kv_cache_tokens // 16
     assert f"maximum concurrency for 121 tokens per request: {blocks / 8:.2f}x" in out  # 121 tokens: 8 blocks
 
 

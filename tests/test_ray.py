@@ -9,6 +9,8 @@ from splitsim.advisor import Question, advise, candidate_rows
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'splitsim[ray]')")
 
+pytestmark = pytest.mark.slow  # starts and stops a local Ray instance
+
 
 def _question() -> Question:
     return Question(base={"name": "q", "model": "llama-3-8b", "cluster": "h100-nvlink-node", "sim": {"seed": 0},

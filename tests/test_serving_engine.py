@@ -87,13 +87,13 @@ def test_the_fit_recovers_planted_figures_and_never_sees_nccl_rows():
 
 
 def _plan(engine: str, **changes):
-    return build_plan(scenario_from_dict(scenario_dict(engine=engine, **changes)))
+    return build_plan(scenario_from_dict(scenario_dict(engine=engine, **changes))).pool
 
 
 def test_vllm_prices_tp_allreduces_with_its_own_kernels_and_ideal_with_nccl():
     """A TP8 decode of 64 tokens all-reduces 64 × 8192 × 2 = 1 MiB: symmetric memory under vLLM on H100."""
     changes = {"model": "llama-3-70b", "parallel": {"tp": 8}}
-    vllm, ideal = StageCosts(_plan("vllm", **changes), 0, 0), StageCosts(_plan("ideal", **changes), 0, 0)
+    vllm, ideal = StageCosts.of(_plan("vllm", **changes), 0, 0), StageCosts.of(_plan("ideal", **changes), 0, 0)
     cluster, group, nbytes = load_cluster("h100-nvlink-node"), list(range(8)), 64 * 8192 * 2
     assert vllm.allreduce_time(64) == collectives.engine_allreduce(cluster, group, nbytes)[0]
     assert ideal.allreduce_time(64) == collectives.allreduce_s(cluster, group, nbytes)
@@ -113,16 +113,16 @@ def test_the_engines_all_gather_the_logits_over_tp_and_ideal_does_not():
     expected = t0 + 7 * alpha + 7 / 8 * size / bw
     batch = BatchShape(num_decode=64, decode_context=64 * 1000)
     for engine in ("vllm", "sglang", "trtllm", "ideal"):
-        cost = StageCosts(_plan(engine, model="llama-3-70b", parallel={"tp": 8}), 0, 0)
+        cost = StageCosts.of(_plan(engine, model="llama-3-70b", parallel={"tp": 8}), 0, 0)
         gather = cost.stage_time(batch, 64)[1] - cost.stage_time(batch, 0)[1]
         assert gather == pytest.approx(0.0 if engine == "ideal" else expected, rel=1e-9, abs=1e-15), engine
-    alone = StageCosts(_plan("vllm", model="llama-3-8b", parallel={"tp": 1}), 0, 0)
-    assert alone.logits_gather_time(64) == 0.0
+    alone = StageCosts.of(_plan("vllm", model="llama-3-8b", parallel={"tp": 1}), 0, 0)
+    assert alone.epilogue(64).comm == 0.0 and [op.name for op in alone.epilogue(64).ops] == ["lm_head"]
 
 
 def test_a_vllm_handoff_sends_the_hidden_state_and_the_residual():
     changes = {"parallel": {"tp": 2, "pp": 2}}
-    vllm, ideal = StageCosts(_plan("vllm", **changes), 0, 0), StageCosts(_plan("ideal", **changes), 0, 0)
+    vllm, ideal = StageCosts.of(_plan("vllm", **changes), 0, 0), StageCosts.of(_plan("ideal", **changes), 0, 0)
     cluster, tokens, hidden = load_cluster("h100-nvlink-node"), 100, 4096
     assert ideal.handoff_times(tokens) == collectives.handoff_s(cluster, [0, 1], [2, 3], tokens * hidden * 2)
     assert vllm.handoff_times(tokens) == collectives.handoff_s(cluster, [0, 1], [2, 3], 2 * tokens * hidden * 2)
@@ -136,10 +136,10 @@ def _compute_ops(cost: StageCosts, tokens: int) -> list:
 def test_vllm_runs_a_small_batch_as_its_padded_cuda_graph():
     """vLLM's capture sizes: 1, 2, 4, multiples of 8 below 256, of 16 up to min(2 × max_num_seqs, 512,
     max_num_batched_tokens). With 64 sequences that is 128: 9 tokens run as 16, 121 as 128, 129 eagerly."""
-    vllm, ideal = StageCosts(_plan("vllm"), 0, 0), StageCosts(_plan("ideal"), 0, 0)
+    vllm, ideal = StageCosts.of(_plan("vllm"), 0, 0), StageCosts.of(_plan("ideal"), 0, 0)
     for tokens, graph in ((1, 1), (3, 4), (9, 16), (121, 128), (128, 128), (129, 129), (1000, 1000)):
         assert _compute_ops(vllm, tokens) == _compute_ops(ideal, graph), tokens
-        assert vllm.edge_times(tokens)[0] == ideal.edge_times(graph)[0], tokens
+        assert vllm.prologue(tokens).compute == ideal.prologue(graph).compute, tokens
     assert _compute_ops(vllm, 9) != _compute_ops(ideal, 9)
     batch = BatchShape(num_decode=9, decode_context=9 * 500)  # attention runs on the real sequences
     assert vllm.attention_times(batch) == ideal.attention_times(batch)
@@ -159,7 +159,7 @@ def test_vllm_runs_a_small_batch_as_its_padded_cuda_graph():
 def test_each_engine_resolves_its_own_default_knobs(engine, cluster, expected):
     data = scenario_dict(engine=engine, cluster=cluster)
     data["scheduler"] = {}
-    plan = build_plan(scenario_from_dict(data))
+    plan = build_plan(scenario_from_dict(data)).pool
     sched = plan.scheduler
     assert (sched.max_batched_tokens, sched.max_num_seqs, plan.block_size, sched.kv_allocation,
             plan.gpu_utilization) == expected
@@ -168,7 +168,7 @@ def test_each_engine_resolves_its_own_default_knobs(engine, cluster, expected):
 def test_an_explicit_scenario_key_wins_over_the_engine():
     data = scenario_dict(engine="trtllm", memory={"kv_allocation": "on_demand", "block_size": 16})
     data["scheduler"] = {"max_batched_tokens": 1024}
-    plan = build_plan(scenario_from_dict(data))
+    plan = build_plan(scenario_from_dict(data)).pool
     assert (plan.scheduler.max_batched_tokens, plan.scheduler.max_num_seqs) == (1024, 1024)
     assert (plan.scheduler.kv_allocation, plan.block_size) == ("on_demand", 16)
 

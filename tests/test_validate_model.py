@@ -14,6 +14,8 @@ from splitsim.validate.pipeline import stage_layers, teacher_forced_logits
 from splitsim.validate.reference import reference_logits
 from splitsim.validate.weights import RandomWeights
 
+pytestmark = pytest.mark.slow  # torch: sharded forward passes against the reference
+
 # vocab 127 leaves the last TP rank a padded vocabulary shard; 3 layers split 2 + 1 over two stages
 TINY = ModelSpec(name="tiny", hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4, num_kv_heads=2,
                  vocab_size=127, max_position_embeddings=64)

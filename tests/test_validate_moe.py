@@ -13,6 +13,8 @@ from splitsim.validate.dist import launch
 from splitsim.validate.moe import EPGroup, MoeBlock, MoeWeights, ep_moe_outputs, expert_range, reference_moe, shard_moe
 from splitsim.validate.timing import OpRecorder, PerfCounterTimer
 
+pytestmark = pytest.mark.slow  # torch: expert-parallel ranks against the reference
+
 HIDDEN = 32
 MOE = MoeSpec(num_experts=8, top_k=2, intermediate_size=48)
 SEED = 13

@@ -19,6 +19,8 @@ from splitsim.validate import measurements, runner
 from splitsim.validate.dist import backend_for, free_port, torch_device, under_torchrun
 from splitsim.validate.timing import CudaEventTimer, PerfCounterTimer, timer_for
 
+pytestmark = pytest.mark.slow  # torch: the runner's sweeps and a torchrun-style launch
+
 TINY_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128,
                "max_position_embeddings": 512, "torch_dtype": "bfloat16"}
@@ -275,7 +277,12 @@ def test_torchrun_style_launch(tmp_path):
              "--layers", "2", "--batch", "2", "--prompt", "4", "--decode", "1", "--repeats", "1", "--warmup", "0",
              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             cwd=tmp_path))  # not the checkout's root, whose splitsim/ folder would shadow the installed package
-    outputs = [p.communicate(timeout=120) for p in procs]
+    try:  # a limit only against a hang (a rank that never meets the other), so an hour: a loaded machine is slow
+        outputs = [p.communicate(timeout=3600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs
     rows, config = measurements.read(out)
     assert config["launcher"] == "torchrun" and config["layouts"] == [[2, 1]]

@@ -84,7 +84,7 @@ def test_closed_loop_of_one_has_ttft_equal_to_its_own_prefill(tmp_path):
 
     assert rows["prompt_tokens"].nunique() > 1  # the prompts differ, so TTFT must follow each one
     assert rows["ttft_s"].tolist() == pytest.approx(
-        [ideal_step_s(model, BatchShape(prefill=((p, 0),)), 1) for p in rows["prompt_tokens"]], rel=1e-12)
+        [ideal_step_s(model, BatchShape.of(((p, 0),)), 1) for p in rows["prompt_tokens"]], rel=1e-12)
     assert (rows["queue_s"] == 0).all()
 
 

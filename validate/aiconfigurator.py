@@ -253,7 +253,7 @@ def attention_rows(table: Table) -> pd.DataFrame:
         for heads, kv_heads, head_dim, batch, length, step, latency in zip(
                 *(frame[c].to_numpy() for c in columns), strict=True):
             key = (int(heads), int(kv_heads), int(head_dim))
-            shape = (BatchShape(prefill=((int(length), 0),) * int(batch)) if phase == "prefill" else
+            shape = (BatchShape.of(((int(length), 0),) * int(batch)) if phase == "prefill" else
                      BatchShape(num_decode=int(batch), decode_context=int(batch) * (int(step) + 1)))
             op = attention(_attention_model(*key), shape, sharding)[0 if phase == "prefill" else 1]
             rows.append((op.flops, op.nbytes, phase, f"attention {phase}", float(latency) * MS, key))

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from splitsim.error_bars import HALF_NORMAL_MEDIAN, Z
 from splitsim.errors import ScenarioError
 from splitsim.hardware.catalog import load_cluster, load_gpu
 from splitsim.hardware.fabric import AllToAll, CustomAllReduce
@@ -41,7 +42,6 @@ from splitsim.hardware.profile import ErrorStats, HardwareProfile, LinkFit, appl
 from splitsim.models import ops
 from splitsim.models.precision import BYTES_PER_ELEMENT, compute_dtype
 from splitsim.models.spec import ModelSpec
-from splitsim.sim import uncertainty
 from splitsim.validate import aiconfigurator, fit, measurements, vidur
 from splitsim.validate.compare import measurement_id  # the name `validate compare` recognises
 from splitsim.writing import check_out_path
@@ -116,9 +116,9 @@ def _evaluate(rows: pd.DataFrame, predict: Callable[[pd.DataFrame], np.ndarray])
     if not len(train):
         return stats
     train_median = fit.residuals(predict(train), train["seconds"].to_numpy(float)).median
-    sigma = train_median / uncertainty.HALF_NORMAL_MEDIAN
+    sigma = train_median / HALF_NORMAL_MEDIAN
     log_ratio = np.abs(np.log(predict(test) / test["seconds"].to_numpy(float)))
-    return stats.model_copy(update={"within_80": float(np.mean(log_ratio <= uncertainty.Z * sigma))})
+    return stats.model_copy(update={"within_80": float(np.mean(log_ratio <= Z * sigma))})
 
 
 def _fail(where: str, err: ValueError) -> ScenarioError:
@@ -485,7 +485,7 @@ def _runner_rows(folder: Path, rows: pd.DataFrame, config: dict[str, Any], gpu: 
         batch = _int(r["batch"], 1)
         prefill = r["op"] == "attention_prefill" or (r["op"] == "attention" and r["phase"] == "prefill")
         if prefill:
-            shape = ops.BatchShape(prefill=((_int(r["prompt"], 1), 0),) * batch)
+            shape = ops.BatchShape.of(((_int(r["prompt"], 1), 0),) * batch)
         else:
             shape = ops.BatchShape(num_decode=batch, decode_context=batch * _int(r["context"], 1))
         kernel = ops.attention(model, shape, sharding(_int(r["tp"], 1)))[0 if prefill else 1]

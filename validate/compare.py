@@ -20,9 +20,10 @@ from splitsim.hardware.catalog import load_cluster
 from splitsim.hardware.profile import HardwareProfile, apply_profile
 from splitsim.models.ops import BatchShape
 from splitsim.models.spec import ModelSpec
-from splitsim.scenario import scenario_from_dict
+from splitsim.scenario import Memory, Moe, Parallel, Precision, Scheduler
 from splitsim.sim.costs import StageCosts
-from splitsim.sim.plan import Plan, read_profile, with_profile
+from splitsim.sim.defaults import ENGINES
+from splitsim.sim.plan import Pool, read_profile, with_profile
 from splitsim.validate import measurements
 
 COMPARISON_COLUMNS = ["kind", "phase", "tp", "pp", "batch", "prompt", "context", "measured_s", "predicted_s",
@@ -48,20 +49,15 @@ class _Predictor:
     def __init__(self, model: ModelSpec, cluster_name: str, profile: HardwareProfile, tp: int, pp: int,
                  dtype: str) -> None:
         cluster = apply_profile(load_cluster(cluster_name), profile)
-        scenario = scenario_from_dict({
-            "model": model.name, "cluster": cluster_name, "parallel": {"tp": tp, "pp": pp},
-            "precision": {"weights": dtype, "kv_cache": dtype},
-            "workload": {"num_requests": 1, "rate": 0, "prompt_tokens": 1, "output_tokens": 1},
-            "engine": "ideal",  # the runner: torch.distributed all-reduces, a hand-off of the hidden state alone
-        })
-        self.plan = Plan(scenario, model, cluster)
-        self.plan.check_layout()  # tp·pp within the cluster, heads divisible: else one ScenarioError line
-        self.stages = [StageCosts(self.plan, 0, s) for s in range(pp)]
+        # the runner: torch.distributed all-reduces, a hand-off of the hidden state alone (the `ideal` engine)
+        self.pool = Pool(model, cluster, ENGINES["ideal"], Parallel(tp=tp, pp=pp), tuple(range(tp * pp)),
+                         Scheduler(), Memory(), Precision(weights=dtype, kv_cache=dtype), Moe())  # type: ignore[arg-type]
+        self.pool.check_layout()  # tp·pp within the cluster, heads divisible: else one ScenarioError line
+        self.stages = [StageCosts.of(self.pool, 0, s) for s in range(pp)]
 
-    @staticmethod
-    def batch(phase: str, batch: int, prompt: int, context: int) -> tuple[BatchShape, int]:
+    def batch(self, phase: str, batch: int, prompt: int, context: int) -> tuple[BatchShape, int]:
         if phase == "prefill":
-            return BatchShape(prefill=((prompt, 0),) * batch), batch
+            return BatchShape.of(((prompt, 0),) * batch, local=self.pool.model.local_attention), batch
         return BatchShape(num_decode=batch, decode_context=batch * context), batch
 
     def step_s(self, shape: BatchShape, num_logits: int) -> float:
@@ -77,16 +73,17 @@ class _Predictor:
         """Seconds of one op on one rank (the first stage that has it); None for ops the simulator does
         not price (logits_allgather)."""
         for cost in self.stages:
-            timed = {t.name: t.seconds for t in cost.layer_ops(shape)}
+            walk = cost.walk(shape, num_logits)
+            timed = {t.name: t.seconds for t in walk.runs[0][2]}
             # the runner's attention span holds RoPE too, as vLLM's attention layer does
             timed["attention"] = (timed.get("attention_prefill", 0.0) + timed.get("attention_decode", 0.0)
                                   + timed["rope"])
             if op in timed:
                 return timed[op]
             if op in ("embedding", "embedding_allreduce") and cost.is_first:
-                return cost.edge_times(shape.num_tokens)[op == "embedding_allreduce"]
+                return walk.prologue.comm if op == "embedding_allreduce" else walk.prologue.compute
             if op == "lm_head" and cost.is_last:
-                return cost.lm_head_time(num_logits)
+                return walk.epilogue.compute
             if op in ("handoff", "handoff_allgather") and not cost.is_last:
                 send, gather = cost.handoff_times(shape.num_tokens)
                 return send if op == "handoff" else gather

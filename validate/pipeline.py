@@ -1,6 +1,6 @@
 """Pipeline stages: contiguous layers on each stage, activations handed to the next with send/recv.
 
-Stage s of pp holds the layers vLLM gives it (`sim.plan.pp_layer_counts`); the first stage also the
+Stage s of pp holds the layers vLLM gives it (`models.spec.pp_layer_counts`); the first stage also the
 vocab-parallel embedding, the last the final norm and the LM head. A stage's output x [b, s, h] is the
 same on each of its TP ranks, so the hand-off is split (as vLLM and Megatron do): with T = b·s·h
 elements, TP rank r sends the contiguous slice x.flat[r·T/tp, (r+1)·T/tp) to TP rank r of the next
@@ -18,8 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from splitsim.models.spec import ModelSpec
-from splitsim.sim.plan import pp_layer_counts
+from splitsim.models.spec import ModelSpec, pp_layer_counts
 from splitsim.validate.dist import Context, ParallelState, parallel_state
 from splitsim.validate.model import KVCache, OpTimer, RMSNorm, Rope
 from splitsim.validate.parallel import ParallelLMHead, VocabParallelEmbedding, head_split, shard_layer

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
@@ -34,15 +34,6 @@ class PercentileLimit(BaseModel):
     metric: Metric
     percentile: float
     limit_s: float
-
-
-class PercentileCheck(NamedTuple):
-    key: str
-    metric: Metric
-    percentile: float
-    limit_s: float
-    value_s: float | None  # None: the run has no such values (e.g. TPOT with one-token outputs only)
-    met: bool
 
 
 def _is_seconds(value: object) -> bool:
@@ -134,29 +125,3 @@ def parse_slo_arg(text: str) -> Slo:
     except ValueError as err:
         raise ScenarioError(str(err)) from None
     return Slo.model_validate({key: number for key, number, _, _ in items})
-
-
-def goodput(slo: Slo, ttft_s: np.ndarray, tpot_s: np.ndarray, e2e_s: np.ndarray, itl_max_s: np.ndarray) -> np.ndarray:
-    """Per request (aligned arrays), whether it meets every per-request threshold: value ≤ threshold, as
-    vLLM's benchmark counts. A NaN TPOT or largest inter-token gap (a one-token output has neither) meets
-    its threshold, as vLLM's benchmark takes TPOT = 0 there; a NaN TTFT or e2e (never finished) fails."""
-    columns = {"ttft": ttft_s, "tpot": tpot_s, "e2e": e2e_s, "itl": itl_max_s}
-    good = np.ones(np.shape(ttft_s), dtype=bool)
-    for metric, limit_s in slo.thresholds_s.items():
-        values = np.asarray(columns[metric], dtype=float)
-        meets = values <= limit_s
-        if metric in ("tpot", "itl"):
-            meets |= np.isnan(values)
-        good &= meets
-    return good
-
-
-def evaluate(slo: Slo, percentile: Callable[[Metric, float], float | None]) -> list[PercentileCheck]:
-    """Each percentile constraint against `percentile(metric, q)` (q in 0–100, e.g. a histogram's or
-    numpy's). A metric with no values (None) meets it, as a missing TPOT meets its per-request threshold."""
-    checks = []
-    for limit in slo.percentiles:
-        value = percentile(limit.metric, limit.percentile)
-        met = value is None or value <= limit.limit_s
-        checks.append(PercentileCheck(limit.key, limit.metric, limit.percentile, limit.limit_s, value, met))
-    return checks
