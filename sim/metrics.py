@@ -50,7 +50,10 @@ class LogHistogram:
         self._m2 = 0.0
         self.min = math.inf
         self.max = -math.inf
-        edges = 10.0 ** (self._log_low + np.arange(self._bins + 1) / bins_per_decade)
+        # Python's float power (the C library's pow), not numpy's: on AVX-512 hosts numpy's power and log10 take
+        # vectorised paths whose last bit differs from other hosts', and the outputs must not depend on the CPU.
+        self._edges = np.array([10.0 ** (self._log_low + k / bins_per_decade) for k in range(self._bins + 1)])
+        edges = self._edges
         # Representative value of each bin; the open-ended ones are clamped to [min, max] on use.
         self._mids = np.concatenate([[0.0], np.sqrt(edges[:-1] * edges[1:]), [math.inf]])
 
@@ -68,10 +71,9 @@ class LogHistogram:
         low, high = float(batch.min()), float(batch.max())
         if not (low >= 0 and high < math.inf):
             raise ValueError(f"durations must be finite and ≥ 0 s, got values in [{low}, {high}]")
-        with np.errstate(divide="ignore"):
-            position = (np.log10(batch) - self._log_low) * self.bins_per_decade
-        # Truncation is floor for position + 1 ≥ 0: -1 ≤ position < 0 lands in underflow (0).
-        index = (np.clip(position, -1.0, self._bins) + 1.0).astype(np.intp)
+        # Edges at or below each value: 0 below the first edge (underflow), k + 1 in [edge k, edge k + 1), the
+        # overflow bin from the last edge on. Comparisons only, so every host bins alike.
+        index = np.searchsorted(self._edges, batch, side="right")
         self.counts += np.bincount(index, minlength=self.counts.size)
         batch_sum = float(batch.sum())
         deviation = batch - batch_sum / n

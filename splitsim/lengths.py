@@ -3,6 +3,7 @@ a replayed list); and what to do with a request longer than the model's context.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -44,7 +45,7 @@ class LogNormal(_Dist):
     max: int = Field(gt=0, le=MAX_TOKENS)
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        values = rng.lognormal(np.log(self.median), self.sigma, size=n)
+        values = rng.lognormal(math.log(self.median), self.sigma, size=n)  # the C library's log: same on every CPU
         return np.clip(np.rint(values), 1, self.max).astype(np.int64)
 
 
