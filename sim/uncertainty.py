@@ -125,7 +125,7 @@ def residuals(pool: Pool) -> tuple[dict[str, float], set[str]]:
     return errors, assumed
 
 
-def _error_of(kind: str, pool: Plan, errors: dict[str, float], assumed: set[str]) -> tuple[float | None, bool]:
+def _error_of(kind: str, pool: Pool, errors: dict[str, float], assumed: set[str]) -> tuple[float | None, bool]:
     """(median error, whether assumed) of `kind`: its own, its dtype's or phase's, the family's, or the
     assumed figure; None when it has no residuals and is not assumed."""
     if kind == "gemm":
