@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from splitsim.errors import ScenarioError
+from splitsim.errors import ActivationsDoNotFit, ScenarioError
 from splitsim.files import shown
 from splitsim.hardware.catalog import cluster_files, load_cluster
 from splitsim.hardware.cluster import ClusterSpec
@@ -296,11 +296,12 @@ class Pool:
             need = stage.weight_bytes_per_gpu + self.activation_bytes_per_gpu
             if need > usable and stage.weight_bytes_per_gpu <= usable:  # the batch's activations, not the model
                 sched = self.scheduler
-                raise ScenarioError(
+                raise ActivationsDoNotFit(
                     f"memory: activations for scheduler.max_batched_tokens = {sched.max_batched_tokens} and "
                     f"max_num_seqs = {sched.max_num_seqs} take {self.activation_bytes_per_gpu / GIB:.1f} GiB per "
                     f"GPU; with {stage.weight_bytes_per_gpu / GIB:.1f} GiB of weights that exceeds the "
-                    f"{usable / GIB:.1f} GiB usable on {gpu.name}: lower max_batched_tokens or max_num_seqs")
+                    f"{usable / GIB:.1f} GiB usable on {gpu.name}: lower max_batched_tokens or max_num_seqs",
+                    sched.max_batched_tokens, sched.max_num_seqs)
             if need > usable:
                 raise ScenarioError(
                     f"memory: {self.model.name} needs {need / GIB:.1f} GiB per GPU on stage {stage.index} "

@@ -6,21 +6,26 @@ that places it differently (`tp-dp-pp` differs from `tp-pp-dp` only when PP and 
 span nodes), for each weight and KV-cache precision asked. A candidate is pruned when the simulator would
 refuse it, with its one-line error as the reason: heads TP does not divide, a TP group that neither fits
 evenly in a node nor fills whole nodes, layers PP cannot fill, weights or a request that do not fit, FP8 on
-a GPU without it.
+a GPU without it. A layout refused only because the activations of the scheduler's largest batch do not fit
+beside its weights is tried again with the knobs the question leaves free (`max_batched_tokens`,
+`max_num_seqs`) halved together, down to `MIN_BATCHED_TOKENS` and `MIN_NUM_SEQS`, as a user shrinks vLLM's
+`--max-num-batched-tokens` and `--max-num-seqs` when its memory profile fails; it is kept with the largest that fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from splitsim.errors import ScenarioError
+from splitsim.errors import ActivationsDoNotFit, ScenarioError
 from splitsim.hardware.catalog import load_cluster
 from splitsim.models.spec import load_model
 from splitsim.scenario import scenario_from_dict
 from splitsim.sim.plan import build_plan
 
 ORDERS = ("tp-pp-dp", "tp-dp-pp")
+MIN_BATCHED_TOKENS = 512  # below this a prompt chunk's GEMMs leave the GPU idle: not a layout worth saving
+MIN_NUM_SEQS = 16
 
 
 @dataclass(frozen=True, order=True)
@@ -94,9 +99,27 @@ def consider(base: dict[str, Any], gpus: int, weights: list[str], kv_caches: lis
         for ep in _expert_splits(experts, tp, pp, dp):
             for weight in weights:
                 for kv in kv_caches:
-                    candidate = Candidate(tp, pp, dp, order, weight, kv, ep=ep)
-                    considered.append(Considered(candidate, prune_reason(base, candidate)))
+                    considered.append(_with_room(base, Candidate(tp, pp, dp, order, weight, kv, ep=ep)))
     return considered
+
+
+def _with_room(base: dict[str, Any], candidate: Candidate) -> Considered:
+    """`candidate` kept or pruned; refused only for its batch's activations, retried with the free scheduler knobs
+    halved together until it fits or they reach their floors (then pruned with the first refusal)."""
+    refusal = _refusal(base, candidate)
+    if not isinstance(refusal, ActivationsDoNotFit):
+        return Considered(candidate, None if refusal is None else str(refusal))
+    fixed = base.get("scheduler") or {}
+    tokens, seqs = refusal.max_batched_tokens, refusal.max_num_seqs
+    while True:  # smaller batches free activation memory, which may also make room for a request's KV
+        smaller = (tokens if "max_batched_tokens" in fixed else tokens // 2,
+                   seqs if "max_num_seqs" in fixed else seqs // 2)
+        if smaller == (tokens, seqs) or smaller[0] < MIN_BATCHED_TOKENS or smaller[1] < MIN_NUM_SEQS:
+            return Considered(candidate, str(refusal))
+        tokens, seqs = smaller
+        tried = replace(candidate, max_batched_tokens=tokens, max_num_seqs=seqs)
+        if _refusal(base, tried) is None:
+            return Considered(tried, None)
 
 
 def _expert_splits(experts: bool, tp: int, pp: int, dp: int) -> tuple[int, ...]:
@@ -113,6 +136,11 @@ def _expert_splits(experts: bool, tp: int, pp: int, dp: int) -> tuple[int, ...]:
 def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
     """The simulator's one-line refusal of this candidate, or None if it can run: it must hold its weights and
     the longest request (every one of replayed lengths: a trace's)."""
+    refusal = _refusal(base, candidate)
+    return None if refusal is None else str(refusal)
+
+
+def _refusal(base: dict[str, Any], candidate: Candidate) -> ScenarioError | None:
     from splitsim.api import make_requests
 
     workload = base.get("workload", {})
@@ -125,5 +153,5 @@ def prune_reason(base: dict[str, Any], candidate: Candidate) -> str | None:
         plan = build_plan(scenario)
         plan.check_requests(make_requests(scenario, plan, None))  # one request must fit the KV cache
     except ScenarioError as err:
-        return str(err)
+        return err
     return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -420,3 +421,34 @@ def test_the_default_precision_is_the_checkpoints_where_it_stores_another_format
     assert weights("--model", "llama-3-8b") == ("bf16",)
     assert weights("--model", "gpt-oss-20b") == ("checkpoint",)
     assert weights("--model", "llama-3-8b", "--precision", "checkpoint,bf16") == ("bf16",)
+
+
+def test_a_layout_short_only_of_activation_room_is_retried_with_smaller_knobs():
+    """Llama-3-70B in fp8 on one H100: 65.7 GiB of weights leave no room for the activations of vLLM's default
+    largest batch on a GPU this size (8,192 tokens, 1,024 sequences: sim/defaults.py); halved once, they fit, so
+    TP1×DP8 is simulated with 4,096 / 512 rather than pruned. Knobs the question sets are not moved."""
+    from splitsim.candidates import prune_reason
+
+    base = {"name": "q", "model": "llama-3-70b", "cluster": "h100-nvlink-node", "scheduler": {"policy": "chunked"},
+            "workload": {"num_requests": 10, "rate": 1.0, "prompt_tokens": 1024, "output_tokens": 1024}}
+    layout = Candidate(1, 1, 8, "tp-pp-dp", "fp8", "fp8")
+    assert prune_reason(base, replace_knobs(layout, 8192, 1024)).startswith("memory: activations")
+    assert prune_reason(base, replace_knobs(layout, 4096, 512)) is None
+    kept = {c.candidate: c.pruned for c in consider(base, 8, ["fp8"], ["fp8"]) if c.candidate.tp == 1
+            and c.candidate.dp == 8}
+    assert kept == {replace_knobs(layout, 4096, 512): None}
+
+    fixed = {**base, "scheduler": {"policy": "chunked", "max_num_seqs": 1024}}
+    only_tokens = {c.candidate: c.pruned for c in consider(fixed, 8, ["fp8"], ["fp8"]) if c.candidate.tp == 1
+                   and c.candidate.dp == 8}
+    # 4,096 tokens leave KV for 592 tokens, short of one 2,048-token request; 2,048 leave enough
+    assert prune_reason(fixed, replace_knobs(layout, 4096, 1024)).startswith("memory: the KV cache holds")
+    assert only_tokens == {replace(layout, max_batched_tokens=2048, max_num_seqs=1024): None}
+
+    both = {**base, "scheduler": {"policy": "chunked", "max_num_seqs": 1024, "max_batched_tokens": 8192}}
+    (pruned,) = [c for c in consider(both, 8, ["fp8"], ["fp8"]) if c.candidate.tp == 1 and c.candidate.dp == 8]
+    assert pruned.candidate == layout and pruned.pruned.startswith("memory: activations")
+
+
+def replace_knobs(candidate, tokens, seqs):
+    return replace(candidate, max_batched_tokens=tokens, max_num_seqs=seqs)
