@@ -50,8 +50,12 @@ CASES: dict[str, dict[str, Any]] = {
     # PP2 without contention: the closed-form walk through the stages (_through_stages)
     "pp2-closed-form": _shipped("h100-nvlink-70b", parallel={"tp": 4, "pp": 2, "dp": 1},
                                 workload={"num_requests": 120}, sim={"contention": False}),
-    # stage mode over contended links: the event walk with flows (_stage_segments, _handoff)
+    # TP8xPP2 over Ethernet: no link has two users, so the closed-form walk (named before that was checked)
     "contended-stage": _shipped("h100-2node-ethernet", workload={"num_requests": 40}),
+    # stage mode over links that are shared (the L40S box's host path): every step walked as flows
+    # (_stage_segments, _handoff), and with fast-forward on
+    "contended-walked": _shipped("l40s-pcie-70b", workload={"num_requests": 24}, sim={"fast_forward": False}),
+    "contended-fast-forward": _shipped("l40s-pcie-70b", workload={"num_requests": 60}),
     # layer granularity: an event per op
     "layer-mode": _shipped("h100-nvlink-70b", parallel={"tp": 4, "pp": 2, "dp": 1},
                            workload={"num_requests": 24}, sim={"granularity": "layer"}),
