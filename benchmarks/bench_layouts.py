@@ -5,7 +5,7 @@ Each row simulates one scenario (no outputs written) and prints CPU seconds, wal
 SimPy events per request, the share of batch steps folded into fast-forward spans and why the rest stepped
 (`run.json`'s `fast_forward.fallbacks`).
 
-    python benchmarks/bench_layouts.py                    # 10,000 requests each (the contended L40S row: 2,000)
+    python benchmarks/bench_layouts.py                    # 10,000 requests each (walking every contended step: 2,000)
     python benchmarks/bench_layouts.py --requests 1000    # quicker
     python benchmarks/bench_layouts.py --only l40s        # rows whose name contains 'l40s'
 
@@ -43,7 +43,8 @@ def rows(requests: int) -> list[tuple[str, dict, int]]:
                  "sim": {"granularity": "stage", "seed": 0}}
     return [
         ("reference PP1 TP4 h100-nvlink-node", reference, requests),
-        ("l40s-pcie-70b TP2xPP4 (contention on)", _shipped("l40s-pcie-70b"), min(requests, 2000)),
+        ("l40s-pcie-70b TP2xPP4 (contention on)", _shipped("l40s-pcie-70b"), requests),
+        ("l40s-pcie-70b TP2xPP4 every step walked", _shipped("l40s-pcie-70b", fast_forward=False), min(requests, 2000)),
         ("l40s-pcie-70b TP2xPP4 contention off", _shipped("l40s-pcie-70b", contention=False), requests),
         ("h100-2node-ib TP8xPP2", _shipped("h100-2node-ib"), requests),
         ("h100-2node-ethernet TP8xPP2", _shipped("h100-2node-ethernet"), requests),

@@ -7,9 +7,10 @@ whose all-reduces and hand-offs keep their sizes (activations do not grow with c
 compute does, by a token a step). So, where every slot sharing the links runs decode-only batches (a
 *steady regime*), each slot walks one step as flows (a *clean* measurement: started in this regime, with
 no priced step in flight anywhere), and once every busy slot has one, each slot's later steps are priced
-as its uncontended stage and hand-off times plus the contention each stage and hand-off met in that
-measured step (`Extras`), as single delays. Any batch with a prompt chunk, a lockstep break or a slot
-going idle or waking ends the regime: every measurement is dropped and the next steps walk as flows.
+as its uncontended stage and hand-off times, each transfer stretched by the share contention added to it in
+that measured step (`Extras`), as single delays; every `rounds` rounds the regime is measured again. Any
+batch with a prompt chunk, a lockstep break or a slot going idle or waking ends the regime: every
+measurement is dropped and the next steps walk as flows.
 
 This is an approximation of walking every step (`sim.fast_forward: false` keeps that): a priced step's
 delays do not cross the links, so a neighbour that walks as flows meanwhile sees less traffic, and the
@@ -24,8 +25,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Extras:
-    """Seconds of contention a slot's measured step met beyond its uncontended times: on each stage's own work,
-    and on each hand-off into stage s (its send and its all-gather; index 0 unused)."""
+    """The contention a slot's measured step met, as a share of the uncontended transfer it slowed: on each stage's
+    all-reduces, and on each hand-off into stage s (its send and its all-gather; index 0 unused). A share, not
+    seconds, so that a batch a few sequences larger or smaller within the regime is priced on its own transfers."""
 
     stage: tuple[float, ...]
     send: tuple[float, ...]

@@ -457,8 +457,9 @@ class Engine:
             stages[-1].release(held)
 
     def _priced_pipeline(self, replica: _Replica, batch: Batch, extras: Extras) -> Process:
-        """`_pipeline`'s stage-mode walk with each stage's work and each hand-off one delay: its uncontended time
-        plus the contention `extras` measured for it. Stages are held and recorded as the walk holds them."""
+        """`_pipeline`'s stage-mode walk with each stage's work and each hand-off one delay: its uncontended time,
+        its transfers stretched by the share `extras` measured for them. Stages are held and recorded as the walk
+        holds them."""
         env, rec, r = self.env, self.recorder, replica.index
         stages, pp = replica.stages, replica.pool.pp
         held = None
@@ -471,17 +472,17 @@ class Engine:
                 yield receiving
                 send, gather = replica.costs[s - 1].handoff_times(batch.shape.num_tokens)
                 start = env.now
-                yield env.timeout(send + extras.send[s])
+                yield env.timeout(send * (1.0 + extras.send[s]))
                 rec.busy(r, s - 1, start, env.now, "pp_comm", "handoff")
                 stages[s - 1].release(held)
                 if gather:
-                    yield env.timeout(gather + extras.gather[s])
+                    yield env.timeout(gather * (1.0 + extras.gather[s]))
                 rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
                 held = receiving
             cost = replica.costs[s]
             compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
             start = env.now
-            yield env.timeout(compute + comm + extras.stage[s])
+            yield env.timeout(compute + comm * (1.0 + extras.stage[s]))
             rec.busy(r, s, start, start + compute, "compute", "layers")
             if comm:
                 rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
@@ -502,8 +503,8 @@ class Engine:
             yield from self._over_links(self._links(replica.groups[s]), gather)
         rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
         if met is not None:
-            met[1][s] = max(0.0, sent - start - send)
-            met[2][s] = max(0.0, env.now - sent - gather) if gather else 0.0
+            met[1][s] = max(0.0, sent - start - send) / send if send else 0.0
+            met[2][s] = max(0.0, env.now - sent - gather) / gather if gather else 0.0
 
     def _stage_seconds(self, replica: _Replica, s: int, batch: Batch, start: float) -> float:
         """Stage granularity: the stage's busy time, recorded from `start`, as one delay."""
@@ -556,7 +557,7 @@ class Engine:
         if comm:
             rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
         if met is not None:
-            met[0][s] = max(0.0, env.now - start - (compute + comm))
+            met[0][s] = max(0.0, env.now - start - (compute + comm)) / comm if comm else 0.0
 
     # -- layer granularity ---------------------------------------------------------------------------
     def _links(self, gpus: list[int]) -> tuple[str, ...]:
