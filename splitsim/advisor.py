@@ -64,6 +64,8 @@ class Evaluated:
     load: dict[str, Any]
     score: float  # higher is better
     metrics: dict[str, Any]  # the run's summary, flattened
+    # (clients, output tok/s per user, output tok/s per GPU) of each load its search ran, fewest clients first
+    curve: tuple[tuple[float, float, float], ...] = ()
 
 
 @dataclass
@@ -363,6 +365,7 @@ def _highest_meeting(question: Question, candidate: Candidate, data: dict[str, A
             judged = _judge(question, candidate, {"concurrency": 1}, runs[1])
             judged.score = 0.0
             judged.metrics["slo_met"] = False
+            judged.curve = _curve(question, runs)
             return judged
         low, f_low = 1, excess(1)
     if high:
@@ -385,6 +388,7 @@ def _highest_meeting(question: Question, candidate: Candidate, data: dict[str, A
     judged.metrics["slo_met"] = True
     judged.metrics["slo_missed_at_concurrency"] = high or None
     judged.metrics["load_search_runs"] = len(runs)
+    judged.curve = _curve(question, runs)
     return judged
 
 
@@ -405,7 +409,26 @@ def _best_goodput(question: Question, candidate: Candidate, data: dict[str, Any]
     best = max(runs, key=goodput)
     judged = _judge(question, candidate, {"concurrency": best}, runs[best])
     judged.metrics["load_search_runs"] = len(runs)
+    judged.curve = _curve(question, runs)
     return judged
+
+
+def _curve(question: Question, runs: dict[int, dict[str, Any]]) -> tuple[tuple[float, float, float], ...]:
+    """The loads a search ran as (clients, output tok/s per user, output tok/s per GPU), from each run's steady
+    state where it has one (1 / TPOT p50, output throughput / GPUs), fewest clients first."""
+    points = []
+    for clients, summary in sorted(runs.items()):
+        point = _point(question, summary)
+        if point is not None:
+            points.append((float(clients), *point))
+    return tuple(points)
+
+
+def _point(question: Question, summary: dict[str, Any]) -> tuple[float, float] | None:
+    steady = summary.get("steady_state")
+    tpot = (steady or {}).get("tpot_s", {}).get("p50") or summary["tpot_s"]["p50"]
+    tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
+    return (1.0 / tpot, tokens_per_s / question.gpus) if tpot else None
 
 
 def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summary: dict[str, Any]) -> Evaluated:
@@ -435,7 +458,9 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
             score = metrics["goodput_per_gpu"]
         case _:
             score = metrics["throughput_per_gpu"] if meets else 0.0
-    return Evaluated(candidate, load, score, metrics)
+    point = _point(question, summary)
+    clients = float(load.get("concurrency") or 0.0)
+    return Evaluated(candidate, load, score, metrics, () if point is None else ((clients, *point),))
 
 
 def saturating_clients(data: dict[str, Any]) -> int:
@@ -508,7 +533,9 @@ def advice_json(advice: Advice) -> dict[str, Any]:
                        "precision": {"weights": c.weights, "kv_cache": c.kv_cache},
                        "max_num_seqs": best.metrics["max_num_seqs"],
                        "max_batched_tokens": best.metrics["max_batched_tokens"], "load": best.load,
-                       "metrics": {k: best.metrics[k] for k in SHOWN if k in best.metrics}}
+                       "metrics": {k: best.metrics[k] for k in SHOWN if k in best.metrics},
+                       "curve": [{"concurrency": clients, "output_tokens_per_s_per_user": user,
+                                  "output_tokens_per_s_per_gpu": gpu} for clients, user, gpu in best.curve]}
     return out
 
 
@@ -586,28 +613,39 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def pareto_figure(advice: Advice) -> Any:
-    """Output tok/s per GPU against tok/s per user (1 / TPOT p50) for every simulated candidate; the front
-    joined, the best labelled. Built without pyplot (see splitsim.plots)."""
+    """Output tok/s per GPU against tok/s per user (1 / TPOT p50): each simulated layout's curve over the loads its
+    search ran (as AIConfigurator draws its Pareto), the front across every point, the SLO's TPOT limits as
+    lines, the best labelled at its chosen load. Built without pyplot (see splitsim.plots)."""
     from matplotlib.figure import Figure
 
     from splitsim.plots import any_text
 
-    ranked = [e for e in advice.ranked if e.metrics.get("tpot_s.p50")]
-    points = [(1.0 / e.metrics["tpot_s.p50"], e.metrics["throughput_per_gpu"]) for e in ranked]
-    front = pareto_front(points)
+    ranked = [e for e in advice.ranked if e.curve]
     fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
-    ax.scatter([p[0] for p in points], [p[1] for p in points], color="#9aa7b1", s=22, label="candidates")
+    points = [(x, y) for e in ranked for _, x, y in e.curve]
+    for i, e in enumerate(ranked):
+        xs, ys = [p[1] for p in e.curve], [p[2] for p in e.curve]
+        ax.plot(xs, ys, ".-", color="#9aa7b1", lw=0.8, ms=4, alpha=0.8, label="a layout over its loads" if not i
+                else None)
+    front = pareto_front(points)
     edge = sorted(p for p, on in zip(points, front) if on)
     ax.plot([p[0] for p in edge], [p[1] for p in edge], "o-", color="#2b7bba", label="Pareto front")
+    slo = advice.question.slo
+    limits = [] if slo is None else [(f"tpot_p{p.percentile:g}", p.limit_s) for p in slo.percentiles
+                                     if p.metric == "tpot"] + [("tpot", t) for m, t in slo.thresholds_s.items()
+                                                               if m == "tpot"]
+    for name, limit in limits:
+        ax.axvline(1.0 / limit, color="#f0ad4e", ls="--", lw=1, label=f"SLO {name} ≤ {limit * 1e3:g} ms")
     best = advice.best
-    if best is not None and best in ranked:
-        x, y = points[ranked.index(best)]
+    tpot = None if best is None else best.metrics.get("steady_state.tpot_s.p50") or best.metrics.get("tpot_s.p50")
+    if best is not None and tpot:
+        x, y = 1.0 / tpot, best.metrics["throughput_per_gpu"]
         ax.scatter([x], [y], color="#d9534f", s=70, zorder=3, label="best")
         ax.annotate(best.candidate.label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set_xlabel("output tokens/s per user (1 / TPOT p50)")
+    ax.set_xlabel("output tokens/s per user (1 / TPOT p50, steady state)")
     ax.set_ylabel("output tokens/s per GPU")
-    ax.set_title(f"{len(ranked)} layouts, objective {advice.question.objective}")
+    ax.set_title(f"{len(ranked)} layouts over {len(points)} loads, objective {advice.question.objective}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     with any_text():

@@ -179,6 +179,10 @@ def test_percentile_slos_find_the_most_load_that_meets_them(tmp_path, capsys):
         return steady["ttft_s"]["p99"] <= 0.04 and steady["tpot_s"]["p99"] <= 0.008
 
     assert meets(clients) and not meets(missed)
+    # pareto.png's curve of the best: every load its search ran, fewest clients first, the found and missed ones
+    curve = [point["concurrency"] for point in best["curve"]]
+    assert curve == sorted(set(curve)) and {clients, missed} <= set(curve)
+    assert len(curve) == evaluated.iloc[0]["load_search_runs"]
 
 
 def test_no_advice_when_nothing_meets_the_slo(tmp_path, capsys):
