@@ -21,7 +21,14 @@ cost per event of the detailed mode.
 
 Run one benchmark at a time: the figures are wall-clock.
 
-Measured on this machine (2 cores), issue 8 (fast-forward and tick-based decodes; before -> after):
+Measured on an AMD EPYC with AVX-512 (2 cores, `lscpu` model name "AMD EPYC"), 2026-12-08, three runs:
+reference 10,000 requests: simulate 1.77-2.51 s, outputs 0.44-0.66 s, total 2.20-3.17 s, imports 0.56-0.71 s
+more (the target is not met on this machine); the 200-request layer run 7.1-7.6 s. Machines of this kind differ
+up to twofold: compare figures from one machine only. `benchmarks/bench_layouts.py` gives the pipeline and
+contended layouts' figures.
+
+Measured on the issue-8 machine (2 cores, a faster one whose model was not recorded; fast-forward and tick-based
+decodes, before -> after):
 - reference 10,000 requests: 1.71 s total (simulate 1.36 s, outputs 0.36 s; imports 0.36 s more), 5.8 SimPy
   events a request (21.8 stepping every batch); 46x faster than Vidur's 78.6 s.
 - 1,000,000 requests at 2 req/s: simulate 131.7 -> 132 s (fast-forward folds 77 % of the steps, but each
