@@ -462,7 +462,7 @@ class Engine:
         holds them."""
         env, rec, r = self.env, self.recorder, replica.index
         stages, pp = replica.stages, replica.pool.pp
-        held = None
+        held: Any = None
         if pp > 1:
             held = stages[0].request()
             yield held
