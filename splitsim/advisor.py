@@ -254,17 +254,19 @@ def evaluate(question: Question, candidate: Candidate) -> Evaluated:
     return _judge(question, candidate, load, _run_at(question, data, load))
 
 
-def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any], precise: bool = False) -> dict[str, Any]:
+def _run_at(question: Question, data: dict[str, Any], load: dict[str, Any], precise: bool = False,
+            shorter: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of a run at `load`: a closed loop of C clients sends SATURATION_ROUNDS·C requests (ramp-up,
     steady state, drain); `precise` doubles that while the steady-state throughput's 95 % confidence interval
-    is wider than ±PRECISION, up to MAX_ROUNDS·C. A rate sends `num_requests`. The summary gains
+    is wider than ±PRECISION, up to MAX_ROUNDS·C, going on from `shorter` (this load's summary at fewer rounds:
+    runs are seeded, so it is what that run would give again). A rate sends `num_requests`. The summary gains
     `steady_state_precision` (the interval's relative half-width) and `rounds`."""
     from splitsim.api import simulate  # in the worker process
 
     clients = load.get("concurrency")
     lengths = {key: value for key, value in question.base.get("workload", {}).items()
                if key in ("prompt_tokens", "output_tokens")}
-    rounds = SATURATION_ROUNDS
+    rounds = SATURATION_ROUNDS if shorter is None or not clients else 2 * shorter["rounds"]
     while True:
         num_requests = rounds * int(clients) if clients else question.num_requests or 1000
         run = {**data, "workload": {**lengths, "num_requests": num_requests, **load}}
@@ -440,7 +442,9 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
     rerun = "concurrency" in load and (precision is None or precision > PRECISION)
     if rerun:
         data = candidate.scenario(question.base)
-        summary = {**_run_at(question, data, load, precise=True), "slo": summary.get("slo", {})}
+        longer = summary.get("rounds") is not None and summary["rounds"] < MAX_ROUNDS
+        summary = {**_run_at(question, data, load, precise=True, shorter=summary if longer else None),
+                   "slo": summary.get("slo", {})}
     metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
     metrics["precision_rerun"] = rerun
     steady = summary["steady_state"]
