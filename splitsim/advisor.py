@@ -184,6 +184,11 @@ def candidate_limit(question: Question, candidate: Candidate) -> tuple[float, Bo
     output_tokens = _shortest(workload.get("output_tokens", 1024))
     bound = decode_bound(plan.pool, _shortest(workload.get("prompt_tokens", 1024)), output_tokens, step_limit)
     limit = bound.limits(question.objective, output_tokens)
+    # A request's TPOT is the mean of its gaps, each at least the quickest decode round: above a per-request
+    # threshold, no request is good and goodput is 0 at every load.
+    threshold = math.inf if question.slo is None else question.slo.thresholds_s.get("tpot", math.inf)
+    if question.objective == "goodput" and output_tokens > 1 and bound.step_s > threshold:
+        return -math.inf, bound
     return (-math.inf if limit == 0 and step_limit < math.inf else limit), bound
 
 
@@ -407,7 +412,9 @@ def _best_goodput(question: Question, candidate: Candidate, data: dict[str, Any]
     grid = sorted({min(2**i, saturation) for i in range(saturation.bit_length() + 1)})
     best = max(grid, key=goodput)
     for neighbour in (best // 2, min(best * 2, saturation)):
-        goodput((best + neighbour) // 2)
+        halfway = (best + neighbour) // 2
+        if halfway >= 1:  # one client is already a grid point: nothing lies below it
+            goodput(halfway)
     best = max(runs, key=goodput)
     judged = _judge(question, candidate, {"concurrency": best}, runs[best])
     judged.metrics["load_search_runs"] = len(runs)

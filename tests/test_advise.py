@@ -456,3 +456,29 @@ def test_a_layout_short_only_of_activation_room_is_retried_with_smaller_knobs():
 
 def replace_knobs(candidate, tokens, seqs):
     return replace(candidate, max_batched_tokens=tokens, max_num_seqs=seqs)
+
+
+def test_goodput_skips_layouts_whose_quickest_round_is_slower_than_the_tpot_threshold(tmp_path, capsys):
+    """A request's TPOT is the mean of its gaps, each at least one decode round: Llama-3-8B's round is ~6.5 ms
+    on one H100 and ~4.1 ms on two (TP2), so under tpot=5 ms the TP1 layouts cannot have a good request and are
+    pruned with that reason, while TP2 is simulated; runs of a pruned layout confirm it scores nothing."""
+    advice, table = _advise(tmp_path, capsys, "--slo", "tpot=0.005", "--jobs", "1")
+    pruned = table[table["reason"].fillna("").str.startswith("bound: no batch meets the SLO's time per output")]
+    assert set(zip(pruned["tp"], pruned["pp"], pruned["dp"])) == {(1, 1, 2), (1, 2, 1)}
+    assert (advice["best"]["tp"], advice["best"]["pp"]) == (2, 1)
+    for clients in (1, 4):
+        data = scenario_dict(model="llama-3-8b", cluster="h100-nvlink-node", parallel={"tp": 1, "pp": 1, "dp": 2},
+                             engine="vllm", slo={"tpot": 0.005},
+                             scheduler={"policy": "chunked", "max_num_seqs": 16})
+        data["workload"] = {"num_requests": 3 * clients, "concurrency": clients, "prompt_tokens": 128,
+                            "output_tokens": 64}
+        assert simulate(scenario_from_dict(data)).summary["goodput_requests_per_s"] == 0
+
+
+def test_goodput_that_is_nothing_at_every_load_is_ranked_not_refused(tmp_path, capsys):
+    """No request can meet a 0.1 ms TTFT: every load's goodput is 0, the best of the grid is one client, and the
+    search's refinement below it has nothing to try (it once asked for zero clients, refusing the layout)."""
+    advice, table = _advise(tmp_path, capsys, "--slo", "ttft=0.0001", "--jobs", "1")
+    assert (table["status"] != "failed").all()
+    evaluated = table[table["status"] == "evaluated"]
+    assert len(evaluated) >= 1 and (evaluated["goodput_per_gpu"] == 0).all()
