@@ -265,7 +265,7 @@ class Engine:
         if extras is not None:
             self.fast_forward.fallbacks["contention_priced"] += 1
             memo.priced_step(True)
-            yield from self._priced_pipeline(replica, batch, extras)
+            yield from self._pipeline(replica, batch, priced=extras)
             memo.priced_step(False)
             return
         self.fast_forward.fallbacks["contention"] += 1
@@ -434,10 +434,12 @@ class Engine:
         free[-1] = end
         return end
 
-    def _pipeline(self, replica: _Replica, batch: Batch, met: list[list[float]] | None = None) -> Process:
+    def _pipeline(self, replica: _Replica, batch: Batch, met: list[list[float]] | None = None,
+                  priced: Extras | None = None) -> Process:
         """The batch through every stage, hand-off into stage s, then stage s's work, as events (links are
         shared, so transfers contend): each op in layer mode, each run of compute and each all-reduce in stage mode.
-        `met`, if given, receives the contention each stage and hand-off met (`Extras`' three lists)."""
+        `met`, if given, receives the contention each stage and hand-off met (`Extras`' three lists); with `priced`,
+        each hand-off and each stage's work is one delay instead, its transfers stretched by those shares."""
         stages, pp = replica.stages, replica.pool.pp
         held = None
         if pp > 1:
@@ -447,47 +449,43 @@ class Engine:
             if s > 0:
                 receiving = stages[s].request()
                 yield receiving
-                yield from self._handoff(replica, s, batch.shape.num_tokens, held, met)
+                if priced is None:
+                    yield from self._handoff(replica, s, batch.shape.num_tokens, held, met)
+                else:
+                    yield from self._priced_handoff(replica, s, batch.shape.num_tokens, held, priced)
                 held = receiving
             if self.layer_mode:
                 yield from self._stage_layers(replica, s, batch)
+            elif priced is not None:
+                yield from self._priced_stage(replica, s, batch, priced)
             else:
                 yield from self._stage_segments(replica, s, batch, met)
         if held is not None:
             stages[-1].release(held)
 
-    def _priced_pipeline(self, replica: _Replica, batch: Batch, extras: Extras) -> Process:
-        """`_pipeline`'s stage-mode walk with each stage's work and each hand-off one delay: its uncontended time,
-        its transfers stretched by the share `extras` measured for them. Stages are held and recorded as the walk
-        holds them."""
+    def _priced_handoff(self, replica: _Replica, s: int, tokens: int, held: Any, extras: Extras) -> Process:
+        """`_handoff` as two delays: the send and the all-gather, each stretched by its measured share."""
         env, rec, r = self.env, self.recorder, replica.index
-        stages, pp = replica.stages, replica.pool.pp
-        held: Any = None
-        if pp > 1:
-            held = stages[0].request()
-            yield held
-        for s in range(pp):
-            if s > 0:
-                receiving = stages[s].request()
-                yield receiving
-                send, gather = replica.costs[s - 1].handoff_times(batch.shape.num_tokens)
-                start = env.now
-                yield env.timeout(send * (1.0 + extras.send[s]))
-                rec.busy(r, s - 1, start, env.now, "pp_comm", "handoff")
-                stages[s - 1].release(held)
-                if gather:
-                    yield env.timeout(gather * (1.0 + extras.gather[s]))
-                rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
-                held = receiving
-            cost = replica.costs[s]
-            compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
-            start = env.now
-            yield env.timeout(compute + comm * (1.0 + extras.stage[s]))
-            rec.busy(r, s, start, start + compute, "compute", "layers")
-            if comm:
-                rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
-        if held is not None:
-            stages[-1].release(held)
+        send, gather = replica.costs[s - 1].handoff_times(tokens)
+        start = env.now
+        yield env.timeout(send * (1.0 + extras.send[s]))
+        rec.busy(r, s - 1, start, env.now, "pp_comm", "handoff")
+        replica.stages[s - 1].release(held)
+        if gather:
+            yield env.timeout(gather * (1.0 + extras.gather[s]))
+        rec.busy(r, s, start, env.now, "pp_comm", "handoff_recv")
+
+    def _priced_stage(self, replica: _Replica, s: int, batch: Batch, extras: Extras) -> Process:
+        """`_stage_segments` as one delay: the stage's time with its all-reduces stretched by their measured share,
+        recorded as stage mode records a stage."""
+        env, rec, r = self.env, self.recorder, replica.index
+        cost = replica.costs[s]
+        compute, comm = cost.stage_time(batch.shape, batch.num_logits if cost.is_last else 0)
+        start = env.now
+        yield env.timeout(compute + comm * (1.0 + extras.stage[s]))
+        rec.busy(r, s, start, start + compute, "compute", "layers")
+        if comm:
+            rec.busy(r, s, start + compute, env.now, "tp_comm", "allreduce")
 
     def _handoff(self, replica: _Replica, s: int, tokens: int, held: Any,
                  met: list[list[float]] | None = None) -> Process:
