@@ -434,10 +434,17 @@ def _curve(question: Question, runs: dict[int, dict[str, Any]]) -> tuple[tuple[f
 
 
 def _point(question: Question, summary: dict[str, Any]) -> tuple[float, float] | None:
+    """(output tok/s per user, per GPU) of a run, from its steady state where it has one."""
     steady = summary.get("steady_state")
     tpot = (steady or {}).get("tpot_s", {}).get("p50") or summary["tpot_s"]["p50"]
+    return (1.0 / tpot, _tokens_per_gpu(question, summary)) if tpot else None
+
+
+def _tokens_per_gpu(question: Question, summary: dict[str, Any]) -> float:
+    """Output tok/s per GPU: the steady state's where the run has one, else the whole run's."""
+    steady = summary.get("steady_state")
     tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
-    return (1.0 / tpot, tokens_per_s / question.gpus) if tpot else None
+    return float(tokens_per_s) / question.gpus
 
 
 def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summary: dict[str, Any]) -> Evaluated:
@@ -454,12 +461,10 @@ def _judge(question: Question, candidate: Candidate, load: dict[str, Any], summa
                    "slo": summary.get("slo", {})}
     metrics = flatten({k: v for k, v in summary.items() if k != "scenario"})
     metrics["precision_rerun"] = rerun
-    steady = summary["steady_state"]
-    tokens_per_s = steady["output_throughput_tokens_per_s"] if steady else summary["throughput_tokens_per_s"]
-    metrics["steady_state_found"] = steady is not None
+    metrics["steady_state_found"] = summary["steady_state"] is not None
     metrics["max_num_seqs"] = summary["scenario"]["scheduler"]["max_num_seqs"]
     metrics["max_batched_tokens"] = summary["scenario"]["scheduler"]["max_batched_tokens"]
-    metrics["throughput_per_gpu"] = tokens_per_s / question.gpus
+    metrics["throughput_per_gpu"] = _tokens_per_gpu(question, summary)
     if question.slo is not None and "goodput_requests_per_s" in summary:
         metrics["goodput_per_gpu"] = summary["goodput_requests_per_s"] / question.gpus
     match question.objective:
