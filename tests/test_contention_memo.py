@@ -96,10 +96,10 @@ def _l40s(requests: int, **parallel: int) -> dict:
     return data
 
 
-@pytest.mark.slow  # walking every contended step: about 15 s on two cores
+@pytest.mark.slow  # walking every contended step: about 12 s on two cores
 @pytest.mark.parametrize(("case", "data", "least_priced"), [
-    ("TP2xPP4", _l40s(300), 0.6),
-    ("TP2xDP4 fp8", _l40s(200, tp=2, pp=1, dp=4), 0.2),
+    ("TP2xPP4", _l40s(200), 0.6),
+    ("TP2xDP4 fp8", _l40s(120, tp=2, pp=1, dp=4), 0.2),
 ])
 def test_priced_contention_keeps_the_walked_runs_figures(case, data, least_priced):
     """Fast-forward on against every step walked as flows, over the L40S box's shared host path: the same requests
